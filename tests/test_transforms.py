@@ -1,0 +1,56 @@
+import torch
+from PIL import Image
+from torchvision.models import EfficientNet_B0_Weights, MobileNet_V2_Weights
+
+from transferlab.data import decode_one
+from transferlab.transforms import Preprocessing, augment, center_crop, normalize, random_resized_crop_box
+
+
+def test_preprocessing_comes_from_the_weights_metadata():
+    v1 = Preprocessing.from_weights(MobileNet_V2_Weights.IMAGENET1K_V1)
+    assert (v1.crop_size, v1.resize_size, v1.interpolation) == (224, 256, "bilinear")
+    assert v1.mean == (0.485, 0.456, 0.406) and v1.std == (0.229, 0.224, 0.225)
+    v2 = Preprocessing.from_weights(MobileNet_V2_Weights.IMAGENET1K_V2)
+    assert v2.resize_size == 232
+    eff = Preprocessing.from_weights(EfficientNet_B0_Weights.IMAGENET1K_V1)
+    assert eff.interpolation == "bicubic"
+
+
+def test_size_override_keeps_the_resize_ratio():
+    pre = Preprocessing.from_weights(MobileNet_V2_Weights.IMAGENET1K_V1).with_sizes(160, None)
+    assert (pre.crop_size, pre.resize_size) == (160, 183)
+
+
+def test_eval_path_matches_torchvision_preset(hotdog_mini):
+    weights = MobileNet_V2_Weights.IMAGENET1K_V1
+    pre = Preprocessing.from_weights(weights)
+    path = next((hotdog_mini / "val" / "hotdog").iterdir())
+    expected = weights.transforms()(Image.open(path).convert("RGB"))
+    ours = normalize(center_crop(decode_one(path, pre), pre.crop_size)[None], pre, channels_last=False)[0]
+    assert ours.shape == expected.shape == (3, 224, 224)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_random_resized_crop_box_is_seeded_and_in_bounds():
+    boxes = [random_resized_crop_box(256, 300, (0.25, 1.0), torch.Generator().manual_seed(s)) for s in range(50)]
+    again = [random_resized_crop_box(256, 300, (0.25, 1.0), torch.Generator().manual_seed(s)) for s in range(50)]
+    assert boxes == again
+    for top, left, h, w in boxes:
+        assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 300
+        assert 0.25 * 256 * 300 * 0.95 <= h * w <= 256 * 300
+    assert len(set(boxes)) > 40
+
+
+def test_augment_output_size_and_flip():
+    pre = Preprocessing(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3)
+    image = torch.arange(3 * 36 * 40, dtype=torch.float32).reshape(3, 36, 40).to(torch.uint8)
+    out = [augment(image, pre, (1.0, 1.0), torch.Generator().manual_seed(s)) for s in range(8)]
+    assert all(o.shape == (3, 32, 32) and o.dtype == torch.uint8 for o in out)
+
+
+def test_normalize_is_channels_last_float():
+    pre = Preprocessing(crop_size=4, resize_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    out = normalize(batch, pre)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, torch.full((2, 3, 4, 4), 2.0))
