@@ -13,6 +13,18 @@ from .errors import TransferlabError
 
 __all__ = ["main", "build_parser"]
 
+def _parse_head_map(text: str) -> dict[str, list[str | int]]:
+    """'hotdog=934;pizza=pizza,963' -> {'hotdog': [934], 'pizza': ['pizza', 963]}."""
+    mapping: dict[str, list[str | int]] = {}
+    for pair in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, targets = pair.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"--head-map: expected CLASS=IMAGENET, got {pair!r}")
+        items = [t.strip().strip('"') for t in targets.split(",") if t.strip()]
+        mapping[name.strip()] = [int(t) if t.isdigit() else t for t in items]
+    return mapping
+
+
 # train options -> RunConfig fields (None = not given on the command line)
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--data", {"help": "ImageFolder root (train/ + val/ or test/), or elpv, or hotdog"}),
@@ -31,9 +43,19 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--warmup-epochs", {"type": float}),
     ("--label-smoothing", {"type": float}),
     ("--head-warmup-epochs", {"type": int, "help": "epochs of head-only training on cached features first"}),
-    ("--image-size", {"type": int, "help": "crop size (default: the weights' own)"}),
+    ("--head-init", {"choices": ["xavier", "imagenet"],
+                     "help": "new head: Xavier (default) or rows of related ImageNet classes (--head-map)"}),
+    ("--head-map", {"type": _parse_head_map, "help": "class=IMAGENET[,IMAGENET...] pairs separated by ';', "
+                                                     "by index or name, e.g. 'hotdog=934;not_hotdog='"}),
+    ("--image-size", {"type": int, "help": "eval crop size (default: the weights' own)"}),
+    ("--train-image-size", {"type": int, "help": "training crop size (default: --image-size); lower trains "
+                                                 "faster, evaluation stays at --image-size"}),
+    ("--probe-views", {"type": int, "help": "with --freeze body: cached feature views per image (1 = the eval "
+                                            "crop only; more adds augmented crops)"}),
     ("--resize-size", {"type": int, "help": "eval resize (default: the weights' own ratio)"}),
     ("--val-fraction", {"type": float, "help": "test share when DIR has only train/ (default 0.25)"}),
+    ("--skip-bad-images", {"action": "store_true", "help": "drop images that cannot be decoded (one warning "
+                                                            "each, then a count) instead of stopping"}),
     ("--seed", {"type": int}),
     ("--device", {"help": "auto (default), cpu, cuda, cuda:N"}),
 ]
@@ -73,14 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("predict", help="one JSON line per image: path, label, probabilities")
+    p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, label, probabilities")
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--format", choices=["json", "csv"], default="json",
+                   help="json: one object per line (default); csv: path,label,<one column per class>")
+    p.add_argument("--tta", action="store_true",
+                   help="average over center, flipped center and 4 corner crops (6x slower)")
 
     p = sub.add_parser("models", help="list models, their freeze stages and where their weights are")
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
+
+    p = sub.add_parser("study", help="run variants of one config over seeds; write report.md/.html")
+    p.add_argument("--study", default="seed", help="a built-in study (see --list) or a .yaml/.json FILE "
+                                                   "(default seed)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant: seed, seed+1, ... (default 3)")
+    _add_train_options(p)
+    p.add_argument("--out", default=None, help="study directory (default runs/study-<study>-<data>-<model>); "
+                                               "finished runs in it are skipped")
+    p.add_argument("--list", action="store_true", help="show the built-in studies and their variants")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -136,6 +172,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
     from .inference import expand_paths, load
 
     if args.batch_size <= 0:
@@ -144,10 +182,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images)
     if not paths:
         raise TransferlabError(f"no image files in {' '.join(args.images)}")
+    writer = csv.writer(sys.stdout, lineterminator="\n") if args.format == "csv" else None
+    if writer:
+        writer.writerow(["path", "label", *predictor.classes])
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
-        for path, pred in zip(chunk, predictor.predict(chunk)):
-            print(json.dumps({"path": str(path), **pred}), flush=True)
+        for path, pred in zip(chunk, predictor.predict(chunk, tta=args.tta, batch_size=args.batch_size)):
+            if writer:
+                writer.writerow([str(path), pred["label"], *(pred["probabilities"][c] for c in predictor.classes)])
+            else:
+                print(json.dumps({"path": str(path), **pred}))
+        sys.stdout.flush()
     return 0
 
 
@@ -176,8 +221,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .experiments import run_study
+    from .studies import list_studies, load_study
+
+    if args.list:
+        print(list_studies())
+        return 0
+    if args.seeds < 1:
+        raise TransferlabError(f"--seeds must be at least 1, got {args.seeds}")
+    study = load_study(args.study)
+    config = make_config(args.preset, **{**study.base, **_overrides(args)})
+    out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"
+    seeds = [config.seed + k for k in range(args.seeds)]
+    run_study(study, config, out, seeds, quiet=args.quiet, echo=lambda line: print(line, flush=True))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "models": cmd_models}
+            "models": cmd_models, "study": cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,9 +40,14 @@ class RunConfig:
     loss_reduction: str = "mean"
     label_smoothing: float = 0.1
     head_warmup_epochs: int = 0
+    head_init: str = "xavier"
+    head_map: dict[str, list[str | int]] | None = None
     crop_scale: tuple[float, float] = (0.25, 1.0)
     image_size: int | None = None
     resize_size: int | None = None
+    train_image_size: int | None = None
+    probe_views: int = 1
+    skip_bad_images: bool = False
     val_fraction: float = 0.25
     seed: int = 0
     device: str = "auto"
@@ -71,12 +76,17 @@ class RunConfig:
             raise TransferlabError("weight_decay, momentum and head_warmup_epochs must not be negative")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise TransferlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.head_init not in ("xavier", "imagenet"):
+            raise TransferlabError(f"--head-init must be xavier or imagenet, got {self.head_init!r}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise TransferlabError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0.0 < self.val_fraction < 1.0:
             raise TransferlabError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        for name, value in (("image-size", self.image_size), ("resize-size", self.resize_size)):
+        if self.probe_views < 1:
+            raise TransferlabError(f"--probe-views must be at least 1, got {self.probe_views}")
+        for name, value in (("image-size", self.image_size), ("resize-size", self.resize_size),
+                            ("train-image-size", self.train_image_size)):
             if value is not None and value < 16:
                 raise TransferlabError(f"--{name} must be at least 16 pixels, got {value}")
         return self

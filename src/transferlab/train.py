@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,17 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cache import decode
 from .config import RunConfig
-from .data import Dataset, decode_images, resolve_data
+from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError
 from .io import atomic_write, atomic_write_json
 from .models import TransferModel, create_model, param_groups
 from .progress import progress
-from .transforms import Preprocessing, augment, center_crop, normalize
+from .transforms import Preprocessing, apply_crop, augment, center_crop, normalize, sample_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
 
 __all__ = ["RunResult", "Trainer", "finetune", "train_one_epoch", "evaluate", "build_optimizer",
-           "build_scheduler", "resolve_device", "save_model", "eval_batch", "train_batches", "fit_head"]
+           "build_scheduler", "resolve_device", "save_model", "eval_batch", "train_batches", "fit_head", "score",
+           "body_features"]
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,19 @@ def eval_batch(images: Sequence[torch.Tensor], pre: Preprocessing) -> torch.Tens
     return torch.stack([center_crop(img, pre.crop_size) for img in images])
 
 
+def _augment_workers() -> int:
+    """Threads that crop a batch: none beyond the prefetch thread on small machines."""
+    return max(1, min(8, (os.cpu_count() or 1) // 4))
+
+
 def _augmented(images: Sequence[torch.Tensor], index: torch.Tensor, pre: Preprocessing,
-               scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    return torch.stack([augment(images[i], pre, scale, generator) for i in index.tolist()])
+               scale: tuple[float, float], generator: torch.Generator,
+               pool: ThreadPoolExecutor | None) -> torch.Tensor:
+    # Crops are drawn in order from the generator, then resized (in parallel where cores allow).
+    crops = [(images[i], sample_crop(images[i], scale, generator)) for i in index.tolist()]
+    if pool is None:
+        return torch.stack([apply_crop(img, crop, pre) for img, crop in crops])
+    return torch.stack(list(pool.map(lambda item: apply_crop(item[0], item[1], pre), crops)))
 
 
 def train_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int, pre: Preprocessing,
@@ -85,13 +98,17 @@ def train_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_si
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator)
     chunks = order.split(batch_size)
+    workers = _augment_workers()
+    crop_pool = ThreadPoolExecutor(workers) if workers > 1 else None
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_augmented, images, chunks[0], pre, scale, generator)
+        pending = pool.submit(_augmented, images, chunks[0], pre, scale, generator, crop_pool)
         for i, chunk in enumerate(chunks):
             batch = pending.result()
             if i + 1 < len(chunks):
-                pending = pool.submit(_augmented, images, chunks[i + 1], pre, scale, generator)
+                pending = pool.submit(_augmented, images, chunks[i + 1], pre, scale, generator, crop_pool)
             yield batch, labels[chunk]
+    if crop_pool is not None:
+        crop_pool.shutdown()
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -177,11 +194,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, d
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pre: Preprocessing,
-             device: torch.device, num_classes: int, batch_size: int = 64,
-             quiet: bool = True) -> dict[str, Any]:
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
-    logits = predict_logits(model, images, pre, device, batch_size, quiet=quiet)
     loss = nn.functional.cross_entropy(logits, labels).item() if len(labels) else float("nan")
     pred = logits.argmax(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -189,6 +203,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pre: 
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
     return {"test_loss": loss, "test_acc": float((pred == labels).float().mean()) if len(labels) else 0.0,
             "per_class_acc": per_class, "confusion": confusion.tolist(), "logits": logits}
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pre: Preprocessing,
+             device: torch.device, num_classes: int, batch_size: int = 64,
+             quiet: bool = True) -> dict[str, Any]:
+    """:func:`score` of the model's predictions for already-cropped uint8 images."""
+    return score(predict_logits(model, images, pre, device, batch_size, quiet=quiet), labels, num_classes)
 
 
 @torch.enable_grad()
@@ -241,6 +262,9 @@ def save_model(model: TransferModel, path: Path, classes: Sequence[str], pre: Pr
 class Trainer:
     """Owns a run: data preparation, the loop, evaluation, checkpoints and files.
 
+    With the whole body frozen (``freeze="body"``, a linear probe) the body runs
+    once per image and view, and the head trains on the cached features.
+
     >>> result = Trainer(make_config(data="hotdog", epochs=3)).fit()  # doctest: +SKIP
     """
 
@@ -251,10 +275,13 @@ class Trainer:
         self.resume = resume
         self.run_dir = Path(config.out) if config.out else None
         self.start = time.perf_counter()
+        self.elapsed_before = 0.0
         self.device = resolve_device(config.device)
         self.dataset = dataset or resolve_data(config.data, config.seed, config.val_fraction)
         self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
         self.pre = self.weights.preprocessing.with_sizes(config.image_size, config.resize_size)
+        self.train_pre = replace(self.pre, crop_size=config.train_image_size or self.pre.crop_size)
+        self.probe = config.freeze == "body"
         self.history: list[dict[str, Any]] = []
 
     # -- setup
@@ -262,30 +289,66 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         state = load_state_dict(self.weights.path) if self.weights.path else None
         model = create_model(self.config.model, len(self.dataset.classes), state)
+        if self.config.head_init == "imagenet":
+            if state is None:
+                raise TransferlabError("--head-init imagenet needs pretrained weights, not --weights none")
+            from .heads import init_head_from_imagenet
+
+            init_head_from_imagenet(model, state, self.dataset, self.config.head_map, self.weights.categories)
         model.freeze(self.config.freeze)
         return model.to(self.device, memory_format=torch.channels_last)
 
+    def _decode(self, split: Split, desc: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        decoded = decode(split.paths, self.pre, skip_bad=self.config.skip_bad_images, desc=desc, quiet=self.quiet)
+        labels = torch.tensor([split.labels[i] for i in decoded.kept], dtype=torch.long)
+        if len(decoded) == 0:
+            raise TransferlabError(f"--data {self.config.data}: no usable images left in the {desc.split()[-1]} "
+                                   "split")
+        return decoded.images, labels
+
     def _prepare_data(self) -> None:
-        ds, pre = self.dataset, self.pre
-        self.train_images = decode_images(ds.train.paths, pre, desc="decode train", quiet=self.quiet)
-        self.train_labels = torch.tensor(ds.train.labels, dtype=torch.long)
-        self.test_images = eval_batch(decode_images(ds.test.paths, pre, desc="decode test", quiet=self.quiet), pre)
-        self.test_labels = torch.tensor(ds.test.labels, dtype=torch.long)
+        self.train_images, self.train_labels = self._decode(self.dataset.train, "decode train")
+        test_images, self.test_labels = self._decode(self.dataset.test, "decode test")
+        self.test_images = eval_batch(test_images, self.pre)
+
+    def _cache_features(self, model: TransferModel) -> None:
+        """Body features of the test crops and of ``probe_views`` views of the training images.
+
+        View 0 is the eval crop; further views are augmented crops, seeded by (seed, view).
+        """
+        cfg = self.config
+        feats = [body_features(model, eval_batch(self.train_images, self.pre), self.pre, self.device,
+                               quiet=self.quiet)]
+        for view in range(1, cfg.probe_views):
+            generator = torch.Generator().manual_seed(cfg.seed * 7919 + view)
+            crops = torch.stack([augment(img, self.pre, cfg.crop_scale, generator) for img in self.train_images])
+            feats.append(body_features(model, crops, self.pre, self.device, quiet=self.quiet))
+        self.train_features = feats
+        self.test_features = body_features(model, self.test_images, self.pre, self.device, quiet=self.quiet)
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
+
+    def _evaluate(self, model: TransferModel) -> dict[str, Any]:
+        if self.probe:
+            with torch.inference_mode():
+                logits = model.head(self.test_features.to(self.device)).float().cpu()
+            return score(logits, self.test_labels, len(self.dataset.classes))
+        return evaluate(model, self.test_images, self.test_labels, self.pre, self.device,
+                        len(self.dataset.classes), quiet=self.quiet)
 
     # -- the run
     def fit(self) -> RunResult:
         cfg = self.config
         log.info("%s", self.dataset.describe())
-        log.info("model %s, weights %s (%s), preprocessing crop %d resize %d %s, device %s",
+        log.info("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s",
                  cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
-                 self.pre.interpolation, self.device)
-        self.elapsed_before = 0.0
+                 self.pre.interpolation, self.train_pre.crop_size, self.device)
         model = self._build_model()
         self._prepare_data()
-        steps = math.ceil(len(self.train_images) / cfg.batch_size)
+        if self.probe:
+            self._cache_features(model)
+        steps = math.ceil(len(self.train_labels) / cfg.batch_size)
         optimizer = build_optimizer(cfg, model)
         scheduler = build_scheduler(cfg, optimizer, steps)
         loss_fn = nn.CrossEntropyLoss(reduction=cfg.loss_reduction, label_smoothing=cfg.label_smoothing)
@@ -294,18 +357,27 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.json")
             first_epoch = self._maybe_resume(model, optimizer, scheduler)
+        zero_shot = None
         if first_epoch == 1:
-            self._head_warmup(model)
+            if cfg.head_init == "imagenet":
+                zero_shot = self._evaluate(model)["test_acc"]
+                log.info("zero-shot (head from ImageNet rows, before training): test_acc %.3f", zero_shot)
+            if not self.probe:
+                self._head_warmup(model)
         images_seen, train_seconds = 0, 0.0
+        result: dict[str, Any] = {}
         for epoch in range(first_epoch, cfg.epochs + 1):
-            batches = train_batches(self.train_images, self.train_labels, cfg.batch_size, self.pre,
-                                    cfg.crop_scale, cfg.seed, epoch)
-            stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, self.pre, self.device,
-                                    desc=f"epoch {epoch}/{cfg.epochs}", quiet=self.quiet)
-            images_seen += len(self.train_images)
+            desc = f"epoch {epoch}/{cfg.epochs}"
+            if self.probe:
+                stats = self._probe_epoch(model, optimizer, scheduler, loss_fn, epoch)
+            else:
+                batches = train_batches(self.train_images, self.train_labels, cfg.batch_size, self.train_pre,
+                                        cfg.crop_scale, cfg.seed, epoch)
+                stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, self.train_pre,
+                                        self.device, desc=desc, quiet=self.quiet)
+            images_seen += len(self.train_labels)
             train_seconds += stats.pop("train_s")
-            result = evaluate(model, self.test_images, self.test_labels, self.pre, self.device,
-                              len(self.dataset.classes), quiet=self.quiet)
+            result = self._evaluate(model)
             row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                    "test_loss": result["test_loss"], "test_acc": result["test_acc"],
                    "wall_s": round(self._elapsed(), 3)}
@@ -316,40 +388,62 @@ class Trainer:
             if self.run_dir:
                 self._write_history()
                 self._checkpoint(model, optimizer, scheduler, epoch)
-        final = self.history[-1] if self.history else {"test_acc": float("nan")}
-        if first_epoch > cfg.epochs or not self.history:
-            result = evaluate(model, self.test_images, self.test_labels, self.pre, self.device,
-                              len(self.dataset.classes))
+        if not result:  # resumed after the last epoch
+            result = self._evaluate(model)
         metrics = {
             "test_acc": result["test_acc"], "test_loss": result["test_loss"],
-            "best_test_acc": max([r["test_acc"] for r in self.history] or [final["test_acc"]]),
+            "best_test_acc": max([r["test_acc"] for r in self.history] or [result["test_acc"]]),
             "epochs": cfg.epochs, "wall_s": round(self._elapsed(), 3),
             "train_images_per_s": round(images_seen / train_seconds, 3) if train_seconds else None,
             "class_names": list(self.dataset.classes), "per_class_acc": result["per_class_acc"],
             "confusion": result["confusion"], "weights": self.weights.describe(),
-            "preprocessing": self.pre.to_dict(), "device": str(self.device),
-            "train_images": len(self.dataset.train), "test_images": len(self.dataset.test),
+            "preprocessing": self.pre.to_dict(), "train_crop_size": self.train_pre.crop_size,
+            "device": str(self.device), "train_images": len(self.train_labels),
+            "test_images": len(self.test_labels), "probe": self.probe,
         }
+        if zero_shot is not None:
+            metrics["zero_shot_acc"] = zero_shot
         if self.run_dir:
             save_model(model, self.run_dir / "model.safetensors", self.dataset.classes, self.pre, cfg)
             atomic_write_json(self.run_dir / "metrics.json", metrics)
             (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
         return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model)
 
+    def _probe_epoch(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     loss_fn: nn.Module, epoch: int) -> dict[str, float]:
+        """One epoch of the head on cached features (view ``epoch - 1`` modulo the views)."""
+        features = self.train_features[(epoch - 1) % len(self.train_features)]
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(features), generator=generator).split(self.config.batch_size)
+        head = model.head
+        loss_sum, correct, start = 0.0, 0, time.perf_counter()
+        for idx in order:
+            x, y = features[idx].to(self.device), self.train_labels[idx].to(self.device)
+            logits = head(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * (1 if loss_fn.reduction == "sum" else len(idx))
+            correct += int((logits.argmax(1) == y).sum())
+        seconds = time.perf_counter() - start
+        n = len(features)
+        return {"train_loss": loss_sum / n, "train_acc": correct / n, "train_images_per_s": n / max(seconds, 1e-9),
+                "train_s": seconds}
+
     def _head_warmup(self, model: TransferModel) -> None:
         """Fit the new head on cached body features before the body moves (skipped from scratch)."""
         cfg = self.config
         if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
             return
-        train_eval = eval_batch(self.train_images, self.pre)
-        features = body_features(model, train_eval, self.pre, self.device, quiet=self.quiet)
+        features = body_features(model, eval_batch(self.train_images, self.pre), self.pre, self.device,
+                                 quiet=self.quiet)
         fit_head(model, features, self.train_labels, cfg.head_warmup_epochs, lr=cfg.lr * cfg.head_lr_mult * 10,
                  weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
                  seed=cfg.seed)
-        result = evaluate(model, self.test_images, self.test_labels, self.pre, self.device,
-                          len(self.dataset.classes))
         log.info("head warm-up (%d epochs on cached features): test_acc %.3f", cfg.head_warmup_epochs,
-                 result["test_acc"])
+                 self._evaluate(model)["test_acc"])
 
     # -- files
     def _write_history(self) -> None:

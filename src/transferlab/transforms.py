@@ -19,8 +19,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["Preprocessing", "resize_shorter", "center_crop", "random_resized_crop_box",
-           "augment", "normalize"]
+__all__ = ["Preprocessing", "resize_shorter", "center_crop", "random_resized_crop_box", "sample_crop",
+           "apply_crop", "augment", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,26 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+Crop = tuple[int, int, int, int, bool]  # top, left, height, width, flip
+
+
+def sample_crop(image: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> Crop:
+    """Draw one RandomResizedCrop box and a horizontal-flip coin for ``image``."""
+    box = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, generator)
+    return (*box, bool(torch.rand(1, generator=generator).item() < 0.5))
+
+
+def apply_crop(image: torch.Tensor, crop: Crop, pre: Preprocessing) -> torch.Tensor:
+    top, left, h, w, flip = crop
+    out = F.resized_crop(image, top, left, h, w, [pre.crop_size, pre.crop_size],
+                         interpolation=pre.mode, antialias=True)
+    return out.flip(-1) if flip else out
+
+
 def augment(image: torch.Tensor, pre: Preprocessing, scale: tuple[float, float],
             generator: torch.Generator) -> torch.Tensor:
     """RandomResizedCrop + horizontal flip of one uint8 CHW image."""
-    top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, generator)
-    out = F.resized_crop(image, top, left, h, w, [pre.crop_size, pre.crop_size],
-                         interpolation=pre.mode, antialias=True)
-    if torch.rand(1, generator=generator).item() < 0.5:
-        out = out.flip(-1)
-    return out
+    return apply_crop(image, sample_crop(image, scale, generator), pre)
 
 
 def normalize(batch: torch.Tensor, pre: Preprocessing, device: torch.device | str = "cpu",

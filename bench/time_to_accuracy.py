@@ -1,0 +1,244 @@
+"""Time-to-accuracy of transferlab against a plain PyTorch fine-tuning loop, on the same machine.
+
+    python bench/time_to_accuracy.py --data elpv
+    python bench/time_to_accuracy.py --data ../shared/datasets/hotdog-mini --repeats 3
+
+Each arm runs in its own subprocess (one process tree, arms alternating when
+--repeats > 1); the reference runs with default settings, as users run it:
+
+- reference: torchvision ImageFolder + DataLoader(num_workers=0) + per-image PIL transforms,
+  NCHW fp32, plain SGD with the seed's hyper-parameters (body lr 5e-5, head x10, wd 1e-3,
+  summed loss, batch 128), 5 epochs, evaluation after every epoch;
+- transferlab: the default preset through ``transferlab.finetune``;
+- frozen body: the same plain loop with the whole body frozen (it still runs the body
+  every step) against transferlab's linear probe (``freeze="body"``, cached features);
+- pipeline: transferlab's training images/s with its data pipeline against the same model
+  stepping on pre-made tensors.
+
+Prints a table and one JSON line. Ratios and medians, not single absolute times, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REFERENCE_EPOCHS = 5
+
+
+# --------------------------------------------------------------------------- arms (run in subprocesses)
+
+
+def _reference_model(num_classes: int):
+    import torch
+    import torchvision
+
+    from transferlab.weights import resolve_weights
+
+    net = torchvision.models.mobilenet_v2()
+    net.load_state_dict(torch.load(resolve_weights("mobilenet_v2", "imagenet").path, weights_only=True))
+    net.classifier[1] = torch.nn.Linear(net.classifier[1].in_features, num_classes)
+    torch.nn.init.xavier_uniform_(net.classifier[1].weight)
+    torch.nn.init.zeros_(net.classifier[1].bias)
+    return net
+
+
+def arm_reference(data: str, frozen: bool, seed: int) -> dict:
+    """The seed's recipe as a plain loop; ``frozen`` freezes the body but still runs it every step."""
+    start = time.perf_counter()
+    import torch
+    import torchvision
+    from torchvision import transforms
+
+    from transferlab.data import resolve_data
+
+    torch.manual_seed(seed)
+    ds = resolve_data(data, seed=seed)
+    test_dir = "val" if ds.test_source == "val" else "test"
+    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                  normalize])
+    rgb = lambda path: torchvision.datasets.folder.default_loader(path)  # noqa: E731
+    train_set = torchvision.datasets.ImageFolder(str(ds.root / "train"), train_tf, loader=rgb)
+    test_set = torchvision.datasets.ImageFolder(str(ds.root / test_dir), test_tf, loader=rgb)
+    train_iter = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, num_workers=0)
+    test_iter = torch.utils.data.DataLoader(test_set, batch_size=128, num_workers=0)
+    net = _reference_model(len(train_set.classes))
+    head = list(net.classifier[1].parameters())
+    body = [p for n, p in net.named_parameters() if not n.startswith("classifier.1")]
+    if frozen:
+        for p in body:
+            p.requires_grad_(False)
+        groups = [{"params": head, "lr": 5e-4}]
+    else:
+        groups = [{"params": body}, {"params": head, "lr": 5e-4}]
+    trainer = torch.optim.SGD(groups, lr=5e-5, weight_decay=1e-3)
+    loss = torch.nn.CrossEntropyLoss(reduction="none")
+    history = []
+    for epoch in range(REFERENCE_EPOCHS):
+        net.train()
+        if frozen:
+            net.features.eval()  # frozen BatchNorm keeps its statistics
+        for x, y in train_iter:
+            trainer.zero_grad()
+            loss(net(x), y).sum().backward()
+            trainer.step()
+        net.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in test_iter:
+                correct += int((net(x).argmax(1) == y).sum())
+                total += len(y)
+        history.append({"epoch": epoch + 1, "test_acc": correct / total, "wall_s": time.perf_counter() - start})
+    return {"history": history, "wall_s": time.perf_counter() - start, "final_acc": history[-1]["test_acc"]}
+
+
+def arm_transferlab(data: str, probe: bool, seed: int, extra: dict) -> dict:
+    start = time.perf_counter()
+    from transferlab import finetune, make_config
+
+    overrides = {"freeze": "body", "epochs": REFERENCE_EPOCHS} if probe else {}
+    result = finetune(make_config(data=data, seed=seed, **{**overrides, **extra}), quiet=True)
+    return {"history": result.history, "wall_s": time.perf_counter() - start, "final_acc": result.test_acc,
+            "config": result.config.to_dict()}
+
+
+def arm_pipeline(data: str, seed: int, rounds: int = 3) -> dict:
+    """Images/s of full training epochs against the same steps on pre-made tensors, alternating."""
+    import math
+
+    import torch
+    from torch import nn
+
+    from transferlab import make_config
+    from transferlab.train import Trainer, build_optimizer, build_scheduler, train_batches, train_one_epoch
+
+    trainer = Trainer(make_config(data=data, seed=seed), quiet=True)
+    cfg, pre = trainer.config, trainer.train_pre
+    model = trainer._build_model()
+    trainer._prepare_data()
+    n = len(trainer.train_labels)
+    steps = math.ceil(n / cfg.batch_size)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    x = torch.randn(cfg.batch_size, 3, pre.crop_size, pre.crop_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, len(trainer.dataset.classes), (cfg.batch_size,))
+    full, bare = [], []
+    for r in range(rounds):
+        batches = train_batches(trainer.train_images, trainer.train_labels, cfg.batch_size, pre, cfg.crop_scale,
+                                seed, r + 1)
+        stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, pre, trainer.device,
+                                quiet=True)
+        full.append(n / stats["train_s"])
+        model.train()
+        t = time.perf_counter()
+        for _ in range(steps):
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        bare.append(steps * cfg.batch_size / (time.perf_counter() - t))
+    return {"pipeline_img_s": statistics.median(full), "tensors_img_s": statistics.median(bare),
+            "efficiency": statistics.median(full) / statistics.median(bare), "crop": pre.crop_size,
+            "batch_size": cfg.batch_size}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_arm(name: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "arm.json"
+        cmd = [sys.executable, __file__, "--arm", name, "--data", args.data, "--seed", str(args.seed),
+               "--arm-out", str(out), "--extra", json.dumps(args.extra)]
+        env = dict(os.environ)
+        if name.startswith("reference"):
+            env.pop("THP_MEM_ALLOC_ENABLE", None)  # the reference runs as users run it
+        subprocess.run(cmd, check=True, env=env)
+        return json.loads(out.read_text())
+
+
+def time_to(history: list[dict], target: float) -> float | None:
+    return next((h["wall_s"] for h in history if h["test_acc"] >= target - 1e-9), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="elpv")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", type=json.loads, default={}, help="JSON overrides of transferlab's config")
+    parser.add_argument("--skip", default="", help="comma-separated arms to skip: frozen,pipeline")
+    parser.add_argument("--arm", help=argparse.SUPPRESS)
+    parser.add_argument("--arm-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.arm:
+        arms = {"reference": lambda: arm_reference(args.data, False, args.seed),
+                "reference-frozen": lambda: arm_reference(args.data, True, args.seed),
+                "transferlab": lambda: arm_transferlab(args.data, False, args.seed, args.extra),
+                "transferlab-probe": lambda: arm_transferlab(args.data, True, args.seed, {}),
+                "pipeline": lambda: arm_pipeline(args.data, args.seed)}
+        Path(args.arm_out).write_text(json.dumps(arms[args.arm]()))
+        return
+
+    skip = set(filter(None, args.skip.split(",")))
+    rounds = []
+    for _ in range(args.repeats):
+        r = {"reference": run_arm("reference", args), "transferlab": run_arm("transferlab", args)}
+        if "frozen" not in skip:
+            r["reference-frozen"] = run_arm("reference-frozen", args)
+            r["transferlab-probe"] = run_arm("transferlab-probe", args)
+        rounds.append(r)
+    pipeline = None if "pipeline" in skip else run_arm("pipeline", args)
+
+    ref_acc = statistics.median(r["reference"]["final_acc"] for r in rounds)
+    ref_wall = statistics.median(r["reference"]["wall_s"] for r in rounds)
+    reach = [time_to(r["transferlab"]["history"], r["reference"]["final_acc"]) for r in rounds]
+    reached = [t for t in reach if t is not None]
+    tl_to_acc = statistics.median(reached) if len(reached) == len(reach) else None
+    ratio = ref_wall / tl_to_acc if tl_to_acc else None
+    frozen_ratio = None
+    if "frozen" not in skip:
+        frozen_ratio = statistics.median(r["reference-frozen"]["wall_s"] / r["transferlab-probe"]["wall_s"]
+                                         for r in rounds)
+    summary = {
+        "data": args.data, "repeats": args.repeats, "cpu_threads": os.cpu_count(),
+        "reference_final_acc": round(ref_acc, 4), "reference_wall_s": round(ref_wall, 1),
+        "transferlab_final_acc": round(statistics.median(r["transferlab"]["final_acc"] for r in rounds), 4),
+        "transferlab_wall_s": round(statistics.median(r["transferlab"]["wall_s"] for r in rounds), 1),
+        "transferlab_s_to_reference_acc": round(tl_to_acc, 1) if tl_to_acc else None,
+        "time_to_accuracy_ratio": round(ratio, 2) if ratio else None,
+        "pipeline_efficiency": round(pipeline["efficiency"], 3) if pipeline else None,
+        "frozen_body_ratio": round(frozen_ratio, 2) if frozen_ratio else None,
+    }
+    if "frozen" not in skip:
+        summary["reference_frozen_wall_s"] = round(statistics.median(r["reference-frozen"]["wall_s"]
+                                                                     for r in rounds), 1)
+        summary["probe_wall_s"] = round(statistics.median(r["transferlab-probe"]["wall_s"] for r in rounds), 1)
+        summary["probe_final_acc"] = round(statistics.median(r["transferlab-probe"]["final_acc"]
+                                                             for r in rounds), 4)
+    if pipeline:
+        summary.update({k: round(v, 2) if isinstance(v, float) else v for k, v in pipeline.items()
+                        if k != "efficiency"})
+    width = max(map(len, summary))
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
+    for i, r in enumerate(rounds):
+        for name in ("reference", "transferlab"):
+            curve = " ".join(f"{h['test_acc']:.3f}@{h['wall_s']:.0f}s" for h in r[name]["history"])
+            print(f"round {i} {name:<12} {curve}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
