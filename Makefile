@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-offline.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean browser
 
 $(STAMP): pyproject.toml requirements-offline.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 
-test: lint
+# Headless Chromium + its driver for the browser test (tests/test_serve.py), from Debian's packages.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	echo "installing chromium and chromium-driver with apt-get"; \
+	( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver ) \
+	|| echo "WARNING: could not install chromium + chromium-driver: the browser test will be SKIPPED (run as root: apt-get install chromium chromium-driver)" >&2
+
+test: lint browser
 	$(BIN)/python -m pytest -ra
 
 clean:

@@ -48,10 +48,7 @@ def cache_key(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool) -> str:
     for path in paths:
         try:
             digest.update(hashlib.sha1(Path(path).read_bytes()).digest())
-        except OSError as exc:
-            if not skip_bad:
-                raise TransferlabError(f"{path}: cannot read ({exc.strerror}); fix its permissions or remove it"
-                                       ) from None
+        except OSError:  # decoding reports it, with the right advice for the kind of failure
             digest.update(b"unreadable:" + os.fsencode(str(path)))
     return digest.hexdigest()[:32]
 

@@ -58,6 +58,10 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                                             "each, then a count) instead of stopping"}),
     ("--seed", {"type": int}),
     ("--device", {"help": "auto (default), cpu, cuda, cuda:N"}),
+    ("--checkpoint-every", {"type": int, "help": "also write checkpoint.pt every N optimizer steps (default 0: "
+                                                 "after each epoch only)"}),
+    ("--deterministic", {"action": "store_true", "help": "deterministic kernels and a fixed thread count: a resumed "
+                                                        "run ends bit-identical to an uninterrupted one (on CPU)"}),
 ]
 
 
@@ -83,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<data>-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="with --resume: accept options that differ")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train on N local processes through torchrun (DDP); --batch-size stays the global batch")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="offline demo: ELPV solar cells, MobileNetV2 fine-tuned vs. scratch")
@@ -105,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true",
                    help="average over center, flipped center and 4 corner crops (6x slower)")
 
+    p = sub.add_parser("export", help="write the model as ONNX or TorchScript (+ model.json), checked against PyTorch")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", default=None, help="model file (default RUN_DIR/model.onnx or RUN_DIR/model.ts); "
+                                               "the JSON goes next to it with the suffix .json")
+
+    p = sub.add_parser("serve", help="web page and JSON API that classify uploaded images")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default 10)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest image accepted, in pixels (default 40000000)")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("models", help="list models, their freeze stages and where their weights are")
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
 
@@ -126,10 +147,38 @@ def _version() -> str:
     return f"transferlab {__version__}"
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import RunConfig, make_config
-    from .train import finetune
+def _worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    """The train command line that ``args`` came from, without --nproc (what each launched process runs)."""
+    argv = ["train"]
+    for dest, value in vars(args).items():
+        if dest in ("command", "nproc", "out") or value is None or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, dict):  # --head-map
+            argv += [flag, ";".join(f"{k}={','.join(map(str, v))}" for k, v in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return [*argv, "--out", str(out)]
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import shlex
+
+    from .config import RunConfig, make_config
+    from .distributed import RESUME_ENV, check_global_batch, context, launch
+    from .train import TrainingDiverged, TrainingInterrupted, finetune
+
+    ctx = context()
+    if not ctx.is_main:  # rank 0 speaks for every process
+        logging.getLogger("transferlab").setLevel(logging.ERROR)
+    if args.nproc is not None and args.nproc < 1:
+        raise TransferlabError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc is not None and "LOCAL_RANK" in os.environ:
+        raise TransferlabError("--nproc: already started by torchrun; drop --nproc (--nproc-per-node sets the count)")
     overrides = _overrides(args)
     default_out = f"runs/{Path(overrides.get('data', 'hotdog')).name}-{overrides.get('model', 'mobilenet_v2')}"
     out = Path(args.out or default_out)
@@ -150,10 +199,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TransferlabError(f"--out {out}: a finished run is already there; choose another --out "
                                    "or delete it")
         config = make_config(args.preset, **overrides, out=str(out))
-    result = finetune(config, quiet=args.quiet, resume=args.resume)
+    if args.nproc and args.nproc > 1:
+        check_global_batch(config.batch_size, args.nproc)
+        again = f"transferlab train --nproc {args.nproc} --out {shlex.quote(str(out))} --resume"
+        return launch(args.nproc, _worker_argv(args, out), again)
+    try:
+        result = finetune(config, quiet=args.quiet, resume=args.resume)
+    except TrainingInterrupted as exc:
+        if ctx.is_main:
+            again = os.environ.get(RESUME_ENV) or (
+                f"torchrun <the same options> -m transferlab train --out {shlex.quote(str(out))} --resume"
+                if ctx.enabled else f"transferlab train --out {shlex.quote(str(out))} --resume")
+            hint = f"; resume with: {again}" if exc.run_dir else ""
+            print(f"transferlab: {exc}{hint}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except TrainingDiverged:
+        if not ctx.is_main:  # every process diverged at the same step; rank 0 says so
+            return 2
+        raise
     m = result.metrics
-    print(f"test_acc {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) in {m['wall_s']:.1f} s; "
-          f"run in {out}/")
+    if ctx.is_main:
+        print(f"test_acc {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) in {m['wall_s']:.1f} s; "
+              f"run in {out}/")
     return 0
 
 
@@ -193,6 +260,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 print(json.dumps({"path": str(path), **pred}))
         sys.stdout.flush()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    result = export_model(args.run_dir, args.format, out=args.out)
+    sizes = " and ".join(map(str, result.batch_sizes))
+    print(f"wrote {result.path} and {result.metadata_path}; max abs difference from PyTorch "
+          f"{result.max_abs_diff:.1e} on batches of {sizes}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_pixels=args.max_pixels, device=args.device)
     return 0
 
 
@@ -240,6 +325,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "export": cmd_export, "serve": cmd_serve,
             "models": cmd_models, "study": cmd_study}
 
 

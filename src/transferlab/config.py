@@ -48,6 +48,8 @@ class RunConfig:
     train_image_size: int | None = None
     probe_views: int = 1
     skip_bad_images: bool = False
+    checkpoint_every: int = 0
+    deterministic: bool = False
     val_fraction: float = 0.25
     seed: int = 0
     device: str = "auto"
@@ -83,6 +85,9 @@ class RunConfig:
             raise TransferlabError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0.0 < self.val_fraction < 1.0:
             raise TransferlabError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.checkpoint_every < 0:
+            raise TransferlabError(f"--checkpoint-every must be 0 (epochs only) or a number of steps, "
+                                   f"got {self.checkpoint_every}")
         if self.probe_views < 1:
             raise TransferlabError(f"--probe-views must be at least 1, got {self.probe_views}")
         for name, value in (("image-size", self.image_size), ("resize-size", self.resize_size),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import random
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,23 +18,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TransferlabError
 from .io import cache_dir
 from .progress import progress
 from .transforms import Preprocessing, resize_shorter
 
-__all__ = ["IMAGE_EXTENSIONS", "Split", "Dataset", "resolve_data", "scan_folder", "stratified_split",
-           "load_rgb", "decode_images", "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL",
-           "HOTDOG_SHA1"]
+__all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "Split", "Dataset",
+           "resolve_data", "scan_folder", "stratified_split", "max_pixels", "load_rgb", "decode_images",
+           "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL", "HOTDOG_SHA1"]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Skipped while scanning, like every name that starts with "." (.DS_Store, ._x.jpg, .ipynb_checkpoints).
+IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"
 HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
-Image.MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default bomb limit, made explicit
 
 
 @dataclass(frozen=True)
@@ -65,21 +70,84 @@ class Dataset:
                 f"{len(self.train)} train / {len(self.test)} test images ({self.test_source})")
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def _list_dir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        raise TransferlabError(f"{folder}: cannot list folder ({exc.strerror or exc}); "
+                               "fix its permissions or remove it") from None
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:  # a link loop or an unreadable entry
+        return False
+
+
+def _is_file_or_link(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file() or entry.is_symlink()
+    except OSError:  # a link loop: kept, so that decoding reports it
+        return True
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively; folder links are followed, each real folder once.
+
+    A folder link that points back at the folder itself or one of its parents (a loop) is
+    skipped with a warning. An image name that cannot be resolved (a broken link or a file
+    link loop) is kept, so that decoding reports it (or ``--skip-bad-images`` drops it).
+    """
+    top = folder.resolve()
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            real = current.resolve()
+            info = real.stat()
+        except OSError as exc:
+            raise TransferlabError(f"{current}: cannot read folder ({exc.strerror or exc}); "
+                                   "fix or remove it") from None
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for entry in _list_dir(current):
+            path = Path(entry.path)
+            if _ignored(entry.name):
+                continue
+            if _is_dir(entry):
+                target = path.resolve()
+                if entry.is_symlink() and any(target == p or target in p.parents for p in (real, top)):
+                    log.warning("ignoring %s: the folder link loops back to %s", path, target)
+                else:
+                    pending.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                if _is_file_or_link(entry):
+                    found.append(path)
+                else:
+                    log.warning("ignoring %s: not a regular file", path)
+    return sorted(found)
 
 
 def scan_folder(root: Path) -> tuple[tuple[str, ...], Split]:
-    """Read ``root/<class>/<image>`` (nested folders allowed); hidden files are ignored."""
+    """Read ``root/<class>/<image>`` (nested folders allowed); hidden and system files are ignored."""
     if not root.is_dir():
         raise TransferlabError(f"{root}: no such directory")
-    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    classes = tuple(e.name for e in _list_dir(root) if not _ignored(e.name) and _is_dir(e))
     if not classes:
         raise TransferlabError(f"{root}: no class folders; expected {root}/<class name>/<image files>")
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if _is_image(p) and p.is_file())
+        files = _image_files(root / name)
         if not files:
             raise TransferlabError(f"{root / name}: class folder has no images "
                                    f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove it")
@@ -147,28 +215,90 @@ def resolve_data(spec: str, seed: int = 0, val_fraction: float = 0.25) -> Datase
 # --------------------------------------------------------------------------- images
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB: EXIF rotation applied; grey, 16-bit, palette, RGBA, CMYK converted."""
-    path = Path(path)
+def max_pixels() -> int:
+    """The decompression-bomb limit in pixels: ``$TRANSFERLAB_MAX_PIXELS``, read at each call, else Pillow's."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if array.max() > 255 else 255.0
-                img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            if img.mode in ("RGBA", "LA", "PA"):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            return img.convert("RGB")
-    except Image.DecompressionBombError:
-        raise TransferlabError(f"{path}: image has more than {Image.MAX_IMAGE_PIXELS} pixels; "
-                               "refusing it as a possible decompression bomb") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise TransferlabError(f"{path}: cannot read image ({exc}); remove or replace the file") from None
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise TransferlabError(f"{MAX_PIXELS_ENV}={value}: expected a positive whole number of pixels; "
+                               "fix or unset it")
+    return limit
+
+
+_HEADER_LOCK = threading.Lock()
+
+
+def _open_header(path: Path) -> Image.Image:
+    """``Image.open`` (reads the header only) with Pillow's own bomb check off: :func:`load_rgb` applies
+    :func:`max_pixels` itself, so no Pillow warning line precedes its error. The lock keeps decoding
+    threads from racing on Pillow's global."""
+    with _HEADER_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float grey
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def _unreadable(path: Path, exc: BaseException) -> TransferlabError:
+    """One line for an image that cannot be used: what is wrong, then the fix."""
+    if isinstance(exc, UnidentifiedImageError):
+        reason = "not an image (its content is no format Pillow reads, whatever the extension says)"
+    elif isinstance(exc, OSError) and exc.strerror:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return TransferlabError(f"{path}: cannot read ({exc.strerror}); fix its permissions or remove it")
+        reason = f"cannot read ({exc.strerror})"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = f"cannot decode ({type(exc).__name__}: {first})" if first else f"cannot decode ({type(exc).__name__})"
+    return TransferlabError(f"{path}: {reason}; remove or replace the file")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image fully as 8-bit RGB, or raise a one-line :class:`TransferlabError`.
+
+    EXIF rotation is applied; grey, 16-bit, palette, RGBA and CMYK are converted (transparency
+    onto white). The content decides the format, not the extension. Images with more than
+    :func:`max_pixels` pixels are refused before any pixel is decoded; a 1x1 image is fine
+    (the resize upsamples it).
+    """
+    path = Path(path)
+    limit = max_pixels()
+    try:
+        if path.stat().st_size == 0:
+            raise TransferlabError(f"{path}: empty file (0 bytes); remove or replace it")
+        with _open_header(path) as img:
+            width, height = img.size
+            if width * height > limit:
+                raise TransferlabError(
+                    f"{path}: {width}x{height} = {width * height} pixels is over the limit of {limit}; refusing "
+                    f"a possible decompression bomb (if the image is genuine, raise {MAX_PIXELS_ENV})")
+            img.load()  # Pillow is lazy: decode everything here, so truncated data fails inside this try
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except TransferlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error...
+        raise _unreadable(path, exc) from None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

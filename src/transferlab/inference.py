@@ -1,15 +1,24 @@
-"""Use a finished run: load it, predict images, evaluate on a dataset."""
+"""Use a finished run: load it, predict images (optionally with TTA), evaluate on a dataset.
+
+Test-time augmentation (``tta=True``) averages the softmax over six views of each
+image after the eval resize (shorter side = ``resize_size``): the center crop, its
+horizontal flip, and the four corner crops (top-left, top-right, bottom-left,
+bottom-right), all ``crop_size`` square.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from .data import IMAGE_EXTENSIONS, decode_one, resolve_data, to_tensor
 from .errors import TransferlabError
@@ -18,7 +27,16 @@ from .train import eval_batch, evaluate, predict_logits, resolve_device
 from .transforms import Preprocessing, resize_shorter
 from .weights import load_state_dict
 
-__all__ = ["Predictor", "load", "evaluate_run", "expand_paths"]
+__all__ = ["Predictor", "ImageInput", "TTA_VIEWS", "tta_views", "load", "evaluate_run", "expand_paths"]
+
+ImageInput = str | Path | Image.Image | torch.Tensor
+TTA_VIEWS = ("center", "center_flipped", "top_left", "top_right", "bottom_left", "bottom_right")
+
+
+def tta_views(image: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """The :data:`TTA_VIEWS` of one resized uint8 CHW image, stacked as (6, C, crop, crop)."""
+    top_left, top_right, bottom_left, bottom_right, center = F.five_crop(image, [crop_size, crop_size])
+    return torch.stack([center, center.flip(-1), top_left, top_right, bottom_left, bottom_right])
 
 
 @dataclass
@@ -29,25 +47,58 @@ class Predictor:
     classes: tuple[str, ...]
     pre: Preprocessing
     device: torch.device
+    model_name: str = ""
 
-    def _tensor(self, item: str | Path | Image.Image | torch.Tensor) -> torch.Tensor:
+    def _tensor(self, item: ImageInput) -> torch.Tensor:
+        """Decode one input and resize its shorter side to ``resize_size``."""
         if isinstance(item, (str, Path)):
             return decode_one(Path(item), self.pre)
         if isinstance(item, Image.Image):
             return resize_shorter(to_tensor(item.convert("RGB")), self.pre.resize_size, self.pre.mode)
-        if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.ndim == 3:
+        if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.ndim == 3 and item.shape[0] == 3:
             return resize_shorter(item, self.pre.resize_size, self.pre.mode)
-        raise TransferlabError("predict: give image paths, PIL images or uint8 CHW tensors")
+        raise TransferlabError(f"predict: got {type(item).__name__}; give image paths, PIL images or "
+                               "uint8 RGB tensors shaped (3, H, W) or (N, 3, H, W)")
 
-    def predict_proba(self, images: Sequence[str | Path | Image.Image | torch.Tensor]) -> torch.Tensor:
-        batch = eval_batch([self._tensor(item) for item in images], self.pre)
-        return predict_logits(self.model, batch, self.pre, self.device).softmax(1)
+    def _decode(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:
+        if len(images) < 2:
+            return [self._tensor(item) for item in images]
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            return list(pool.map(self._tensor, images))
 
-    def predict(self, images: Sequence[str | Path | Image.Image | torch.Tensor]) -> list[dict[str, Any]]:
-        """One dict per image: label and probabilities by class name."""
-        probs = self.predict_proba(images)
+    def predict_proba(self, images: ImageInput | Sequence[ImageInput], tta: bool = False,
+                      batch_size: int = 32) -> torch.Tensor:
+        """Softmax probabilities, shape (N, classes); with ``tta`` averaged over :data:`TTA_VIEWS`."""
+        if batch_size <= 0:
+            raise TransferlabError(f"predict: batch_size must be positive, got {batch_size}")
+        items = _as_list(images)
+        out = []
+        for start in range(0, len(items), batch_size):
+            decoded = self._decode(items[start:start + batch_size])
+            if tta:
+                views = torch.cat([tta_views(img, self.pre.crop_size) for img in decoded])
+                probs = predict_logits(self.model, views, self.pre, self.device, batch_size).softmax(1)
+                out.append(probs.view(len(decoded), len(TTA_VIEWS), -1).mean(1))
+            else:
+                batch = eval_batch(decoded, self.pre)
+                out.append(predict_logits(self.model, batch, self.pre, self.device, batch_size).softmax(1))
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], tta: bool = False,
+                batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per image: ``label`` and ``probabilities`` by class name (a single image gives a list of one)."""
+        probs = self.predict_proba(images, tta=tta, batch_size=batch_size)
         return [{"label": self.classes[int(p.argmax())],
                  "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p)}} for p in probs]
+
+
+def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """A single image becomes a list of one; a uint8 (N, 3, H, W) tensor becomes N images."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images.unbind(0))
+    if isinstance(images, (str, Path, Image.Image, torch.Tensor)):
+        return [images]
+    return list(images)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:
@@ -68,7 +119,7 @@ def load(run_dir: str | Path, device: str = "auto") -> Predictor:
     model = create_model(model_name, len(classes))
     model.net.load_state_dict(load_state_dict(path))
     dev = resolve_device(device)
-    return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev)
+    return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev, model_name)
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Path]:

@@ -1,11 +1,32 @@
-"""Plain-text tables for the terminal and Markdown."""
+"""Reports: plain-text tables, and the study report (summary.json, report.md, self-contained report.html).
+
+Figures are drawn with matplotlib's Agg backend (``pip install 'transferlab[report]'``);
+without matplotlib the report still has every table, and says how to get the figures.
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import math
+import os
+import platform
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table"]
+from .io import atomic_write, atomic_write_json, atomic_write_text
+
+__all__ = ["format_table", "summarize_study", "write_study_report", "study_rows", "environment"]
+
+log = logging.getLogger(__name__)
+
+MISTAKES_SHOWN = 12
 
 
 def _cell(value: Any) -> str:
@@ -24,3 +45,517 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(columns), sep, *(line(r) for r in cells)])
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where there are too few values)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def environment() -> dict[str, Any]:
+    """Software versions and the hardware this process runs on."""
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "transferlab": __version__, "platform": platform.platform(), "cpu": cpu, "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": ", ".join(gpus) or "none"}
+
+
+def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[str, Any],
+                    changes: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]],
+                    wall_s: float | None = None) -> dict[str, Any]:
+    """Collect every finished run of a study (``runs``: variant, seed, run_dir relative to ``out``).
+
+    Variants are sorted by mean final test accuracy, best first; ``changes`` are the
+    config keys each variant changes, as resolved (``freeze: half`` -> a stage).
+    """
+    out = Path(out)
+    variants, classes, devices = [], None, set()
+    for name, overrides in study["variants"].items():
+        planned = [r for r in runs if r["variant"] == name]
+        rows = []
+        for entry in planned:
+            run_dir = out / entry["run_dir"]
+            metrics = _read_json(run_dir / "metrics.json")
+            if not metrics:
+                continue
+            classes = classes or metrics.get("class_names")
+            devices.add(metrics.get("device"))
+            rows.append({"seed": entry["seed"], "run_dir": entry["run_dir"], "test_acc": metrics["test_acc"],
+                         "best_test_acc": metrics["best_test_acc"], "wall_s": metrics["wall_s"],
+                         "train_images_per_s": metrics.get("train_images_per_s"),
+                         "zero_shot_acc": metrics.get("zero_shot_acc"), "confusion": metrics.get("confusion"),
+                         "curve": [h["test_acc"] for h in _read_jsonl(run_dir / "metrics.jsonl")]})
+        item: dict[str, Any] = {"name": name, "overrides": overrides, "changes": changes.get(name, {}),
+                                "planned": len(planned), "finished": len(rows), "runs": rows}
+        for key in ("test_acc", "best_test_acc", "wall_s", "train_images_per_s", "zero_shot_acc"):
+            item[f"{key}_mean"], item[f"{key}_std"] = _stats([r[key] for r in rows])
+        variants.append(item)
+    order = list(study["variants"])
+    variants.sort(key=lambda v: (v["test_acc_mean"] is None, -(v["test_acc_mean"] or 0.0), order.index(v["name"])))
+    done = [v for v in variants if v["finished"]]
+    return {
+        "study": study["name"], "description": study.get("description", ""), "source": study.get("source"),
+        "out": str(out), "seeds": sorted({r["seed"] for r in runs}), "variant_order": order,
+        "groups": study.get("groups", {}), "base_config": base_config, "class_names": classes,
+        "runs_planned": len(runs), "runs_finished": sum(v["finished"] for v in variants),
+        "compute_s": round(sum(r["wall_s"] for v in variants for r in v["runs"]), 1),
+        "wall_s": round(wall_s, 1) if wall_s is not None else None,
+        "best_variant": done[0]["name"] if done else None, "devices": sorted(d for d in devices if d),
+        "environment": environment(), "written": _dt.datetime.now().isoformat(timespec="seconds"),
+        "variants": variants,
+    }
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _changes_text(variant: dict[str, Any]) -> str:
+    parts = []
+    for key, value in variant["changes"].items():
+        asked = variant["overrides"].get(key, value)
+        if isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{key}={value}" + (f" ({asked})" if asked != variant["changes"][key] else ""))
+    return ", ".join(parts) or "(base config)"
+
+
+def study_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results table: one row per variant, best mean test accuracy first."""
+    reference = next((v for v in summary["variants"] if v["name"] == summary["variant_order"][0]), None)
+    ref_mean = reference["test_acc_mean"] if reference else None
+    rows = []
+    for rank, v in enumerate(summary["variants"], 1):
+        delta = None
+        if v["test_acc_mean"] is not None and ref_mean is not None and v is not reference:
+            delta = f"{100 * (v['test_acc_mean'] - ref_mean):+.1f}"
+        rows.append({
+            "#": rank, "variant": v["name"], "changes": _changes_text(v),
+            "test acc": _pm(v["test_acc_mean"], v["test_acc_std"]),
+            f"Δ vs {summary['variant_order'][0]} (pts)": delta or "-",
+            "best-epoch acc": _pm(v["best_test_acc_mean"], v["best_test_acc_std"]),
+            "zero-shot": _pm(v["zero_shot_acc_mean"], v["zero_shot_acc_std"]),
+            "s / run": f"{v['wall_s_mean']:.0f}" if v["wall_s_mean"] is not None else "-",
+            "train img/s": f"{v['train_images_per_s_mean']:.0f}" if v["train_images_per_s_mean"] else "-",
+            "seeds": f"{v['finished']}/{v['planned']}",
+        })
+    if all(r["zero-shot"] == "-" for r in rows):
+        for r in rows:
+            del r["zero-shot"]
+    return rows
+
+
+# --------------------------------------------------------------------------- the best run
+
+
+def _representative(variant: dict[str, Any]) -> dict[str, Any]:
+    """The run of a variant whose final accuracy is closest to the variant's mean."""
+    return min(variant["runs"], key=lambda r: (abs(r["test_acc"] - variant["test_acc_mean"]), r["seed"]))
+
+
+def _mistakes(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's misclassified test images, most confident first (the run's own test split)."""
+    from .config import RunConfig
+    from .data import resolve_data
+    from .inference import load
+
+    config = RunConfig.load(run_dir / "config.json")
+    dataset = resolve_data(config.data, config.seed, config.val_fraction)
+    predictor = load(run_dir, device="cpu")
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    paths = list(dataset.test.paths)
+    mistakes = []
+    for start in range(0, len(paths), 32):
+        chunk = paths[start:start + 32]
+        probs = predictor.predict_proba(chunk)
+        for path, label, p in zip(chunk, dataset.test.labels[start:start + 32], probs):
+            true = dataset.classes[label]
+            pred = int(p.argmax())
+            if pred != index[true]:
+                mistakes.append({"path": str(path), "true": true, "pred": predictor.classes[pred],
+                                 "confidence": round(float(p[pred]), 4)})
+    mistakes.sort(key=lambda m: -m["confidence"])
+    return mistakes
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _colors(summary: dict[str, Any]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {name: cmap(i % 10) for i, name in enumerate(summary["variant_order"])}
+
+
+def _chance(summary: dict[str, Any]) -> float | None:
+    classes = summary.get("class_names")
+    return 1.0 / len(classes) if classes else None
+
+
+def _plot_accuracy(plt: Any, summary: dict[str, Any]) -> bytes:
+    done = [v for v in summary["variants"] if v["finished"]][::-1]  # best at the top
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(done) + 1.3))
+    ys = range(len(done))
+    means = [v["test_acc_mean"] for v in done]
+    colors = ["#2b6cb0" if v["name"] == summary["best_variant"] else "#90b4de" for v in done]
+    ax.barh(ys, means, xerr=[v["test_acc_std"] or 0.0 for v in done], color=colors, height=0.62,
+            error_kw={"ecolor": "#333", "capsize": 3, "lw": 1})
+    for y, v in zip(ys, done):
+        ax.plot([r["test_acc"] for r in v["runs"]], [y] * len(v["runs"]), "o", ms=3.5, color="#1a202c", alpha=0.7)
+        ax.text(1.01, y, _pm(v["test_acc_mean"], v["test_acc_std"]), va="center", fontsize=9,
+                transform=ax.get_yaxis_transform())
+    chance = _chance(summary)
+    if chance:
+        ax.axvline(chance, color="#999", ls="--", lw=1)
+        ax.text(chance, len(done) - 0.35, " chance", color="#777", fontsize=8, va="bottom")
+    ax.set_yticks(list(ys), [v["name"] for v in done])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(done) - 0.1)
+    ax.set_xlabel("final test accuracy (bar: mean over seeds, line: ± std, dots: seeds)")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title("Accuracy by variant", loc="left", fontsize=11)
+    return _png(fig)
+
+
+def _plot_curves(plt: Any, summary: dict[str, Any]) -> bytes:
+    colors = _colors(summary)
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for v in summary["variants"]:
+        curves = [r["curve"] for r in v["runs"] if r["curve"]]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        epochs = list(range(1, n + 1))
+        columns = [[c[e] for c in curves] for e in range(n)]
+        mean = [sum(col) / len(col) for col in columns]
+        zero = v["zero_shot_acc_mean"]
+        if zero is not None:
+            ax.plot([0, 1], [zero, mean[0]], ls=":", color=colors[v["name"]], lw=1.3)
+            ax.plot([0], [zero], "o", mfc="white", color=colors[v["name"]], ms=5)
+        ax.plot(epochs, mean, "-o", ms=3, lw=1.8, color=colors[v["name"]],
+                label=f"{v['name']} ({mean[-1]:.3f})")
+        if len(curves) > 1:
+            ax.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns],
+                            color=colors[v["name"]], alpha=0.12, lw=0)
+    chance = _chance(summary)
+    if chance:
+        ax.axhline(chance, color="#999", ls="--", lw=1)
+    ax.set_xlabel("epoch (0: zero-shot, before training)" if any(
+        v["zero_shot_acc_mean"] is not None for v in summary["variants"]) else "epoch")
+    ax.set_ylabel("test accuracy")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8.5, frameon=False,
+              title="variant (final mean)", title_fontsize=8.5)
+    ax.set_title("Learning curves: test accuracy per epoch (line: mean over seeds, band: min-max)",
+                 loc="left", fontsize=11)
+    return _png(fig)
+
+
+def _group_labels(summary: dict[str, Any], members: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The one config key a group varies, and each member's value of it (else: the variant names)."""
+    base = summary["base_config"]
+    keys = sorted({k for v in members for k in v["changes"]})
+    if len(keys) == 1:
+        key = keys[0]
+        labels = []
+        for v in members:
+            value = v["changes"].get(key, base.get(key))
+            asked = v["overrides"].get(key, value)
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            labels.append(text + (f"\n({asked})" if asked != value else ""))
+        return key, labels
+    return "variant", [v["name"] for v in members]
+
+
+def _plot_group(plt: Any, summary: dict[str, Any], title: str, names: list[str]) -> bytes | None:
+    by_name = {v["name"]: v for v in summary["variants"]}
+    members = [by_name[n] for n in names if by_name[n]["finished"]]
+    if not members:
+        return None
+    key, labels = _group_labels(summary, members)
+    colors = _colors(summary)
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.0 * len(members) + 1.4), 3.2))
+    xs = list(range(len(members)))
+    ax.plot(xs, [v["test_acc_mean"] for v in members], "-", color="#2b6cb0", lw=1.5, zorder=1)
+    for x, v in zip(xs, members):
+        ax.errorbar([x], [v["test_acc_mean"]], yerr=[v["test_acc_std"] or 0.0], fmt="o", ms=6, capsize=4,
+                    color=colors[v["name"]], zorder=3)
+        ax.plot([x + 0.08] * len(v["runs"]), [r["test_acc"] for r in v["runs"]], ".", color="#1a202c",
+                alpha=0.6, ms=4, zorder=2)
+        if v["zero_shot_acc_mean"] is not None:
+            ax.plot([x - 0.08], [v["zero_shot_acc_mean"]], "o", mfc="white", color=colors[v["name"]], ms=6,
+                    label="zero-shot (before training)")
+    ax.set_xticks(xs, labels, fontsize=8.5)
+    ax.set_xlim(-0.5, len(members) - 0.5)
+    ax.set_xlabel(key)
+    ax.set_ylabel("test accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title, loc="left", fontsize=10.5)
+    if any(v["zero_shot_acc_mean"] is not None for v in members):
+        ax.legend(fontsize=7.5, frameon=False, loc="best")
+    return _png(fig)
+
+
+def _plot_confusion(plt: Any, confusion: list[list[int]], classes: list[str], title: str) -> bytes:
+    n = len(classes)
+    size = max(3.4, 0.55 * n + 2.2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    ax.imshow(confusion, cmap="Blues")
+    if n <= 20:
+        peak = max(max(row) for row in confusion) or 1
+        for i, row in enumerate(confusion):
+            total = sum(row) or 1
+            for j, count in enumerate(row):
+                ax.text(j, i, f"{count}\n{100 * count / total:.0f}%", ha="center", va="center", fontsize=9,
+                        color="white" if count > peak / 2 else "#1a202c")
+    ax.set_xticks(range(n), classes, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, loc="left", fontsize=10)
+    return _png(fig)
+
+
+def _plot_mistakes(plt: Any, mistakes: list[dict[str, Any]]) -> bytes | None:
+    from .data import load_rgb
+
+    shown = mistakes[:MISTAKES_SHOWN]
+    if not shown:
+        return None
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, shown):
+        image = load_rgb(m["path"])
+        image.thumbnail((224, 224))
+        ax.imshow(image)
+        ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=8.5,
+                     color="#9b2c2c")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- report files
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "group"
+
+
+def write_study_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write ``summary.json``, ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``."""
+    out = Path(out)
+    best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
+    if best is not None:
+        run = _representative(best)
+        try:
+            mistakes = _mistakes(out / run["run_dir"])
+        except Exception as exc:  # noqa: BLE001 - a report without the image grid beats no report
+            log.warning("report: cannot predict the test images of %s (%s)", run["run_dir"], exc)
+            mistakes = []
+        summary["best_run"] = {"variant": best["name"], "seed": run["seed"], "run_dir": run["run_dir"],
+                               "test_acc": run["test_acc"], "confusion": run["confusion"],
+                               "mistakes": mistakes}
+    figures: list[tuple[str, str, bytes]] = []  # (file stem, caption, png)
+    plt = _pyplot()
+    if plt is not None and best is not None:
+        figures.append(("accuracy", "Final test accuracy by variant", _plot_accuracy(plt, summary)))
+        figures.append(("curves", "Learning curves", _plot_curves(plt, summary)))
+        for title, names in summary["groups"].items():
+            png = _plot_group(plt, summary, title, names)
+            if png:
+                figures.append((f"group_{_slug(title)}", title, png))
+        br = summary["best_run"]
+        if br["confusion"] and summary["class_names"]:
+            figures.append(("confusion", "Confusion matrix", _plot_confusion(
+                plt, br["confusion"], summary["class_names"],
+                f"{br['variant']}, seed {br['seed']}: test acc {br['test_acc']:.3f}")))
+        png = _plot_mistakes(plt, br["mistakes"])
+        if png:
+            figures.append(("mistakes", "Most confidently misclassified test images", png))
+    for stem, _caption, png in figures:
+        atomic_write(out / "figures" / f"{stem}.png", lambda tmp, data=png: Path(tmp).write_bytes(data))
+    paths = {"summary": atomic_write_json(out / "summary.json", summary),
+             "md": atomic_write_text(out / "report.md", _markdown(summary, figures, plt is not None)),
+             "html": atomic_write_text(out / "report.html", _html(summary, figures, plt is not None))}
+    return paths
+
+
+def _title(summary: dict[str, Any]) -> str:
+    base = summary["base_config"]
+    return f"Study {summary['study']}: {Path(str(base['data'])).name}, {base['model']}"
+
+
+def _facts(summary: dict[str, Any]) -> list[str]:
+    base = summary["base_config"]
+    size = f"{base['image_size']} px" if base.get("image_size") else "the weights' own size"
+    facts = [f"{len(summary['variants'])} variants x {len(summary['seeds'])} seeds "
+             f"({summary['runs_finished']}/{summary['runs_planned']} runs finished); "
+             f"{base['epochs']} epochs per run, batch {base['batch_size']}, {size}",
+             f"compute: {summary['compute_s']:.0f} s over all runs"
+             + (f"; this invocation: {summary['wall_s']:.0f} s wall" if summary.get("wall_s") is not None else "")
+             + f"; device: {', '.join(summary['devices']) or '-'}"]
+    best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
+    if best:
+        facts.append(f"best: **{best['name']}** at {_pm(best['test_acc_mean'], best['test_acc_std'])} "
+                     "test accuracy (mean ± std over seeds)")
+    return facts
+
+
+def _env_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in summary["environment"].items()]
+
+
+def _markdown(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotted: bool) -> str:
+    lines = [f"# {_title(summary)}", ""]
+    if summary["description"]:
+        lines += [summary["description"][:1].upper() + summary["description"][1:] + ".", ""]
+    lines += [f"- {fact}" for fact in _facts(summary)] + ["", "## Results", "", format_table(study_rows(summary)),
+                                                          ""]
+    if not plotted:
+        lines += ["(figures need matplotlib: `pip install 'transferlab[report]'`)", ""]
+    for stem, caption, _png_data in figures:
+        lines += [f"## {caption}" if stem in ("accuracy", "curves", "confusion", "mistakes") else f"### {caption}",
+                  "", f"![{caption}](figures/{stem}.png)", ""]
+    br = summary.get("best_run")
+    if br and not br["mistakes"]:
+        lines += [f"No misclassified test images for {br['variant']} seed {br['seed']}.", ""]
+    lines += ["## Base config", "", "```json", json.dumps(summary["base_config"], indent=2, sort_keys=True), "```",
+              "", "## Environment", "", format_table([{"": k, "value": v} for k, v in _env_rows(summary)]), "",
+              f"Written {summary['written']} by transferlab {summary['environment']['transferlab']}.", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1a202c;max-width:1040px;
+margin:2em auto;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #e2e8f0;padding-bottom:.2em}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0}th,td{padding:.35em .7em;border-bottom:1px solid #e2e8f0;
+text-align:left;white-space:nowrap}th{background:#f7fafc}tr:first-child td{font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
+.small{display:flex;flex-wrap:wrap;gap:1em}.small figure{margin:0}figcaption{color:#4a5568;font-size:.85em}
+pre{background:#f7fafc;padding:1em;overflow:auto;font-size:.85em}.muted{color:#718096}
+"""
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>(no rows)</p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+    body = []
+    for row in rows:
+        cells = []
+        for value in row.values():
+            text = str(value)
+            numeric = bool(re.match(r"^[-+]?[\d.]+( ± [\d.]+)?$", text))
+            cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+
+
+def _html(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotted: bool) -> str:
+    esc = html.escape
+    bold = re.compile(r"[*][*](.+?)[*][*]")
+    facts = "".join("<li>" + bold.sub(r"<b>\1</b>", esc(f)) + "</li>" for f in _facts(summary))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(_title(summary))}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{esc(_title(summary))}</h1>"]
+    if summary["description"]:
+        parts.append(f"<p class=muted>{esc(summary['description'])}</p>")
+    parts += [f"<ul>{facts}</ul>", "<h2>Results</h2>", _html_table(study_rows(summary))]
+    if not plotted:
+        parts.append("<p class=muted>Figures need matplotlib: <code>pip install 'transferlab[report]'</code></p>")
+    by_stem = {stem: (caption, png) for stem, caption, png in figures}
+    for stem in ("accuracy", "curves"):
+        if stem in by_stem:
+            caption, png = by_stem[stem]
+            parts += [f"<h2>{esc(caption)}</h2>", _img(png, caption)]
+    small = [(caption, png) for stem, caption, png in figures if stem.startswith("group_")]
+    if small:
+        parts.append("<h2>Ablations</h2><div class=small>")
+        parts += [f"<figure>{_img(png, caption)}</figure>" for caption, png in small]
+        parts.append("</div>")
+    br = summary.get("best_run")
+    if br:
+        parts.append(f"<h2>Best variant: {esc(br['variant'])} (seed {br['seed']})</h2>")
+        if "confusion" in by_stem:
+            parts.append(_img(by_stem["confusion"][1], "confusion matrix"))
+        if "mistakes" in by_stem:
+            parts += [f"<h3>Most confidently misclassified test images ({len(br['mistakes'])} wrong in all)</h3>",
+                      _img(by_stem["mistakes"][1], "misclassified images")]
+        elif not br["mistakes"]:
+            parts.append("<p>No misclassified test images.</p>")
+    parts += ["<h2>Base config</h2>", f"<pre>{esc(json.dumps(summary['base_config'], indent=2, sort_keys=True))}</pre>",
+              "<h2>Environment</h2>", _html_table([{"": k, "value": v} for k, v in _env_rows(summary)]),
+              f"<p class=muted>Written {esc(summary['written'])}; run directories under "
+              f"{esc(summary['out'])}/&lt;variant&gt;/seed&lt;k&gt;/.</p>", "</body></html>"]
+    return "\n".join(parts) + "\n"

@@ -2,6 +2,14 @@
 
 ``finetune(config)`` is the one helper of the recipe: it hides optimizer
 construction, parameter groups, metric logging and the pretrained/scratch switch.
+
+A run with ``out`` writes ``checkpoint.pt`` after every epoch (and every
+``checkpoint_every`` steps): model, optimizer, scheduler, every random generator,
+the epoch and step, and the running sums of the epoch in progress. Data order and
+crops are a function of (seed, epoch), so ``resume=True`` continues mid-epoch and,
+on CPU, ends with bit-identical weights and metrics. SIGINT/SIGTERM finish the
+current step, write a checkpoint and raise :class:`TrainingInterrupted`. Under
+torchrun every process trains its share of each global batch (see ``distributed``).
 """
 
 from __future__ import annotations
@@ -10,16 +18,22 @@ import json
 import logging
 import math
 import os
+import random
+import signal
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .cache import decode
 from .config import RunConfig
 from .data import Dataset, Split, resolve_data
@@ -27,14 +41,17 @@ from .errors import TransferlabError
 from .io import atomic_write, atomic_write_json
 from .models import TransferModel, create_model, param_groups
 from .progress import progress
-from .transforms import Preprocessing, apply_crop, augment, center_crop, normalize, sample_crop
+from .transforms import Crop, Preprocessing, apply_crop, center_crop, normalize, sample_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
 
 __all__ = ["RunResult", "Trainer", "finetune", "train_one_epoch", "evaluate", "build_optimizer",
            "build_scheduler", "resolve_device", "save_model", "eval_batch", "train_batches", "fit_head", "score",
-           "body_features"]
+           "body_features", "global_batches", "probe_batches", "EpochState", "StopRequest", "TrainingInterrupted",
+           "TrainingDiverged", "deterministic_mode"]
 
 log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor, int]  # this process's inputs, its labels, the global batch size
 
 
 @dataclass
@@ -53,6 +70,26 @@ class RunResult:
         return float(self.metrics["test_acc"])
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a whole step (and a checkpoint, if the run has a directory)."""
+
+    def __init__(self, message: str, signum: int, run_dir: Path | None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.run_dir = run_dir
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TrainingDiverged(TransferlabError):
+    """A non-finite training loss; every process raises it at the same step."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +100,65 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TransferlabError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
+
+
+@contextmanager
+def deterministic_mode(threads: int | None = None) -> Iterator[None]:
+    """Deterministic kernels, no cuDNN autotuning and a fixed intra-op thread count; undone on exit.
+
+    Ops without a deterministic CUDA kernel warn rather than fail, so bit-identical
+    results are promised on CPU only.
+    """
+    import torch.utils.deterministic as det
+
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, det.fill_uninitialized_memory,
+                torch.get_num_threads())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = False  # NaN-filling every new tensor is a debugging aid, and slow
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.set_num_threads(threads or previous[-1])
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]
+        det.fill_uninitialized_memory = previous[4]
+        torch.set_num_threads(previous[5])
+
+
+class StopRequest:
+    """While installed (main thread only), SIGINT and SIGTERM ask training to stop after the current step.
+
+    A second signal stops at once (KeyboardInterrupt).
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.info("%s: finishing the current step, then saving a checkpoint (send it again to stop now)",
+                 signal.Signals(signum).name)
+
+    def __call__(self) -> bool:
+        return bool(self.signum)
 
 
 # --------------------------------------------------------------------------- batches
@@ -78,37 +174,75 @@ def _augment_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1) // 4))
 
 
-def _augmented(images: Sequence[torch.Tensor], index: torch.Tensor, pre: Preprocessing,
-               scale: tuple[float, float], generator: torch.Generator,
+def global_batches(order: torch.Tensor, batch_size: int, world_size: int = 1) -> list[torch.Tensor]:
+    """``order`` cut into global batches; with several processes a last batch smaller than their count is dropped."""
+    chunks = list(order.split(batch_size))
+    if world_size > 1 and chunks and len(chunks[-1]) < world_size:
+        chunks.pop()
+    return chunks
+
+
+def _draw_crops(images: Sequence[torch.Tensor], index: torch.Tensor, scale: tuple[float, float],
+                generator: torch.Generator) -> list[Crop]:
+    return [sample_crop(images[i], scale, generator) for i in index.tolist()]
+
+
+def _augmented(images: Sequence[torch.Tensor], index: torch.Tensor, rank: int, world_size: int,
+               pre: Preprocessing, scale: tuple[float, float], generator: torch.Generator,
                pool: ThreadPoolExecutor | None) -> torch.Tensor:
-    # Crops are drawn in order from the generator, then resized (in parallel where cores allow).
-    crops = [(images[i], sample_crop(images[i], scale, generator)) for i in index.tolist()]
+    # The crops of the whole global batch are drawn in order, then this process's share is resized
+    # (in parallel where cores allow).
+    crops = _draw_crops(images, index, scale, generator)
+    mine = [(images[i], crop) for i, crop in list(zip(index.tolist(), crops))[rank::world_size]]
     if pool is None:
-        return torch.stack([apply_crop(img, crop, pre) for img, crop in crops])
-    return torch.stack(list(pool.map(lambda item: apply_crop(item[0], item[1], pre), crops)))
+        return torch.stack([apply_crop(img, crop, pre) for img, crop in mine])
+    return torch.stack(list(pool.map(lambda item: apply_crop(item[0], item[1], pre), mine)))
 
 
 def train_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int, pre: Preprocessing,
-                  scale: tuple[float, float], seed: int, epoch: int,
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled, augmented uint8 batches; the next batch is built while the model runs.
+                  scale: tuple[float, float], seed: int, epoch: int, start_step: int = 0, rank: int = 0,
+                  world_size: int = 1) -> Iterator[Batch]:
+    """Shuffled, augmented uint8 batches (this process's share); the next one is built while the model runs.
 
-    The order and crops depend only on (seed, epoch), so a resumed run sees the same data.
+    The order and crops depend only on (seed, epoch): every process draws the crops of
+    the whole global batch and resizes its own share (every ``world_size``-th image from
+    ``rank``), and batches before ``start_step`` (done before a resume) have their crops
+    drawn but not made, so the random stream goes on exactly as in an uninterrupted epoch.
     """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator)
-    chunks = order.split(batch_size)
+    chunks = global_batches(order, batch_size, world_size)
+    for chunk in chunks[:start_step]:
+        _draw_crops(images, chunk, scale, generator)
+    chunks = chunks[start_step:]
+    if not chunks:
+        return
     workers = _augment_workers()
     crop_pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_augmented, images, chunks[0], pre, scale, generator, crop_pool)
-        for i, chunk in enumerate(chunks):
-            batch = pending.result()
-            if i + 1 < len(chunks):
-                pending = pool.submit(_augmented, images, chunks[i + 1], pre, scale, generator, crop_pool)
-            yield batch, labels[chunk]
-    if crop_pool is not None:
-        crop_pool.shutdown()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            def submit(chunk: torch.Tensor):
+                return pool.submit(_augmented, images, chunk, rank, world_size, pre, scale, generator, crop_pool)
+
+            pending = submit(chunks[0])
+            for i, chunk in enumerate(chunks):
+                batch = pending.result()
+                if i + 1 < len(chunks):
+                    pending = submit(chunks[i + 1])
+                yield batch, labels[chunk[rank::world_size]], len(chunk)
+    finally:
+        if crop_pool is not None:
+            crop_pool.shutdown()
+
+
+def probe_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """Shuffled batches of cached features, ordered by (seed, epoch) like :func:`train_batches`."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(features), generator=generator)
+    for chunk in global_batches(order, batch_size, world_size)[start_step:]:
+        mine = chunk[rank::world_size]
+        yield features[mine], labels[mine], len(chunk)
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -149,36 +283,62 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def train_one_epoch(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: nn.Module,
-                    pre: Preprocessing, device: torch.device, desc: str = "train",
-                    quiet: bool = False) -> dict[str, float]:
-    """One pass over the training batches; returns mean loss, accuracy and images/s."""
+@dataclass
+class EpochState:
+    """The epoch in progress: steps done and running sums over the global batches (checkpointed)."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, loss_fn: nn.Module, pre: Preprocessing | None, device: torch.device,
+                    desc: str = "train", quiet: bool = False, reduction: str = "mean", world_size: int = 1,
+                    state: EpochState | None = None, stop: Callable[[], bool] | None = None,
+                    after_step: Callable[[EpochState, bool], None] | None = None) -> dict[str, float]:
+    """One pass over the training batches; returns mean loss, accuracy and images/s over the global batches.
+
+    ``pre`` normalises uint8 images (None: the inputs are cached features). ``loss_fn``
+    gives per-sample losses; each process scales its sum so that DDP's gradient average
+    is the ``reduction`` ("mean" or "sum") over the global batch. Loss sums, correct
+    counts and the ``stop`` flag are summed over processes every step, so all of them
+    stop (or diverge) at the same step; ``after_step(state, stopping)`` runs after each.
+    """
+    state = state or EpochState()
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    start = time.perf_counter()
-    bar = progress(batches, total=total, desc=desc, quiet=quiet, unit="batch")
-    for images, labels in bar:
-        x = normalize(images, pre, device)
+    bar = progress(batches, total=total - state.step, desc=desc, quiet=quiet, unit="batch")
+    last = time.perf_counter()
+    for inputs, labels, batch_total in bar:
         y = labels.to(device, non_blocking=True)
-        with _autocast(device):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise TransferlabError(f"training diverged: loss is {loss.item()} at {desc}; "
-                                   "lower --lr or check the data")
+        if pre is None:
+            logits = model(inputs.to(device))
+        else:
+            with _autocast(device):
+                logits = model(normalize(inputs, pre, device))
+        losses = loss_fn(logits.float(), y)
+        loss = losses.sum() * (world_size / batch_total if reduction == "mean" else world_size)
+        loss_sum, correct, seen, stopping = distributed.all_reduce_sum(
+            [losses.sum().item(), int((logits.argmax(1) == y).sum()), y.numel(), float(stop() if stop else 0)])
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"training diverged: loss is {loss_sum / max(seen, 1)} at {desc} step "
+                                   f"{state.step + 1}; lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        n = labels.numel()
-        per_sample = loss.item() / n if loss_fn.reduction == "sum" else loss.item()
-        loss_sum += per_sample * n
-        correct += int((logits.argmax(1) == y).sum())
-        seen += n
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-            "train_images_per_s": seen / max(seconds, 1e-9), "train_s": seconds}
+        state.step += 1
+        state.loss_sum += loss_sum
+        state.correct += int(correct)
+        state.seen += int(seen)
+        state.seconds += time.perf_counter() - last
+        if after_step is not None:  # one process reads its own flag now; several agreed on it before the step
+            after_step(state, stopping > 0 or (world_size == 1 and stop is not None and stop()))
+        last = time.perf_counter()
+    return {"train_loss": state.loss_sum / max(1, state.seen), "train_acc": state.correct / max(1, state.seen),
+            "train_images_per_s": state.seen / max(state.seconds, 1e-9), "train_s": state.seconds}
 
 
 @torch.inference_mode()
@@ -259,11 +419,48 @@ def save_model(model: TransferModel, path: Path, classes: Sequence[str], pre: Pr
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator a process may draw from (torch, CUDA, numpy, python), as checkpointable values."""
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(), "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                  "gauss": float(numpy_state["gauss"])},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state({"bit_generator": "MT19937",
+                             "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _position(epoch: int, step: int) -> str:
+    """Where a checkpoint stands: ``epoch`` whole epochs done, then ``step`` steps of the next."""
+    return f"epoch {epoch + 1} step {step}" if step else f"end of epoch {epoch}"
+
+
 class Trainer:
     """Owns a run: data preparation, the loop, evaluation, checkpoints and files.
 
     With the whole body frozen (``freeze="body"``, a linear probe) the body runs
     once per image and view, and the head trains on the cached features.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process trains its share of each global
+    batch through DistributedDataParallel, BatchNorm uses global-batch statistics,
+    evaluation and feature caching are sharded, and only rank 0 logs and writes files.
 
     >>> result = Trainer(make_config(data="hotdog", epochs=3)).fit()  # doctest: +SKIP
     """
@@ -271,18 +468,37 @@ class Trainer:
     def __init__(self, config: RunConfig, quiet: bool = False, resume: bool = False,
                  dataset: Dataset | None = None) -> None:
         self.config = config.validate()
-        self.quiet = quiet
+        self.dist = distributed.context()
+        self.quiet = quiet or not self.dist.is_main
         self.resume = resume
         self.run_dir = Path(config.out) if config.out else None
         self.start = time.perf_counter()
         self.elapsed_before = 0.0
         self.device = resolve_device(config.device)
+        if self.dist.enabled:
+            distributed.check_global_batch(config.batch_size, self.dist.world_size)
+            if self.device.type == "cuda":
+                if self.dist.local_rank >= torch.cuda.device_count():
+                    raise TransferlabError(f"LOCAL_RANK {self.dist.local_rank}: only {torch.cuda.device_count()} "
+                                           "GPUs here; start at most that many processes per node")
+                self.device = torch.device("cuda", self.dist.local_rank)
         self.dataset = dataset or resolve_data(config.data, config.seed, config.val_fraction)
         self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
         self.pre = self.weights.preprocessing.with_sizes(config.image_size, config.resize_size)
         self.train_pre = replace(self.pre, crop_size=config.train_image_size or self.pre.crop_size)
         self.probe = config.freeze == "body"
         self.history: list[dict[str, Any]] = []
+        # where training stands; all of it goes into checkpoints
+        self.epochs_done = 0
+        self.epoch_state = EpochState()
+        self.images_seen, self.train_seconds = 0, 0.0
+        self.zero_shot: float | None = None
+        self.threads = torch.get_num_threads()
+        self.last_checkpoint: str | None = None
+
+    def _log(self, msg: str, *args: Any) -> None:
+        if self.dist.is_main:
+            log.info(msg, *args)
 
     # -- setup
     def _build_model(self) -> TransferModel:
@@ -296,6 +512,8 @@ class Trainer:
 
             init_head_from_imagenet(model, state, self.dataset, self.config.head_map, self.weights.categories)
         model.freeze(self.config.freeze)
+        if self.dist.enabled and not self.probe:
+            model.net = distributed.sync_batchnorm(model.net, self.device)
         return model.to(self.device, memory_format=torch.channels_last)
 
     def _decode(self, split: Split, desc: str) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -307,9 +525,21 @@ class Trainer:
         return decoded.images, labels
 
     def _prepare_data(self) -> None:
-        self.train_images, self.train_labels = self._decode(self.dataset.train, "decode train")
-        test_images, self.test_labels = self._decode(self.dataset.test, "decode test")
+        # local rank 0 decodes first and fills the disk cache; the other processes then read it
+        with distributed.local_main_first(self.dist):
+            self.train_images, self.train_labels = self._decode(self.dataset.train, "decode train")
+            test_images, self.test_labels = self._decode(self.dataset.test, "decode test")
         self.test_images = eval_batch(test_images, self.pre)
+
+    def _features(self, model: TransferModel, crop: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
+        """Body features of ``crop(i)`` for every i < n; each process computes its shard."""
+        index = distributed.shard(n, self.dist)
+        if not index:
+            local = torch.empty(0, model.head.in_features)
+        else:
+            local = body_features(model, torch.stack([crop(i) for i in index]), self.pre, self.device,
+                                  quiet=self.quiet)
+        return distributed.gather_rows(local, index, n)
 
     def _cache_features(self, model: TransferModel) -> None:
         """Body features of the test crops and of ``probe_views`` views of the training images.
@@ -317,169 +547,256 @@ class Trainer:
         View 0 is the eval crop; further views are augmented crops, seeded by (seed, view).
         """
         cfg = self.config
-        feats = [body_features(model, eval_batch(self.train_images, self.pre), self.pre, self.device,
-                               quiet=self.quiet)]
+        images, n = self.train_images, len(self.train_images)
+        feats = [self._features(model, lambda i: center_crop(images[i], self.pre.crop_size), n)]
         for view in range(1, cfg.probe_views):
             generator = torch.Generator().manual_seed(cfg.seed * 7919 + view)
-            crops = torch.stack([augment(img, self.pre, cfg.crop_scale, generator) for img in self.train_images])
-            feats.append(body_features(model, crops, self.pre, self.device, quiet=self.quiet))
+            crops = [sample_crop(img, cfg.crop_scale, generator) for img in images]
+            feats.append(self._features(model, lambda i, crops=crops: apply_crop(images[i], crops[i], self.pre), n))
         self.train_features = feats
-        self.test_features = body_features(model, self.test_images, self.pre, self.device, quiet=self.quiet)
+        self.test_features = self._features(model, lambda i: self.test_images[i], len(self.test_images))
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
 
     def _evaluate(self, model: TransferModel) -> dict[str, Any]:
+        num_classes = len(self.dataset.classes)
         if self.probe:
             with torch.inference_mode():
                 logits = model.head(self.test_features.to(self.device)).float().cpu()
-            return score(logits, self.test_labels, len(self.dataset.classes))
-        return evaluate(model, self.test_images, self.test_labels, self.pre, self.device,
-                        len(self.dataset.classes), quiet=self.quiet)
+        elif self.dist.enabled:  # each process predicts its shard of the test images
+            index = distributed.shard(len(self.test_images), self.dist)
+            local = (predict_logits(model, self.test_images[index], self.pre, self.device, quiet=self.quiet)
+                     if index else torch.empty(0, num_classes))
+            logits = distributed.gather_rows(local, index, len(self.test_images))
+        else:
+            logits = predict_logits(model, self.test_images, self.pre, self.device, quiet=self.quiet)
+        return score(logits, self.test_labels, num_classes)
+
+    def _wrap(self, model: TransferModel) -> nn.Module:
+        """What the loop trains: the model (or, probing, its head), in DistributedDataParallel on several processes."""
+        target = model.head if self.probe else model
+        if not self.dist.enabled:
+            return target
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(target, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- the run
     def fit(self) -> RunResult:
+        joined = False
+        try:
+            if self.config.deterministic:
+                with deterministic_mode(self.threads):
+                    joined = distributed.init_process_group(self.dist, self.device)
+                    result = self._fit()
+            else:
+                joined = distributed.init_process_group(self.dist, self.device)
+                result = self._fit()
+        except (TrainingInterrupted, TrainingDiverged):
+            if joined:  # every process stopped at the same step: leave the group cleanly
+                distributed.destroy_process_group()
+            raise
+        if joined:
+            distributed.destroy_process_group()
+        return result
+
+    def _fit(self) -> RunResult:
         cfg = self.config
-        log.info("%s", self.dataset.describe())
-        log.info("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s",
-                 cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
-                 self.pre.interpolation, self.train_pre.crop_size, self.device)
+        self._log("%s", self.dataset.describe())
+        self._log("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s%s",
+                  cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
+                  self.pre.interpolation, self.train_pre.crop_size, self.device,
+                  f", {self.dist.world_size} processes of {cfg.batch_size // self.dist.world_size} images"
+                  if self.dist.enabled else "")
         model = self._build_model()
         self._prepare_data()
         if self.probe:
             self._cache_features(model)
-        steps = math.ceil(len(self.train_labels) / cfg.batch_size)
+        steps = len(global_batches(torch.arange(len(self.train_labels)), cfg.batch_size, self.dist.world_size))
+        if steps == 0:
+            raise TransferlabError(f"--data {cfg.data}: {len(self.train_labels)} training images cannot feed "
+                                   f"{self.dist.world_size} processes; start fewer")
         optimizer = build_optimizer(cfg, model)
         scheduler = build_scheduler(cfg, optimizer, steps)
-        loss_fn = nn.CrossEntropyLoss(reduction=cfg.loss_reduction, label_smoothing=cfg.label_smoothing)
-        first_epoch = 1
+        loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
+        resumed = False
         if self.run_dir:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.json")
-            first_epoch = self._maybe_resume(model, optimizer, scheduler)
-        zero_shot = None
-        if first_epoch == 1:
+            if self.dist.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                cfg.save(self.run_dir / "config.json")
+            resumed = self._maybe_resume(model, optimizer, scheduler)
+        if not resumed:
             if cfg.head_init == "imagenet":
-                zero_shot = self._evaluate(model)["test_acc"]
-                log.info("zero-shot (head from ImageNet rows, before training): test_acc %.3f", zero_shot)
+                self.zero_shot = self._evaluate(model)["test_acc"]
+                self._log("zero-shot (head from ImageNet rows, before training): test_acc %.3f", self.zero_shot)
             if not self.probe:
                 self._head_warmup(model)
-        images_seen, train_seconds = 0, 0.0
+            if self.dist.rank > 0:  # dropout masks differ between processes; rank 0 draws as one process would
+                torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
+        net = self._wrap(model)
         result: dict[str, Any] = {}
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            desc = f"epoch {epoch}/{cfg.epochs}"
-            if self.probe:
-                stats = self._probe_epoch(model, optimizer, scheduler, loss_fn, epoch)
-            else:
-                batches = train_batches(self.train_images, self.train_labels, cfg.batch_size, self.train_pre,
-                                        cfg.crop_scale, cfg.seed, epoch)
-                stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, self.train_pre,
-                                        self.device, desc=desc, quiet=self.quiet)
-            images_seen += len(self.train_labels)
-            train_seconds += stats.pop("train_s")
-            result = self._evaluate(model)
-            row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-                   "test_loss": result["test_loss"], "test_acc": result["test_acc"],
-                   "wall_s": round(self._elapsed(), 3)}
-            self.history.append(row)
-            log.info("epoch %d/%d  train_loss %.4f  train_acc %.3f  test_loss %.4f  test_acc %.3f  "
-                     "%.1f img/s  %.1f s", epoch, cfg.epochs, row["train_loss"], row["train_acc"],
-                     row["test_loss"], row["test_acc"], stats["train_images_per_s"], row["wall_s"])
-            if self.run_dir:
-                self._write_history()
-                self._checkpoint(model, optimizer, scheduler, epoch)
+        with StopRequest() as stop:
+            for epoch in range(self.epochs_done + 1, cfg.epochs + 1):
+                stats = self._train_epoch(net, model, optimizer, scheduler, loss_fn, epoch, steps, stop)
+                self.images_seen += stats["seen"]
+                self.train_seconds += stats["train_s"]
+                result = self._evaluate(model)
+                row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+                       "test_loss": result["test_loss"], "test_acc": result["test_acc"],
+                       "wall_s": round(self._elapsed(), 3)}
+                self.history.append(row)
+                self.epochs_done, self.epoch_state = epoch, EpochState()
+                self._log("epoch %d/%d  train_loss %.4f  train_acc %.3f  test_loss %.4f  test_acc %.3f  "
+                          "%.1f img/s  %.1f s", epoch, cfg.epochs, row["train_loss"], row["train_acc"],
+                          row["test_loss"], row["test_acc"], stats["train_images_per_s"], row["wall_s"])
+                if self.run_dir:
+                    self._checkpoint(model, optimizer, scheduler, epoch)
+                    self._write_history()
+                if distributed.all_reduce_sum([stop()])[0] and epoch < cfg.epochs:
+                    raise self._interrupted(stop, f"after epoch {epoch}/{cfg.epochs}")
         if not result:  # resumed after the last epoch
             result = self._evaluate(model)
         metrics = {
             "test_acc": result["test_acc"], "test_loss": result["test_loss"],
             "best_test_acc": max([r["test_acc"] for r in self.history] or [result["test_acc"]]),
             "epochs": cfg.epochs, "wall_s": round(self._elapsed(), 3),
-            "train_images_per_s": round(images_seen / train_seconds, 3) if train_seconds else None,
+            "train_images_per_s": round(self.images_seen / self.train_seconds, 3) if self.train_seconds else None,
             "class_names": list(self.dataset.classes), "per_class_acc": result["per_class_acc"],
             "confusion": result["confusion"], "weights": self.weights.describe(),
             "preprocessing": self.pre.to_dict(), "train_crop_size": self.train_pre.crop_size,
             "device": str(self.device), "train_images": len(self.train_labels),
-            "test_images": len(self.test_labels), "probe": self.probe,
+            "test_images": len(self.test_labels), "probe": self.probe, "processes": self.dist.world_size,
         }
-        if zero_shot is not None:
-            metrics["zero_shot_acc"] = zero_shot
-        if self.run_dir:
+        if self.zero_shot is not None:
+            metrics["zero_shot_acc"] = self.zero_shot
+        if self.run_dir and self.dist.is_main:
             save_model(model, self.run_dir / "model.safetensors", self.dataset.classes, self.pre, cfg)
             atomic_write_json(self.run_dir / "metrics.json", metrics)
             (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)
         return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model)
 
-    def _probe_epoch(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     loss_fn: nn.Module, epoch: int) -> dict[str, float]:
-        """One epoch of the head on cached features (view ``epoch - 1`` modulo the views)."""
-        features = self.train_features[(epoch - 1) % len(self.train_features)]
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(len(features), generator=generator).split(self.config.batch_size)
-        head = model.head
-        loss_sum, correct, start = 0.0, 0, time.perf_counter()
-        for idx in order:
-            x, y = features[idx].to(self.device), self.train_labels[idx].to(self.device)
-            logits = head(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * (1 if loss_fn.reduction == "sum" else len(idx))
-            correct += int((logits.argmax(1) == y).sum())
-        seconds = time.perf_counter() - start
-        n = len(features)
-        return {"train_loss": loss_sum / n, "train_acc": correct / n, "train_images_per_s": n / max(seconds, 1e-9),
-                "train_s": seconds}
+    def _train_epoch(self, net: nn.Module, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     loss_fn: nn.Module, epoch: int, steps: int, stop: StopRequest) -> dict[str, float]:
+        """One epoch (or the rest of one, after a resume), checkpointing every ``checkpoint_every`` steps."""
+        cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+        state = self.epoch_state
+        if self.probe:
+            features = self.train_features[(epoch - 1) % len(self.train_features)]
+            batches = probe_batches(features, self.train_labels, cfg.batch_size, cfg.seed, epoch, state.step,
+                                    rank, world)
+        else:
+            batches = train_batches(self.train_images, self.train_labels, cfg.batch_size, self.train_pre,
+                                    cfg.crop_scale, cfg.seed, epoch, state.step, rank, world)
+
+        def after_step(state: EpochState, stopping: bool) -> None:
+            done = (epoch - 1) * steps + state.step
+            due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and state.step < steps
+            if self.run_dir and (stopping or due):
+                self._checkpoint(model, optimizer, scheduler, epoch - 1, step=state.step)
+            if stopping:
+                raise self._interrupted(stop, f"at epoch {epoch}/{cfg.epochs} step {state.step}/{steps}")
+
+        desc = f"epoch {epoch}/{cfg.epochs}"
+        try:
+            stats = train_one_epoch(net, batches, steps, optimizer, scheduler, loss_fn,
+                                    None if self.probe else self.train_pre, self.device, desc=desc, quiet=self.quiet,
+                                    reduction=cfg.loss_reduction, world_size=world, state=state, stop=stop,
+                                    after_step=after_step)
+        except TrainingDiverged as exc:
+            kept = (f"the last good checkpoint (at {self.last_checkpoint}) is kept in {self.run_dir / 'checkpoint.pt'}"
+                    if self.run_dir and self.last_checkpoint else "no checkpoint was written")
+            raise TrainingDiverged(f"{exc}; {kept}") from None
+        return {**stats, "seen": state.seen}
+
+    def _interrupted(self, stop: StopRequest, where: str) -> TrainingInterrupted:
+        signum = stop.signum or signal.SIGTERM  # another process got the signal
+        saved = f"checkpoint saved in {self.run_dir}" if self.run_dir else "nothing saved (no --out)"
+        return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} {where}; {saved}", signum,
+                                   self.run_dir)
 
     def _head_warmup(self, model: TransferModel) -> None:
         """Fit the new head on cached body features before the body moves (skipped from scratch)."""
         cfg = self.config
         if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
             return
-        features = body_features(model, eval_batch(self.train_images, self.pre), self.pre, self.device,
-                                 quiet=self.quiet)
+        images = self.train_images
+        features = self._features(model, lambda i: center_crop(images[i], self.pre.crop_size), len(images))
         fit_head(model, features, self.train_labels, cfg.head_warmup_epochs, lr=cfg.lr * cfg.head_lr_mult * 10,
                  weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
                  seed=cfg.seed)
-        log.info("head warm-up (%d epochs on cached features): test_acc %.3f", cfg.head_warmup_epochs,
-                 self._evaluate(model)["test_acc"])
+        self._log("head warm-up (%d epochs on cached features): test_acc %.3f", cfg.head_warmup_epochs,
+                  self._evaluate(model)["test_acc"])
 
     # -- files
     def _write_history(self) -> None:
+        if not self.dist.is_main:
+            return
         lines = "".join(json.dumps(r) + "\n" for r in self.history)
         atomic_write(self.run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
 
     def _checkpoint(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    epoch: int) -> None:
+                    epoch: int, step: int = 0) -> None:
+        """Save what a resume needs after ``epoch`` whole epochs and ``step`` steps of the next one.
+
+        Every process calls it (their random states are gathered); rank 0 writes. The
+        previous checkpoint stays in place until the new one is complete.
+        """
+        rng = distributed.gather_objects(_rng_state(self.device))
+        self.last_checkpoint = _position(epoch, step)
+        if not self.dist.is_main:
+            return
         state = {"model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "elapsed": self._elapsed(),
-                 "torch_rng": torch.get_rng_state(), "history": json.dumps(self.history)}
+                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                 "epoch_state": asdict(self.epoch_state) if step else asdict(EpochState()),
+                 "elapsed": self._elapsed(), "history": json.dumps(self.history),
+                 "best_test_acc": max([r["test_acc"] for r in self.history], default=None),
+                 "zero_shot": self.zero_shot, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+                 "world_size": self.dist.world_size, "threads": self.threads, "rng": rng,
+                 "torch_rng": rng[0]["torch"]}
         atomic_write(self.run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
 
-    def _maybe_resume(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    def _maybe_resume(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> bool:
+        """Load the latest checkpoint into the model, optimizer, scheduler and this trainer; False if none."""
         path = self.run_dir / "checkpoint.pt"
         if not self.resume:
-            return 1
+            return False
         if not path.is_file():
             if (self.run_dir / "metrics.json").is_file():
                 raise TransferlabError(f"--resume: {self.run_dir} already finished (metrics.json exists)")
-            log.info("--resume: no checkpoint in %s, starting from epoch 1", self.run_dir)
-            return 1
+            self._log("--resume: no checkpoint in %s, starting from epoch 1", self.run_dir)
+            return False
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            epoch, step = int(state["epoch"]), int(state.get("step", 0))
+            history = json.loads(state["history"])
+            epoch_state = EpochState(**state.get("epoch_state", {}))
+            rng = state.get("rng") or [{"torch": state["torch_rng"]}]
         except Exception as exc:  # noqa: BLE001
-            raise TransferlabError(f"{path}: cannot resume from this checkpoint ({str(exc).splitlines()[0]}); "
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # an empty file: EOFError()
+            raise TransferlabError(f"{path}: cannot resume from this checkpoint ({reason}); "
                                    "delete it to start over") from None
-        torch.set_rng_state(state["torch_rng"])
-        self.history = json.loads(state["history"])
+        if len(rng) == self.dist.world_size or self.dist.rank == 0:
+            _set_rng_state(rng[self.dist.rank], self.device)
+        else:  # another process count: only the dropout stream of the other ranks differs
+            torch.manual_seed(self.config.seed + 1_000_003 * self.dist.rank + epoch)
+        if self.config.deterministic and state.get("threads"):
+            self.threads = int(state["threads"])
+            torch.set_num_threads(self.threads)
+        self.history = history
+        self.epochs_done, self.epoch_state = epoch, epoch_state
+        self.zero_shot = state.get("zero_shot")
+        self.images_seen = int(state.get("images_seen", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.elapsed_before = float(state["elapsed"])
         self.start = time.perf_counter()
-        log.info("resuming %s after epoch %d", self.run_dir, state["epoch"])
-        return int(state["epoch"]) + 1
+        self.last_checkpoint = _position(epoch, step)
+        self._write_history()  # the history of the checkpoint, not rows written after it
+        self._log("resuming %s from the checkpoint at %s", self.run_dir, self.last_checkpoint)
+        return True
 
 
 def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool = False,

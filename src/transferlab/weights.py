@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,8 +209,14 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol warning would be a second stderr line
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or unsafe files all end here
+        if isinstance(exc, pickle.UnpicklingError) and str(exc).startswith("Weights only load failed"):
+            raise TransferlabError(f"{path}: refused: it holds pickled Python objects besides tensors, which "
+                                   "could run code when loaded; use a .safetensors file or a plain state dict"
+                                   ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TransferlabError(f"{path}: not a loadable weights file ({first[:200]})") from None
     for key in ("state_dict", "model"):

@@ -1,0 +1,254 @@
+"""A small web app around a run: an upload page, ``POST /predict``, ``GET /health`` and ``GET /info``.
+
+``create_app(run_dir)`` builds the FastAPI app (tests drive it with TestClient);
+``serve(run_dir)`` runs it with uvicorn, on 127.0.0.1 unless told otherwise.
+Every error is JSON ``{"error": "..."}``: 413 for an upload or image over the
+limits, 415 for a file that is no image, 400 for a broken request or image.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
+# and ``Request`` is imported inside create_app (so that a missing extra is a one-line error).
+import io
+import logging
+import re
+import socket
+import threading
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import TransferlabError
+
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "DEFAULT_MAX_PIXELS", "ApiError", "is_hotdog_model", "headline", "decode_upload",
+           "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_PIXELS = 40_000_000
+MULTIPART_SLACK = 64 * 1024  # room for multipart headers and boundaries around the file itself
+PAGE_HEADERS = {
+    # the page is self-contained: nothing may load from elsewhere
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src 'self' blob: data:; connect-src 'self'; form-action 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class ApiError(Exception):
+    """An HTTP error answered as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _hotdog_key(name: str) -> str:
+    return re.sub(r"[^a-z]", "", name.lower())
+
+
+def is_hotdog_model(classes: tuple[str, ...] | list[str]) -> bool:
+    """Whether the classes are hot dog / not hot dog (spelled hotdog, hot_dog, Not-Hotdog, ...)."""
+    return sorted(_hotdog_key(c) for c in classes) == ["hotdog", "nothotdog"]
+
+
+def headline(label: str, classes: tuple[str, ...] | list[str]) -> str:
+    """'Hot dog!' or 'Not hot dog!' for a hot dog / not hot dog model, else the class name."""
+    if not is_hotdog_model(classes):
+        return label
+    return "Hot dog!" if _hotdog_key(label) == "hotdog" else "Not hot dog!"
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Uploaded bytes -> RGB image; :class:`ApiError` if they are not a whole image within ``max_pixels``."""
+    if not data:
+        raise ApiError(400, "the uploaded file is empty; choose an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:
+        raise ApiError(415, "the upload is not an image Pillow can read; send a JPEG, PNG, WebP, GIF, BMP "
+                            "or TIFF file") from None
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"the image has too many pixels ({exc}); the limit is {max_pixels}") from None
+    except Exception as exc:  # noqa: BLE001 - broken headers raise many types
+        raise ApiError(400, f"cannot read the image header ({type(exc).__name__}); the file is truncated or "
+                            "damaged") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ApiError(413, f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                            "(--max-pixels); send a smaller image")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image.convert("RGBA"))
+        return image.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raise OSError, ValueError, SyntaxError...
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ApiError(400, f"cannot decode the image ({type(exc).__name__}: {first}); "
+                            "the file is truncated or damaged") from None
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before or while they arrive."""
+
+    def __init__(self, app: Any, limit: int, message: str) -> None:
+        self.app = app
+        self.limit = limit
+        self.message = message
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            from fastapi.responses import JSONResponse
+
+            await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise ApiError(413, self.message)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto") -> Any:
+    """The FastAPI app for one run directory (the model is loaded once, here)."""
+    if not max_upload_mb > 0:
+        raise TransferlabError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    if max_pixels <= 0:
+        raise TransferlabError(f"--max-pixels must be positive, got {max_pixels}")
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.concurrency import run_in_threadpool
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import HTMLResponse, JSONResponse
+        from starlette.datastructures import UploadFile
+        from starlette.exceptions import HTTPException
+    except ImportError as exc:
+        raise TransferlabError(f"serve needs fastapi, uvicorn and python-multipart ({exc}); "
+                               "run `pip install 'transferlab[serve]'`") from None
+    from . import __version__
+    from .inference import load
+
+    predictor = load(run_dir, device=device)
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    too_large = f"the upload is larger than {max_upload_mb:g} MB (--max-upload-mb); send a smaller image"
+    page = resources.files("transferlab").joinpath("static/index.html").read_text(encoding="utf-8")
+    lock = threading.Lock()  # one prediction at a time: the model is shared and the CPU is small
+    info = {"model": predictor.model_name, "class_names": list(predictor.classes), "transferlab_version": __version__,
+            "preprocessing": predictor.pre.to_dict(),
+            "hotdog": is_hotdog_model(predictor.classes),
+            "limits": {"max_upload_mb": max_upload_mb, "max_pixels": max_pixels}}
+
+    app = FastAPI(title="transferlab", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_BodyLimit, limit=max_bytes + MULTIPART_SLACK, message=too_large)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": f"invalid request: {exc.errors()}"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info() -> dict[str, Any]:
+        return info
+
+    def predict_image(data: bytes) -> dict[str, Any]:
+        image = decode_upload(data, max_pixels)
+        with lock:
+            result = predictor.predict([image])[0]
+        return {**result, "headline": headline(result["label"], predictor.classes)}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            raise ApiError(400, "send the image as multipart/form-data in a field named 'file'")
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "missing multipart field 'file' (the image file)")
+            data = await upload.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ApiError(413, too_large)
+        return await run_in_threadpool(predict_image, data)
+
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise TransferlabError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc}); "
+                               "choose another --port (or --host)") from None
+    return sock
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
+          device: str = "auto") -> None:
+    """Run the app with uvicorn until interrupted."""
+    if not 0 <= port <= 65535:
+        raise TransferlabError(f"--port {port}: choose a port between 1 and 65535 (0 = any free port)")
+    try:
+        import uvicorn
+    except ImportError:
+        raise TransferlabError("serve needs uvicorn; run `pip install 'transferlab[serve]'`") from None
+    sock = _listen(host, port)  # first, so that a busy port fails before the model loads
+    try:
+        app = create_app(run_dir, max_upload_mb=max_upload_mb, max_pixels=max_pixels, device=device)
+    except BaseException:
+        sock.close()
+        raise
+    bound = sock.getsockname()[1]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this machine can use the model", host)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"transferlab: serving {run_dir} on http://{shown}:{bound}/ (Ctrl+C stops)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

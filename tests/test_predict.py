@@ -1,0 +1,128 @@
+"""Predict: the Python API (paths, PIL, tensors; TTA) and the CLI (folders, JSON lines, CSV)."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import make_folder, make_image
+from PIL import Image
+
+from transferlab import TransferlabError
+from transferlab import train as T
+from transferlab.cli import main
+from transferlab.config import make_config
+from transferlab.data import load_rgb, to_tensor
+from transferlab.inference import TTA_VIEWS, load, tta_views
+from transferlab.transforms import center_crop, normalize
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny fine-tuned model on two color classes (64 px, one epoch)."""
+    root = tmp_path_factory.mktemp("predict")
+    data = make_folder(root / "colors", {"train": 8, "val": 3})
+    T.finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+    return root / "run", data
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "transferlab", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_tta_views_are_center_flip_and_four_corners():
+    image = torch.arange(3 * 5 * 7, dtype=torch.uint8).view(3, 5, 7)
+    views = tta_views(image, 3)
+    assert views.shape == (len(TTA_VIEWS), 3, 3, 3) == (6, 3, 3, 3)
+    center = image[:, 1:4, 2:5]
+    expected = [center, center.flip(-1), image[:, :3, :3], image[:, :3, -3:], image[:, -3:, :3], image[:, -3:, -3:]]
+    for name, got, want in zip(TTA_VIEWS, views, expected):
+        assert torch.equal(got, want), name
+
+
+def test_tta_averages_softmax_over_the_six_views(run):
+    run_dir, data = run
+    predictor = load(run_dir, device="cpu")
+    path = data / "val" / "red" / "red_0.png"
+    pre = predictor.pre
+    resized = predictor._tensor(path)
+    assert min(resized.shape[-2:]) == pre.resize_size and max(resized.shape[-2:]) > pre.crop_size
+    c = pre.crop_size
+    center = center_crop(resized, c)
+    views = torch.stack([center, center.flip(-1), resized[:, :c, :c], resized[:, :c, -c:],
+                         resized[:, -c:, :c], resized[:, -c:, -c:]])
+    with torch.inference_mode():
+        expected = predictor.model(normalize(views, pre)).softmax(1).mean(0)
+        plain = predictor.model(normalize(center[None], pre)).softmax(1)[0]
+    got = predictor.predict_proba([path], tta=True)[0]
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(predictor.predict_proba([path])[0], plain, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-6)  # the views really differ
+
+
+def test_predict_accepts_paths_pil_images_and_uint8_tensors(run):
+    run_dir, data = run
+    predictor = load(run_dir, device="cpu")
+    paths = sorted((data / "val").rglob("*.png"))
+    by_path = predictor.predict(paths, batch_size=4)
+    assert len(by_path) == len(paths) == 6
+    tensors = [to_tensor(load_rgb(p)) for p in paths]
+    for other in (predictor.predict([Image.open(p) for p in paths]), predictor.predict(tensors),
+                  predictor.predict(torch.stack(tensors))):
+        assert [r["label"] for r in other] == [r["label"] for r in by_path]
+        for a, b in zip(other, by_path):
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    single = predictor.predict(paths[0], tta=True)
+    assert len(single) == 1 and set(single[0]["probabilities"]) == {"blue", "red"}
+    assert sum(single[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert predictor.predict([]) == []
+    with pytest.raises(TransferlabError, match="uint8 RGB tensors"):
+        predictor.predict([torch.zeros(3, 8, 8)])
+    with pytest.raises(TransferlabError, match="batch_size must be positive"):
+        predictor.predict(paths, batch_size=0)
+
+
+def test_cli_predicts_folders_recursively_as_json_and_csv(run, tmp_path, capsys):
+    run_dir, data = run
+    nested = tmp_path / "inbox"
+    make_image(nested / "a" / "b" / "deep.jpg", (200, 40, 40), seed=7)
+    make_image(nested / "top.png", (40, 40, 200), seed=8)
+    (nested / "notes.txt").write_text("not an image")
+    single = data / "val" / "red" / "red_1.png"
+
+    proc = run_cli("predict", run_dir, single, nested, "--format", "csv", "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.reader(io.StringIO(proc.stdout)))
+    assert rows[0] == ["path", "label", "blue", "red"]
+    assert [r[0] for r in rows[1:]] == [str(single), str(nested / "a" / "b" / "deep.jpg"), str(nested / "top.png")]
+    for row in rows[1:]:
+        probs = dict(zip(("blue", "red"), map(float, row[2:])))
+        assert row[1] == max(probs, key=probs.get) and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+
+    assert main(["predict", str(run_dir), str(data / "val"), "--tta"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 6 and all(set(r) == {"path", "label", "probabilities"} for r in lines)
+    api = load(run_dir, device="cpu").predict([r["path"] for r in lines], tta=True)
+    for line, expected in zip(lines, api):
+        assert line["label"] == expected["label"]
+        assert line["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+
+
+def test_cli_predict_errors_are_one_line(run, tmp_path, capsys):
+    run_dir, _ = run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    cases = [(["--batch-size", "0", empty], "--batch-size must be positive"),
+             ([empty], "no image files"),
+             ([tmp_path / "missing.jpg"], "no such file"),
+             ([broken], "broken.jpg")]
+    for args, needle in cases:
+        assert main(["predict", str(run_dir), *map(str, args)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("transferlab: error: ") and needle in lines[0], lines

@@ -1,0 +1,134 @@
+"""Crash-safe runs: killed or interrupted mid-epoch, a run resumes to bit-identical weights and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_folder
+from safetensors.torch import load_file
+
+from transferlab import train as T
+from transferlab.transforms import Preprocessing
+
+# 16 training images in batches of 4: four steps per epoch, a checkpoint after each.
+RUN = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "4", "--epochs", "2",
+       "--checkpoint-every", "1", "--deterministic", "--quiet"]
+
+
+# Two runs go side by side: one thread each, or OpenMP's spinning threads fight over the cores.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def start(*args: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "transferlab", "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def position(run: Path) -> tuple[int, int] | None:
+    """(whole epochs done, steps done in the next one) of ``run``'s checkpoint, or None."""
+    try:
+        state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    return int(state["epoch"]), int(state["step"])
+
+
+def mtime(run: Path) -> int | None:
+    path = run / "checkpoint.pt"
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def pause_at_next_checkpoint(proc: subprocess.Popen, run: Path) -> tuple[int, int]:
+    """Wait until ``run``'s checkpoint is written anew, stop the process there (SIGSTOP); the checkpoint's position."""
+    before, deadline = mtime(run), time.monotonic() + 300
+    while mtime(run) in (None, before):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (status {proc.returncode}) before a new checkpoint: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no new checkpoint in {run} within 300 s")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)
+    return position(run)
+
+
+def rows(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock times."""
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_then_interrupted_run_resumes_bit_identical(tmp_path):
+    data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+    full, part = tmp_path / "full", tmp_path / "part"
+    uninterrupted = start("--data", data, *RUN, "--out", full)
+    victim = start("--data", data, *RUN, "--out", part)
+
+    killed_at = pause_at_next_checkpoint(victim, part)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate()
+    assert killed_at[0] == 0 and 1 <= killed_at[1] < 4, killed_at  # in the middle of epoch 1
+    assert not (part / "metrics.json").exists() and not (part / "model.safetensors").exists()
+
+    # the documented resume command; once it has moved on, SIGINT: finish the step, checkpoint, exit 130
+    resumed = start("--out", part, "--resume", "--quiet")
+    seen = pause_at_next_checkpoint(resumed, part)
+    assert seen > killed_at
+    resumed.send_signal(signal.SIGINT)
+    os.kill(resumed.pid, signal.SIGCONT)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("transferlab: interrupted by SIGINT"), err
+    assert lines[0].endswith(f"resume with: transferlab train --out {part} --resume")
+    assert position(part) > seen  # the step in progress was finished and saved
+
+    assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stderr.read()
+    final = subprocess.run([sys.executable, "-m", "transferlab", "train", "--out", str(part), "--resume", "--quiet"],
+                           capture_output=True, text=True, timeout=600, env=ENV)
+    assert final.returncode == 0, final.stderr
+    assert not (part / "checkpoint.pt").exists()
+
+    want, got = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    assert rows(part) == rows(full) and len(rows(full)) == 2
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (full, part))
+    for key in ("test_acc", "test_loss", "best_test_acc", "per_class_acc", "confusion"):
+        assert a[key] == b[key], key
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "transferlab", "train", "--data", str(data), *RUN, "--lr", "1e30",
+                           "--out", str(run)], capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("transferlab: error: training diverged: loss is nan"), lines
+    assert f"the last good checkpoint (at epoch 1 step 1) is kept in {run / 'checkpoint.pt'}" in lines[0]
+    assert position(run) == (0, 1)  # written after step 1; step 2's loss was not finite
+    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+
+
+def test_a_resumed_epoch_sees_the_same_batches():
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 30 + 3 * i, 40), generator=gen, dtype=torch.uint8) for i in range(10)]
+    labels = torch.arange(10)
+    pre = Preprocessing(crop_size=16, resize_size=20, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    whole = list(T.train_batches(images, labels, 3, pre, (0.25, 1.0), seed=1, epoch=2))
+    rest = list(T.train_batches(images, labels, 3, pre, (0.25, 1.0), seed=1, epoch=2, start_step=2))
+    assert [n for _, _, n in whole] == [3, 3, 3, 1] and len(rest) == 2
+    for (x, y, n), (x2, y2, n2) in zip(whole[2:], rest):
+        assert torch.equal(x, x2) and torch.equal(y, y2) and n == n2
+    other_epoch = list(T.train_batches(images, labels, 3, pre, (0.25, 1.0), seed=1, epoch=3))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(whole, other_epoch))
