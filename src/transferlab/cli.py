@@ -217,6 +217,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not ctx.is_main:  # every process diverged at the same step; rank 0 says so
             return 2
         raise
+    except TransferlabError as exc:
+        if ctx.is_main:
+            raise
+        if os.environ.get(RESUME_ENV):  # --nproc: one machine, where rank 0 meets the same error
+            return 2
+        raise TransferlabError(f"rank {ctx.rank}: {exc}") from None
     m = result.metrics
     if ctx.is_main:
         print(f"test_acc {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) in {m['wall_s']:.1f} s; "

@@ -39,7 +39,7 @@ from .config import RunConfig
 from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError
 from .io import atomic_write, atomic_write_json
-from .models import TransferModel, create_model, param_groups
+from .models import TransferModel, create_model, load_body, param_groups
 from .progress import progress
 from .transforms import Crop, Preprocessing, apply_crop, center_crop, normalize, sample_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
@@ -504,13 +504,19 @@ class Trainer:
     def _build_model(self) -> TransferModel:
         torch.manual_seed(self.config.seed)
         state = load_state_dict(self.weights.path) if self.weights.path else None
-        model = create_model(self.config.model, len(self.dataset.classes), state)
+        model = create_model(self.config.model, len(self.dataset.classes))
+        if state is not None:
+            try:
+                load_body(model, state)
+            except TransferlabError as exc:
+                raise TransferlabError(f"--weights {self.config.weights}: {exc}") from None
         if self.config.head_init == "imagenet":
             if state is None:
                 raise TransferlabError("--head-init imagenet needs pretrained weights, not --weights none")
             from .heads import init_head_from_imagenet
 
-            init_head_from_imagenet(model, state, self.dataset, self.config.head_map, self.weights.categories)
+            init_head_from_imagenet(model, state, self.dataset, self.config.head_map, self.weights.categories,
+                                    pre=self.pre)
         model.freeze(self.config.freeze)
         if self.dist.enabled and not self.probe:
             model.net = distributed.sync_batchnorm(model.net, self.device)
