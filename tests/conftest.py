@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Isolate every cache the code under test may write (weights, datasets) from the user's.
@@ -49,3 +50,30 @@ def make_folder(root: Path, splits: dict[str, int], classes: dict[str, tuple[int
 def image_folder(tmp_path: Path) -> Path:
     """train/ and val/ with two color classes, 8 + 4 images each."""
     return make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy shared CPU two OpenMP threads are many times slower, never faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny fine-tuned model on two color classes (64 px, one epoch): (run directory, data directory)."""
+    from transferlab.config import make_config
+    from transferlab.train import finetune
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_folder(root / "colors", {"train": 8, "val": 3})
+    finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+    return root / "run", data
+
+
+def random_images(n: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` random uint8 CHW images of growing height."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, 30 + 3 * i, 40), generator=gen, dtype=torch.uint8) for i in range(n)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder
+from conftest import make_folder, random_images
 from safetensors.torch import load_file
 
 from transferlab import train as T
@@ -40,8 +40,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_process_shares_make_up_the_global_batch():
-    gen = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 30 + 3 * i, 40), generator=gen, dtype=torch.uint8) for i in range(11)]
+    images = random_images(11)
     labels = torch.arange(11)
     pre = Preprocessing(crop_size=16, resize_size=20, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     one = list(T.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1))

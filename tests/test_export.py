@@ -12,7 +12,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import make_folder
 
 import transferlab
 from transferlab import TransferlabError
@@ -26,12 +25,8 @@ from transferlab.transforms import normalize
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny fine-tuned model on two color classes (64 px, one epoch)."""
-    root = tmp_path_factory.mktemp("export")
-    data = make_folder(root / "colors", {"train": 8, "val": 3})
-    T.finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
-    return root / "run", data
+def run(tiny_run):
+    return tiny_run
 
 
 def real_batch(run_dir, data, n):

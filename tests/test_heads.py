@@ -18,13 +18,7 @@ from transferlab.transforms import Preprocessing
 CATEGORIES = tuple(MobileNet_V2_Weights.DEFAULT.meta["categories"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy shared CPU two OpenMP threads are many times slower, never faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_state(seed=0):

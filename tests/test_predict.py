@@ -8,25 +8,19 @@ import sys
 
 import pytest
 import torch
-from conftest import make_folder, make_image
+from conftest import make_image
 from PIL import Image
 
 from transferlab import TransferlabError
-from transferlab import train as T
 from transferlab.cli import main
-from transferlab.config import make_config
 from transferlab.data import load_rgb, to_tensor
 from transferlab.inference import TTA_VIEWS, load, tta_views
 from transferlab.transforms import center_crop, normalize
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny fine-tuned model on two color classes (64 px, one epoch)."""
-    root = tmp_path_factory.mktemp("predict")
-    data = make_folder(root / "colors", {"train": 8, "val": 3})
-    T.finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
-    return root / "run", data
+def run(tiny_run):
+    return tiny_run
 
 
 def run_cli(*args):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder
+from conftest import make_folder, random_images
 from safetensors.torch import load_file
 
 from transferlab import train as T
@@ -121,8 +121,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_a_resumed_epoch_sees_the_same_batches():
-    gen = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 30 + 3 * i, 40), generator=gen, dtype=torch.uint8) for i in range(10)]
+    images = random_images(10)
     labels = torch.arange(10)
     pre = Preprocessing(crop_size=16, resize_size=20, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     whole = list(T.train_batches(images, labels, 3, pre, (0.25, 1.0), seed=1, epoch=2))

@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 from conftest import make_folder
 
 from transferlab import experiments
@@ -16,13 +15,7 @@ from transferlab.studies import BUILTIN_STUDIES, load_study, resolve_freeze, stu
 TINY = {"model": "mobilenet_v2", "image_size": 64, "batch_size": 8, "epochs": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy shared CPU two OpenMP threads are many times slower, never faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

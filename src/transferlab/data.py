@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import random
@@ -21,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TransferlabError
-from .io import cache_dir
+from .io import cache_dir, file_digest
 from .progress import progress
 from .transforms import Preprocessing, resize_shorter
 
@@ -383,26 +382,18 @@ def safe_extract(archive: Path, target: Path) -> None:
         zf.extractall(target)
 
 
-def sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def hotdog_root(url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1) -> Path:
     """The seed's hot dog dataset: downloaded once, SHA-1 checked, safely extracted."""
     target = cache_dir("datasets") / "hotdog"
     if not target.is_dir():
         archive = cache_dir("downloads") / "hotdog.zip"
-        if not (archive.is_file() and sha1_file(archive) == sha1):
+        if not (archive.is_file() and file_digest(archive, "sha1") == sha1):
             try:
                 torch.hub.download_url_to_file(url, str(archive), progress=False)
             except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP errors
                 raise TransferlabError(f"--data hotdog: cannot download {url} ({type(exc).__name__}); "
                                        f"put hotdog.zip at {archive}, or use --data DIR") from None
-            if sha1_file(archive) != sha1:
+            if file_digest(archive, "sha1") != sha1:
                 archive.unlink()
                 raise TransferlabError(f"--data hotdog: {url} has the wrong SHA-1 (expected {sha1}); "
                                        "the download was deleted, try again")

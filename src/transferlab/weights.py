@@ -12,7 +12,6 @@ carries a hash prefix (``name-<sha256 prefix>.pth``) is verified before use.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import pickle
@@ -26,6 +25,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from .errors import TransferlabError
+from .io import file_digest
 from .transforms import Preprocessing
 
 __all__ = [
@@ -77,19 +77,11 @@ def expected_hash_prefix(file_name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_file(path: Path, prefix: str | None) -> bool:
     """True when ``path`` exists and its sha256 starts with ``prefix`` (no prefix: exists)."""
     if not path.is_file():
         return False
-    return prefix is None or sha256_file(path).startswith(prefix)
+    return prefix is None or file_digest(path).startswith(prefix)
 
 
 def packaged_file(file_name: str) -> tuple[str, Path] | None:
