@@ -8,7 +8,8 @@ import torch
 from conftest import make_folder
 from torchvision.models import MobileNet_V2_Weights
 
-from transferlab.data import Dataset, Split, decode_images, resolve_data
+from transferlab.cache import decode
+from transferlab.data import Dataset, Split, resolve_data
 from transferlab.errors import TransferlabError
 from transferlab.heads import MEAN, REST, init_head_from_imagenet, resolve_head_map, rest_row
 from transferlab.models import create_model
@@ -108,7 +109,7 @@ def test_unmapped_class_uses_unlabeled_training_images(tmp_path):
     W, b = state["classifier.1.weight"], state["classifier.1.bias"]
     assert torch.equal(model.head.weight[0], W[934])
     rest = [i for i in range(1000) if i != 934]
-    images = eval_batch(decode_images(dataset.train.paths, pre, quiet=True), pre)
+    images = eval_batch(decode(dataset.train.paths, pre, quiet=True).images, pre)
     from transferlab.train import body_features
 
     row, bias = rest_row(W[rest], b[rest], body_features(model, images, pre, torch.device("cpu")))
@@ -126,7 +127,7 @@ def test_zero_shot_head_recognises_hot_dogs(hotdog_mini):
     model = create_model("mobilenet_v2", 2, state)
     init_head_from_imagenet(model, state, dataset, None, weights.categories)
     pre = weights.preprocessing
-    images = eval_batch(decode_images(dataset.test.paths, pre, quiet=True), pre)
+    images = eval_batch(decode(dataset.test.paths, pre, quiet=True).images, pre)
     result = evaluate(model, images, torch.tensor(dataset.test.labels), pre, torch.device("cpu"), 2)
     assert result["test_acc"] >= 0.7, result["test_acc"]  # chance is 0.5; measured 0.74
     assert min(result["per_class_acc"]) >= 0.5, result["per_class_acc"]

@@ -11,7 +11,6 @@ import tempfile
 import threading
 import zipfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TransferlabError
 from .io import cache_dir, file_digest
-from .progress import progress
 from .transforms import Preprocessing, resize_shorter
 
 __all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "Split", "Dataset",
-           "resolve_data", "scan_folder", "stratified_split", "max_pixels", "load_rgb", "decode_images",
+           "resolve_data", "scan_folder", "stratified_split", "max_pixels", "load_rgb",
            "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL", "HOTDOG_SHA1"]
 
 log = logging.getLogger(__name__)
@@ -309,14 +307,6 @@ def decode_one(path: Path, pre: Preprocessing) -> torch.Tensor:
     """Decode, convert to RGB and resize the shorter side to ``pre.resize_size``."""
     return resize_shorter(to_tensor(load_rgb(path)), pre.resize_size, pre.mode)
 
-
-def decode_images(paths: Sequence[Path], pre: Preprocessing, desc: str = "decode",
-                  quiet: bool = False, workers: int | None = None) -> list[torch.Tensor]:
-    """Decode every image once (threads; PIL releases the GIL while decoding)."""
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        it = pool.map(lambda p: decode_one(p, pre), paths)
-        return list(progress(it, total=len(paths), desc=desc, quiet=quiet, unit="img"))
 
 
 # --------------------------------------------------------------------------- built-in datasets

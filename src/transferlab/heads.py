@@ -128,13 +128,13 @@ def rest_row(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor | 
 
 def _calibration_features(model: TransferModel, dataset: Dataset, pre: Preprocessing) -> torch.Tensor:
     """Body features of up to ``CALIBRATION_IMAGES`` training images, evenly spread (labels unused)."""
-    from .data import decode_images
+    from .cache import decode
     from .train import body_features, eval_batch
 
     paths = dataset.train.paths
     step = max(1, len(paths) // CALIBRATION_IMAGES)
     chosen = list(paths[::step][:CALIBRATION_IMAGES])
-    images = eval_batch(decode_images(chosen, pre, quiet=True), pre)
+    images = eval_batch(decode(chosen, pre, quiet=True, disk=False).images, pre)
     device = next(model.parameters()).device
     was_training = model.training
     try:

@@ -146,9 +146,9 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
                                f"{list(predictor.classes)}")
     index = {c: i for i, c in enumerate(predictor.classes)}
     labels = torch.tensor([index[ds.classes[y]] for y in ds.test.labels], dtype=torch.long)
-    from .data import decode_images
+    from .cache import decode
 
-    images = eval_batch(decode_images(ds.test.paths, predictor.pre, quiet=quiet), predictor.pre)
+    images = eval_batch(decode(ds.test.paths, predictor.pre, quiet=quiet).images, predictor.pre)
     result = evaluate(predictor.model, images, labels, predictor.pre, predictor.device,
                       len(predictor.classes), quiet=quiet)
     return {"run": str(run_dir), "data": data, "split": ds.test_source, "images": len(labels),
