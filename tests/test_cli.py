@@ -136,3 +136,20 @@ def test_models_lists_families_and_stages():
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("resnet18 "))
     assert "resnet" in line and "stem layer1 layer2 layer3 layer4 body" in line
+
+
+def test_resnet18_trains_from_a_local_weights_file(tmp_path):
+    """No ResNet weights can be downloaded here: --weights PATH is how a user's own file is used."""
+    import torchvision
+
+    weights = tmp_path / "my-resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
+    run = tmp_path / "r18"
+    proc = run_cli("train", "--data", data, "--model", "resnet18", "--weights", weights, "--image-size", "64",
+                   "--epochs", "1", "--batch-size", "4", "--out", run, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["weights"]["source"] == "file" and metrics["weights"]["path"] == str(weights)
+    with safe_open(str(run / "model.safetensors"), "pt") as fh:
+        assert "fc.weight" in fh.keys() and fh.get_tensor("fc.weight").shape == (2, 512)
