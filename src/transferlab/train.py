@@ -342,16 +342,22 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, opti
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, device: torch.device,
-                   batch_size: int = 64, desc: str = "eval", quiet: bool = True) -> torch.Tensor:
-    """Logits for a uint8 NCHW tensor of already-cropped images."""
-    model.eval()
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, pre: Preprocessing,
+             device: torch.device, batch_size: int, desc: str, quiet: bool) -> torch.Tensor:
+    """``fn`` over a uint8 NCHW tensor of already-cropped images, in normalised batches, on the CPU after."""
     out = []
     chunks = images.split(batch_size)
     for chunk in progress(chunks, total=len(chunks), desc=desc, quiet=quiet, unit="batch"):
         with _autocast(device):
-            out.append(model(normalize(chunk, pre, device)).float().cpu())
+            out.append(fn(normalize(chunk, pre, device)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, device: torch.device,
+                   batch_size: int = 64, desc: str = "eval", quiet: bool = True) -> torch.Tensor:
+    """Logits for a uint8 NCHW tensor of already-cropped images."""
+    model.eval()
+    return _batched(model, images, pre, device, batch_size, desc, quiet)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -392,16 +398,11 @@ def fit_head(model: TransferModel, features: torch.Tensor, labels: torch.Tensor,
             sched.step()
 
 
-@torch.inference_mode()
 def body_features(model: TransferModel, images: torch.Tensor, pre: Preprocessing, device: torch.device,
                   batch_size: int = 64, quiet: bool = True) -> torch.Tensor:
+    """Inputs of the classifier layer (pooled body features) for already-cropped uint8 images."""
     model.eval()
-    out = []
-    chunks = images.split(batch_size)
-    for chunk in progress(chunks, total=len(chunks), desc="features", quiet=quiet, unit="batch"):
-        with _autocast(device):
-            out.append(model.features(normalize(chunk, pre, device)).float().cpu())
-    return torch.cat(out)
+    return _batched(model.features, images, pre, device, batch_size, "features", quiet)
 
 
 # --------------------------------------------------------------------------- run directory
