@@ -11,7 +11,9 @@ Each arm runs in its own subprocess (one process tree, arms alternating when
   summed loss, batch 128), 5 epochs, evaluation after every epoch;
 - transferlab: the default preset through ``transferlab.finetune``;
 - frozen body: the same plain loop with the whole body frozen (it still runs the body
-  every step) against transferlab's linear probe (``freeze="body"``, cached features);
+  every step) against transferlab's linear probe (``freeze="body"``): cold (the body runs
+  once per image, ``feature_cache=False``) and cached (a second run that reads the body
+  features the first one left on disk);
 - pipeline: transferlab's training images/s with its data pipeline against the same model
   stepping on pre-made tensors.
 
@@ -102,11 +104,11 @@ def arm_reference(data: str, frozen: bool, seed: int) -> dict:
     return {"history": history, "wall_s": time.perf_counter() - start, "final_acc": history[-1]["test_acc"]}
 
 
-def arm_transferlab(data: str, probe: bool, seed: int, extra: dict) -> dict:
+def arm_transferlab(data: str, probe: bool, seed: int, extra: dict, feature_cache: bool = False) -> dict:
     start = time.perf_counter()
     from transferlab import finetune, make_config
 
-    overrides = {"freeze": "body", "epochs": REFERENCE_EPOCHS} if probe else {}
+    overrides = {"freeze": "body", "epochs": REFERENCE_EPOCHS, "feature_cache": feature_cache} if probe else {}
     result = finetune(make_config(data=data, seed=seed, **{**overrides, **extra}), quiet=True)
     return {"history": result.history, "wall_s": time.perf_counter() - start, "final_acc": result.test_acc,
             "config": result.config.to_dict()}
@@ -116,10 +118,11 @@ def arm_pipeline(data: str, seed: int, rounds: int = 3) -> dict:
     """Images/s of full training epochs against the same steps on pre-made tensors, alternating."""
     import math
 
+    import torch
     from torch import nn
 
     from transferlab import make_config
-    from transferlab.train import Trainer, build_optimizer, build_scheduler, train_batches, train_one_epoch
+    from transferlab.train import Trainer, build_optimizer, build_scheduler, train_batches, train_one_epoch, use_bf16
     from transferlab.transforms import normalize
 
     trainer = Trainer(make_config(data=data, seed=seed), quiet=True)
@@ -130,11 +133,26 @@ def arm_pipeline(data: str, seed: int, rounds: int = 3) -> dict:
     steps = math.ceil(n / cfg.batch_size)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
     # the same epoch's batches, made (cropped and normalised) before the clock starts
     premade = [(normalize(b[0], pre, trainer.device), b[1])
                for b in train_batches(trainer.train_images, trainer.train_labels, cfg.batch_size, pre,
                                       cfg.crop_scale, seed, 0)]
+    bf16 = use_bf16(trainer.device, cfg.precision)
+
+    def bare_epoch() -> float:
+        model.train()
+        t = time.perf_counter()
+        for x, y in premade:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):  # as the full loop
+                logits = model(x)
+            loss = loss_fn(logits.float(), y).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return n / (time.perf_counter() - t)
+
+    bare_epoch()  # warm-up: oneDNN builds its kernels on the first calls
     full, bare = [], []
     for r in range(rounds):
         batches = train_batches(trainer.train_images, trainer.train_labels, cfg.batch_size, pre, cfg.crop_scale,
@@ -142,17 +160,10 @@ def arm_pipeline(data: str, seed: int, rounds: int = 3) -> dict:
         stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, pre, trainer.device,
                                 quiet=True)
         full.append(n / stats["train_s"])
-        model.train()
-        t = time.perf_counter()
-        for x, y in premade:
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        bare.append(n / (time.perf_counter() - t))
+        bare.append(bare_epoch())
     return {"pipeline_img_s": statistics.median(full), "tensors_img_s": statistics.median(bare),
             "efficiency": statistics.median(full) / statistics.median(bare), "crop": pre.crop_size,
-            "batch_size": cfg.batch_size}
+            "batch_size": cfg.batch_size, "bf16": bf16}
 
 
 # --------------------------------------------------------------------------- driver
@@ -190,6 +201,7 @@ def main() -> None:
                 "reference-frozen": lambda: arm_reference(args.data, True, args.seed),
                 "transferlab": lambda: arm_transferlab(args.data, False, args.seed, args.extra),
                 "transferlab-probe": lambda: arm_transferlab(args.data, True, args.seed, {}),
+                "transferlab-probe-cached": lambda: arm_transferlab(args.data, True, args.seed, {}, True),
                 "pipeline": lambda: arm_pipeline(args.data, args.seed)}
         Path(args.arm_out).write_text(json.dumps(arms[args.arm]()))
         return
@@ -201,6 +213,8 @@ def main() -> None:
         if "frozen" not in skip:
             r["reference-frozen"] = run_arm("reference-frozen", args)
             r["transferlab-probe"] = run_arm("transferlab-probe", args)
+            run_arm("transferlab-probe-cached", args)  # leaves the features on disk (if not there already)
+            r["transferlab-probe-cached"] = run_arm("transferlab-probe-cached", args)
         rounds.append(r)
     pipeline = None if "pipeline" in skip else run_arm("pipeline", args)
 
@@ -210,10 +224,11 @@ def main() -> None:
     reached = [t for t in reach if t is not None]
     tl_to_acc = statistics.median(reached) if len(reached) == len(reach) else None
     ratio = ref_wall / tl_to_acc if tl_to_acc else None
-    frozen_ratio = None
-    if "frozen" not in skip:
-        frozen_ratio = statistics.median(r["reference-frozen"]["wall_s"] / r["transferlab-probe"]["wall_s"]
-                                         for r in rounds)
+    def frozen_ratio(arm: str) -> float | None:
+        if "frozen" in skip:
+            return None
+        return statistics.median(r["reference-frozen"]["wall_s"] / r[arm]["wall_s"] for r in rounds)
+
     summary = {
         "data": args.data, "repeats": args.repeats, "cpu_threads": os.cpu_count(),
         "reference_final_acc": round(ref_acc, 4), "reference_wall_s": round(ref_wall, 1),
@@ -222,12 +237,16 @@ def main() -> None:
         "transferlab_s_to_reference_acc": round(tl_to_acc, 1) if tl_to_acc else None,
         "time_to_accuracy_ratio": round(ratio, 2) if ratio else None,
         "pipeline_efficiency": round(pipeline["efficiency"], 3) if pipeline else None,
-        "frozen_body_ratio": round(frozen_ratio, 2) if frozen_ratio else None,
+        "frozen_body_ratio": round(frozen_ratio("transferlab-probe"), 2) if "frozen" not in skip else None,
+        "frozen_body_ratio_cached": (round(frozen_ratio("transferlab-probe-cached"), 2)
+                                     if "frozen" not in skip else None),
     }
     if "frozen" not in skip:
         summary["reference_frozen_wall_s"] = round(statistics.median(r["reference-frozen"]["wall_s"]
                                                                      for r in rounds), 1)
         summary["probe_wall_s"] = round(statistics.median(r["transferlab-probe"]["wall_s"] for r in rounds), 1)
+        summary["probe_cached_wall_s"] = round(statistics.median(r["transferlab-probe-cached"]["wall_s"]
+                                                                 for r in rounds), 1)
         summary["probe_final_acc"] = round(statistics.median(r["transferlab-probe"]["final_acc"]
                                                              for r in rounds), 4)
     if pipeline:

@@ -34,6 +34,12 @@ def test_non_positive_values_name_the_option(field, value, flag):
         make_config(**{field: value})
 
 
+@pytest.mark.parametrize("field,value,flag", [("precision", "fp16", "--precision")])
+def test_unknown_choices_name_the_option(field, value, flag):
+    with pytest.raises(TransferlabError, match=flag):
+        make_config(**{field: value})
+
+
 def test_unknown_preset():
     with pytest.raises(TransferlabError, match="--preset"):
         make_config("fastest")

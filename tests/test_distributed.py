@@ -107,14 +107,14 @@ def test_global_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path):
 def test_two_processes_reach_the_weights_of_one(tmp_path):
     """Same math, other summation order: equal up to float rounding.
 
-    BatchNorm frozen (eval mode) and no dropout, so the test sees the gradient
+    BatchNorm frozen (eval mode), no dropout and fp32, so the test sees the gradient
     average, data sharding and reductions alone; 15 images in global batches of 6
     make the last batch split 2 + 1.
     """
     data = make_folder(tmp_path / "colors", {"train": 5, "val": 2},
                        classes={"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)})
     args = ["train", "--data", data, "--model", "resnet18", "--weights", "none", "--freeze", "layer4",
-            "--image-size", "64", "--batch-size", "6", "--epochs", "2", "--quiet"]
+            "--image-size", "64", "--batch-size", "6", "--epochs", "2", "--precision", "fp32", "--quiet"]
     one = run([*TRANSFERLAB, *map(str, args), "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr
     two = run(torchrun(2, "-m", "transferlab", *args, "--out", tmp_path / "two"))

@@ -1,5 +1,6 @@
 """The fast paths must compute what the plain paths compute."""
 
+import pytest
 import torch
 from conftest import make_folder, make_image
 from PIL import Image
@@ -7,7 +8,7 @@ from torchvision.models import MobileNet_V2_Weights
 
 from transferlab import cache, train
 from transferlab.data import decode_one, resolve_data
-from transferlab.models import create_model
+from transferlab.models import create_model, folded
 from transferlab.transforms import Preprocessing, normalize
 from transferlab.weights import load_state_dict, resolve_weights
 
@@ -76,7 +77,7 @@ def test_fast_eval_path_predicts_like_the_plain_torchvision_path(hotdog_mini):
     fast = train.eval_batch(cache.decode(paths, pre, quiet=True, disk=False).images, pre)
     with torch.no_grad():
         expected = model(plain)
-    got = train.predict_logits(model, fast, pre, torch.device("cpu"))
+    got = train.predict_logits(model, fast, pre, torch.device("cpu"), precision="fp32")
     assert torch.equal(expected.argmax(1), got.argmax(1))
     torch.testing.assert_close(got, expected, atol=5e-2, rtol=1e-2)  # channels-last kernels sum in another order
 
@@ -94,3 +95,80 @@ def test_probe_run_trains_only_the_head(tmp_path):
     after = result.model.net.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in body_before.items())
     assert len(result.history) == 3
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    for module in model.modules():  # statistics far from the identity, so a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2.0)
+    model.train()
+    fast = folded(model)
+    assert fast.is_folded and folded(fast) is fast and not fast.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    model.eval()
+    with torch.no_grad():
+        expected = model(normalize(images, PRE))
+        torch.testing.assert_close(fast.features(normalize(images, PRE)), model.features(normalize(images, PRE)),
+                                   atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(train.predict_logits(model, images, PRE, torch.device("cpu"), precision="fp32"),
+                               expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_prediction_agrees_with_fp32_on_real_photos(hotdog_mini):
+    weights = resolve_weights("mobilenet_v2", "imagenet", allow_download=False)
+    model = create_model("mobilenet_v2", 1000)
+    model.net.load_state_dict(load_state_dict(weights.path))
+    pre = weights.preprocessing
+    paths = sorted((hotdog_mini / "val").rglob("*.jpg"))
+    images = train.eval_batch(cache.decode(paths, pre, quiet=True, disk=False).images, pre)
+    fp32 = train.predict_logits(model, images, pre, torch.device("cpu"), precision="fp32")
+    bf16 = train.predict_logits(model, images, pre, torch.device("cpu"), precision="bf16")
+    # 1000 ImageNet classes, many of them close: a few of the 50 top-1 labels may swap
+    assert (fp32.argmax(1) == bf16.argmax(1)).float().mean() >= 0.9
+    assert (fp32.softmax(1) - bf16.softmax(1)).abs().max() < 0.25
+
+
+def test_probe_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
+    config = train.RunConfig(data=str(data), freeze="body", epochs=2, image_size=48, batch_size=4, probe_views=2)
+    first = train.Trainer(config, quiet=True).fit()
+    entries = sorted((cache.cache_dir("features")).glob("*.safetensors"))
+    assert len(entries) >= 3  # two training views and the test crops
+
+    def no_body(*args, **kwargs):
+        raise AssertionError("the body ran although its features were cached")
+
+    monkeypatch.setattr(train, "body_features", no_body)
+    second = train.Trainer(config, quiet=True).fit()
+    assert second.history == [{**row, "wall_s": r2["wall_s"]} for row, r2 in zip(first.history, second.history)]
+    # other crops, or no cache at all, run the body again
+    with pytest.raises(AssertionError, match="the body ran"):
+        train.Trainer(train.RunConfig(**{**config.to_dict(), "crop_scale": (0.5, 1.0)}), quiet=True).fit()
+    with pytest.raises(AssertionError, match="the body ran"):
+        train.Trainer(train.RunConfig(**{**config.to_dict(), "crop_scale": (0.25, 1.0), "feature_cache": False}),
+                      quiet=True).fit()
+
+
+def test_feature_cache_entry_needs_the_same_key_and_survives_damage(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6, dtype=torch.float32).view(2, 3)
+
+    key = {"images": "abc", "crop": "center"}
+    torch.testing.assert_close(cache.features(key, compute), compute())
+    assert len(calls) == 2
+    cache.features(key, compute)
+    assert len(calls) == 2  # read from disk
+    cache.features({**key, "crop": "random"}, compute)
+    assert len(calls) == 3
+    for entry in cache.cache_dir("features").glob("*.safetensors"):
+        entry.write_bytes(b"not a safetensors file")
+    torch.testing.assert_close(cache.features(key, compute), compute())

@@ -1,7 +1,12 @@
-"""Decode each image once: uint8 tensors (shorter side = the eval resize), cached in memory and on disk.
+"""Work done once per input: decoded images, and body features for linear probes.
 
-A cache entry is keyed by the files' contents and the preprocessing that shaped
-them, so editing an image, or asking for another size, makes a new entry.
+Decoded images are uint8 tensors (shorter side = the eval resize), cached in memory
+and on disk. An entry is keyed by the files' contents and the preprocessing that
+shaped them, so editing an image, or asking for another size, makes a new entry.
+
+Body features (:func:`features`) are cached on disk under a key the caller builds
+from everything they depend on: the weights file's digest, the decoded images' key,
+the crops and the numeric precision.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +29,7 @@ from .io import atomic_write, cache_dir
 from .progress import progress
 from .transforms import Preprocessing
 
-__all__ = ["DecodedImages", "decode", "cache_key"]
+__all__ = ["DecodedImages", "decode", "cache_key", "features"]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +40,10 @@ _MEMORY_ENTRIES = 4
 class DecodedImages:
     """Decoded images and the indices (into the requested paths) that decoded."""
 
-    def __init__(self, images: list[torch.Tensor], kept: list[int]) -> None:
+    def __init__(self, images: list[torch.Tensor], kept: list[int], key: str = "") -> None:
         self.images = images
         self.kept = kept
+        self.key = key  # the cache key: the files' contents and the decode parameters
 
     def __len__(self) -> int:
         return len(self.images)
@@ -81,27 +88,43 @@ def _decode_all(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool, desc:
     return DecodedImages(images, kept)
 
 
-def _load(path: Path) -> DecodedImages | None:
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The tensors and metadata of a cache entry; None (with a warning) when it is damaged."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-            kept = json.loads(meta["kept"])
-            return DecodedImages([fh.get_tensor(str(i)) for i in range(len(kept))], kept)
+            return {name: fh.get_tensor(name) for name in fh.keys()}, fh.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted
         log.warning("ignoring damaged cache entry %s (%s)", path, type(exc).__name__)
         return None
 
 
-def _save(path: Path, decoded: DecodedImages) -> None:
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tensors = {str(i): t.contiguous() for i, t in enumerate(decoded.images)}
+    tensors = {name: t.contiguous() for name, t in tensors.items()}
     try:
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"kept": json.dumps(decoded.kept)}))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     except OSError as exc:  # a full or read-only disk costs speed, not the run
-        log.warning("could not write decode cache %s (%s)", path, exc.strerror)
+        log.warning("could not write cache entry %s (%s)", path, exc.strerror)
+
+
+def _load(path: Path, key: str) -> DecodedImages | None:
+    entry = _read(path)
+    if entry is None:
+        return None
+    tensors, meta = entry
+    try:
+        kept = json.loads(meta["kept"])
+        return DecodedImages([tensors[str(i)] for i in range(len(kept))], kept, key)
+    except (KeyError, ValueError, TypeError):
+        log.warning("ignoring damaged cache entry %s", path)
+        return None
+
+
+def _save(path: Path, decoded: DecodedImages) -> None:
+    _write(path, {str(i): t for i, t in enumerate(decoded.images)}, {"kept": json.dumps(decoded.kept)})
 
 
 def decode(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool = False, desc: str = "decode",
@@ -112,12 +135,29 @@ def decode(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool = False, de
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
     path = cache_dir("decoded") / f"{key}.safetensors"
-    decoded = _load(path) if disk and path.is_file() else None
+    decoded = _load(path, key) if disk and path.is_file() else None
     if decoded is None:
         decoded = _decode_all(paths, pre, skip_bad, desc, quiet)
+        decoded.key = key
         if disk:
             _save(path, decoded)
     _MEMORY[key] = decoded
     while len(_MEMORY) > _MEMORY_ENTRIES:
         _MEMORY.popitem(last=False)
     return decoded
+
+
+def features(key: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()`` (a float tensor), or the same tensor from disk when ``key`` was computed before.
+
+    ``key`` must name everything the result depends on; it is hashed into the file name
+    and stored beside the tensor, which is only used when both match.
+    """
+    text = json.dumps(key, sort_keys=True)
+    path = cache_dir("features") / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
+    entry = _read(path) if path.is_file() else None
+    if entry is not None and entry[1].get("key") == text and "features" in entry[0]:
+        return entry[0]["features"]
+    result = compute()
+    _write(path, {"features": result}, {"key": text})
+    return result

@@ -58,6 +58,9 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                                             "each, then a count) instead of stopping"}),
     ("--seed", {"type": int}),
     ("--device", {"help": "auto (default), cpu, cuda, cuda:N"}),
+    ("--precision", {"choices": ["auto", "fp32", "bf16"],
+                     "help": "auto (default): bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere; "
+                             "fp32 or bf16 force one"}),
     ("--checkpoint-every", {"type": int, "help": "also write checkpoint.pt every N optimizer steps (default 0: "
                                                  "after each epoch only)"}),
     ("--deterministic", {"action": "store_true", "help": "deterministic kernels and a fixed thread count: a resumed "

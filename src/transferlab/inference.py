@@ -22,8 +22,8 @@ from torchvision.transforms.v2 import functional as F
 
 from .data import IMAGE_EXTENSIONS, decode_one, resolve_data, to_tensor
 from .errors import TransferlabError
-from .models import TransferModel, create_model
-from .train import eval_batch, evaluate, predict_logits, resolve_device
+from .models import TransferModel, create_model, folded
+from .train import eval_batch, predict_logits, resolve_device, score
 from .transforms import Preprocessing, resize_shorter
 from .weights import load_state_dict
 
@@ -41,13 +41,24 @@ def tta_views(image: torch.Tensor, crop_size: int) -> torch.Tensor:
 
 @dataclass
 class Predictor:
-    """A trained model with its class names and preprocessing."""
+    """A trained model with its class names and preprocessing.
+
+    Predictions run through a BatchNorm-folded copy of ``model``, in fp32 unless
+    ``precision`` says otherwise (see ``RunConfig.precision``).
+    """
 
     model: TransferModel
     classes: tuple[str, ...]
     pre: Preprocessing
     device: torch.device
     model_name: str = ""
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        self._folded = folded(self.model)
+
+    def _logits(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return predict_logits(self._folded, images, self.pre, self.device, batch_size, precision=self.precision)
 
     def _tensor(self, item: ImageInput) -> torch.Tensor:
         """Decode one input and resize its shorter side to ``resize_size``."""
@@ -77,11 +88,11 @@ class Predictor:
             decoded = self._decode(items[start:start + batch_size])
             if tta:
                 views = torch.cat([tta_views(img, self.pre.crop_size) for img in decoded])
-                probs = predict_logits(self.model, views, self.pre, self.device, batch_size).softmax(1)
+                probs = self._logits(views, batch_size).softmax(1)
                 out.append(probs.view(len(decoded), len(TTA_VIEWS), -1).mean(1))
             else:
                 batch = eval_batch(decoded, self.pre)
-                out.append(predict_logits(self.model, batch, self.pre, self.device, batch_size).softmax(1))
+                out.append(self._logits(batch, batch_size).softmax(1))
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
     def predict(self, images: ImageInput | Sequence[ImageInput], tta: bool = False,
@@ -101,8 +112,14 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     return list(images)
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Predictor:
-    """Load ``RUN_DIR/model.safetensors`` (with class names and preprocessing from its metadata)."""
+def load(run_dir: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+    """Load ``RUN_DIR/model.safetensors`` (with class names and preprocessing from its metadata).
+
+    ``precision`` (fp32, bf16 or auto, as in ``RunConfig.precision``): fp32 gives the exact
+    probabilities; bf16 is faster on GPUs and AMX CPUs and may move them by a few hundredths.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TransferlabError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise TransferlabError(f"{path}: no trained model here; is {run_dir} a finished run directory?")
@@ -119,7 +136,8 @@ def load(run_dir: str | Path, device: str = "auto") -> Predictor:
     model = create_model(model_name, len(classes))
     model.net.load_state_dict(load_state_dict(path))
     dev = resolve_device(device)
-    return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev, model_name)
+    return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev, model_name,
+                     precision)
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Path]:
@@ -149,8 +167,7 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
     from .cache import decode
 
     images = eval_batch(decode(ds.test.paths, predictor.pre, quiet=quiet).images, predictor.pre)
-    result = evaluate(predictor.model, images, labels, predictor.pre, predictor.device,
-                      len(predictor.classes), quiet=quiet)
+    result = score(predictor._logits(images, 64), labels, len(predictor.classes))
     return {"run": str(run_dir), "data": data, "split": ds.test_source, "images": len(labels),
             "accuracy": result["test_acc"], "loss": result["test_loss"],
             "per_class_accuracy": dict(zip(predictor.classes, result["per_class_acc"])),

@@ -14,6 +14,7 @@ torchrun every process trains its share of each global batch (see ``distributed`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -33,13 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import cache, distributed
 from .cache import decode
 from .config import RunConfig
 from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError
-from .io import atomic_write, atomic_write_json
-from .models import TransferModel, create_model, load_body, param_groups
+from .io import atomic_write, atomic_write_json, file_digest
+from .models import TransferModel, create_model, folded, load_body, param_groups
 from .progress import progress
 from .transforms import Crop, Preprocessing, apply_crop, center_crop, normalize, sample_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
@@ -47,7 +48,7 @@ from .weights import ResolvedWeights, load_state_dict, resolve_weights
 __all__ = ["RunResult", "Trainer", "finetune", "train_one_epoch", "evaluate", "build_optimizer",
            "build_scheduler", "resolve_device", "save_model", "eval_batch", "train_batches", "fit_head", "score",
            "body_features", "global_batches", "probe_batches", "EpochState", "StopRequest", "TrainingInterrupted",
-           "TrainingDiverged", "deterministic_mode"]
+           "TrainingDiverged", "deterministic_mode", "predict_logits", "use_bf16"]
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +278,23 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, whose bf16 matrix units make bf16 autocast pay (README, "Speed")."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether to run under bf16 autocast (see ``RunConfig.precision``)."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_amx())
+
+
+def _autocast(device: torch.device, precision: str = "auto"):
+    kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
 
 
 @dataclass
@@ -298,7 +312,8 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, opti
                     scheduler: Any, loss_fn: nn.Module, pre: Preprocessing | None, device: torch.device,
                     desc: str = "train", quiet: bool = False, reduction: str = "mean", world_size: int = 1,
                     state: EpochState | None = None, stop: Callable[[], bool] | None = None,
-                    after_step: Callable[[EpochState, bool], None] | None = None) -> dict[str, float]:
+                    after_step: Callable[[EpochState, bool], None] | None = None,
+                    precision: str = "auto") -> dict[str, float]:
     """One pass over the training batches; returns mean loss, accuracy and images/s over the global batches.
 
     ``pre`` normalises uint8 images (None: the inputs are cached features). ``loss_fn``
@@ -316,7 +331,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, opti
         if pre is None:
             logits = model(inputs.to(device))
         else:
-            with _autocast(device):
+            with _autocast(device, precision):
                 logits = model(normalize(inputs, pre, device))
         losses = loss_fn(logits.float(), y)
         loss = losses.sum() * (world_size / batch_total if reduction == "mean" else world_size)
@@ -343,21 +358,21 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, opti
 
 @torch.inference_mode()
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, pre: Preprocessing,
-             device: torch.device, batch_size: int, desc: str, quiet: bool) -> torch.Tensor:
+             device: torch.device, batch_size: int, desc: str, quiet: bool, precision: str) -> torch.Tensor:
     """``fn`` over a uint8 NCHW tensor of already-cropped images, in normalised batches, on the CPU after."""
     out = []
     chunks = images.split(batch_size)
     for chunk in progress(chunks, total=len(chunks), desc=desc, quiet=quiet, unit="batch"):
-        with _autocast(device):
+        with _autocast(device, precision):
             out.append(fn(normalize(chunk, pre, device)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, device: torch.device,
-                   batch_size: int = 64, desc: str = "eval", quiet: bool = True) -> torch.Tensor:
-    """Logits for a uint8 NCHW tensor of already-cropped images."""
-    model.eval()
-    return _batched(model, images, pre, device, batch_size, desc, quiet)
+def predict_logits(model: TransferModel, images: torch.Tensor, pre: Preprocessing, device: torch.device,
+                   batch_size: int = 64, desc: str = "eval", quiet: bool = True,
+                   precision: str = "auto") -> torch.Tensor:
+    """Logits for a uint8 NCHW tensor of already-cropped images (through a :func:`folded` copy of ``model``)."""
+    return _batched(folded(model), images, pre, device, batch_size, desc, quiet, precision)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -371,11 +386,12 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[
             "per_class_acc": per_class, "confusion": confusion.tolist(), "logits": logits}
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pre: Preprocessing,
-             device: torch.device, num_classes: int, batch_size: int = 64,
-             quiet: bool = True) -> dict[str, Any]:
+def evaluate(model: TransferModel, images: torch.Tensor, labels: torch.Tensor, pre: Preprocessing,
+             device: torch.device, num_classes: int, batch_size: int = 64, quiet: bool = True,
+             precision: str = "auto") -> dict[str, Any]:
     """:func:`score` of the model's predictions for already-cropped uint8 images."""
-    return score(predict_logits(model, images, pre, device, batch_size, quiet=quiet), labels, num_classes)
+    logits = predict_logits(model, images, pre, device, batch_size, quiet=quiet, precision=precision)
+    return score(logits, labels, num_classes)
 
 
 @torch.enable_grad()
@@ -399,10 +415,9 @@ def fit_head(model: TransferModel, features: torch.Tensor, labels: torch.Tensor,
 
 
 def body_features(model: TransferModel, images: torch.Tensor, pre: Preprocessing, device: torch.device,
-                  batch_size: int = 64, quiet: bool = True) -> torch.Tensor:
+                  batch_size: int = 64, quiet: bool = True, precision: str = "auto") -> torch.Tensor:
     """Inputs of the classifier layer (pooled body features) for already-cropped uint8 images."""
-    model.eval()
-    return _batched(model.features, images, pre, device, batch_size, "features", quiet)
+    return _batched(folded(model).features, images, pre, device, batch_size, "features", quiet, precision)
 
 
 # --------------------------------------------------------------------------- run directory
@@ -523,30 +538,47 @@ class Trainer:
             model.net = distributed.sync_batchnorm(model.net, self.device)
         return model.to(self.device, memory_format=torch.channels_last)
 
-    def _decode(self, split: Split, desc: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _decode(self, split: Split, desc: str) -> tuple[list[torch.Tensor], torch.Tensor, str]:
         decoded = decode(split.paths, self.pre, skip_bad=self.config.skip_bad_images, desc=desc, quiet=self.quiet)
         labels = torch.tensor([split.labels[i] for i in decoded.kept], dtype=torch.long)
         if len(decoded) == 0:
             raise TransferlabError(f"--data {self.config.data}: no usable images left in the {desc.split()[-1]} "
                                    "split")
-        return decoded.images, labels
+        return decoded.images, labels, decoded.key
 
     def _prepare_data(self) -> None:
         # local rank 0 decodes first and fills the disk cache; the other processes then read it
         with distributed.local_main_first(self.dist):
-            self.train_images, self.train_labels = self._decode(self.dataset.train, "decode train")
-            test_images, self.test_labels = self._decode(self.dataset.test, "decode test")
+            self.train_images, self.train_labels, self.train_key = self._decode(self.dataset.train, "decode train")
+            test_images, self.test_labels, self.test_key = self._decode(self.dataset.test, "decode test")
         self.test_images = eval_batch(test_images, self.pre)
 
-    def _features(self, model: TransferModel, crop: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
-        """Body features of ``crop(i)`` for every i < n; each process computes its shard."""
-        index = distributed.shard(n, self.dist)
-        if not index:
-            local = torch.empty(0, model.head.in_features)
-        else:
-            local = body_features(model, torch.stack([crop(i) for i in index]), self.pre, self.device,
-                                  quiet=self.quiet)
-        return distributed.gather_rows(local, index, n)
+    def _features(self, model: TransferModel, crop: Callable[[int], torch.Tensor], n: int,
+                  key: dict[str, Any]) -> torch.Tensor:
+        """Body features of ``crop(i)`` for every i < n; each process computes its shard.
+
+        One process reads and writes the disk cache of features (``feature_cache``) under ``key``
+        plus the body's weights and the numeric precision.
+        """
+        def compute() -> torch.Tensor:
+            index = distributed.shard(n, self.dist)
+            if not index:
+                local = torch.empty(0, model.head.in_features)
+            else:
+                local = body_features(model, torch.stack([crop(i) for i in index]), self.pre, self.device,
+                                      quiet=self.quiet, precision=self.config.precision)
+            return distributed.gather_rows(local, index, n)
+
+        if not self.config.feature_cache or self.dist.enabled or self.weights.path is None:
+            return compute()
+        bf16 = use_bf16(self.device, self.config.precision)
+        return cache.features({**key, "model": self.config.model, "weights": self.weights_digest,
+                               "preprocessing": self.pre.to_dict(), "device": self.device.type, "bf16": bf16,
+                               "torch": torch.__version__.split("+")[0], "n": n}, compute)
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        return file_digest(self.weights.path) if self.weights.path else "none"
 
     def _cache_features(self, model: TransferModel) -> None:
         """Body features of the test crops and of ``probe_views`` views of the training images.
@@ -554,14 +586,21 @@ class Trainer:
         View 0 is the eval crop; further views are augmented crops, seeded by (seed, view).
         """
         cfg = self.config
+        model = folded(model)
         images, n = self.train_images, len(self.train_images)
-        feats = [self._features(model, lambda i: center_crop(images[i], self.pre.crop_size), n)]
+        center = {"crop": "center"}
+        feats = [self._features(model, lambda i: center_crop(images[i], self.pre.crop_size), n,
+                                {"images": self.train_key, **center})]
         for view in range(1, cfg.probe_views):
             generator = torch.Generator().manual_seed(cfg.seed * 7919 + view)
             crops = [sample_crop(img, cfg.crop_scale, generator) for img in images]
-            feats.append(self._features(model, lambda i, crops=crops: apply_crop(images[i], crops[i], self.pre), n))
+            key = {"images": self.train_key, "crop": "random", "seed": cfg.seed * 7919 + view,
+                   "scale": list(cfg.crop_scale)}
+            feats.append(self._features(model, lambda i, crops=crops: apply_crop(images[i], crops[i], self.pre), n,
+                                        key))
         self.train_features = feats
-        self.test_features = self._features(model, lambda i: self.test_images[i], len(self.test_images))
+        self.test_features = self._features(model, lambda i: self.test_images[i], len(self.test_images),
+                                            {"images": self.test_key, **center})
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
@@ -573,11 +612,12 @@ class Trainer:
                 logits = model.head(self.test_features.to(self.device)).float().cpu()
         elif self.dist.enabled:  # each process predicts its shard of the test images
             index = distributed.shard(len(self.test_images), self.dist)
-            local = (predict_logits(model, self.test_images[index], self.pre, self.device, quiet=self.quiet)
-                     if index else torch.empty(0, num_classes))
+            local = (predict_logits(model, self.test_images[index], self.pre, self.device, quiet=self.quiet,
+                                    precision=self.config.precision) if index else torch.empty(0, num_classes))
             logits = distributed.gather_rows(local, index, len(self.test_images))
         else:
-            logits = predict_logits(model, self.test_images, self.pre, self.device, quiet=self.quiet)
+            logits = predict_logits(model, self.test_images, self.pre, self.device, quiet=self.quiet,
+                                    precision=self.config.precision)
         return score(logits, self.test_labels, num_classes)
 
     def _wrap(self, model: TransferModel) -> nn.Module:
@@ -709,7 +749,7 @@ class Trainer:
             stats = train_one_epoch(net, batches, steps, optimizer, scheduler, loss_fn,
                                     None if self.probe else self.train_pre, self.device, desc=desc, quiet=self.quiet,
                                     reduction=cfg.loss_reduction, world_size=world, state=state, stop=stop,
-                                    after_step=after_step)
+                                    after_step=after_step, precision=cfg.precision)
         except TrainingDiverged as exc:
             kept = (f"the last good checkpoint (at {self.last_checkpoint}) is kept in {self.run_dir / 'checkpoint.pt'}"
                     if self.run_dir and self.last_checkpoint else "no checkpoint was written")
@@ -728,7 +768,8 @@ class Trainer:
         if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
             return
         images = self.train_images
-        features = self._features(model, lambda i: center_crop(images[i], self.pre.crop_size), len(images))
+        features = self._features(folded(model), lambda i: center_crop(images[i], self.pre.crop_size), len(images),
+                                  {"images": self.train_key, "crop": "center"})
         fit_head(model, features, self.train_labels, cfg.head_warmup_epochs, lr=cfg.lr * cfg.head_lr_mult * 10,
                  weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
                  seed=cfg.seed)

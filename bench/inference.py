@@ -1,0 +1,123 @@
+"""Forward-pass throughput of a pretrained body: the plain path against transferlab's inference path.
+
+    python bench/inference.py --model mobilenet_v2 --repeats 5
+    python bench/inference.py --photos ../shared/datasets/hotdog-mini
+
+transferlab computes probe features and evaluation logits through a copy of the model
+with every BatchNorm folded into its convolution (``models.folded``), channels-last,
+under bf16 autocast on CPUs with AMX (``RunConfig.precision="auto"``).
+This times one batch of the body at the weights' crop size, in one process, variants
+alternating, and prints images/s (median over repeats), the ratios to the plain
+NCHW fp32 forward, the largest feature difference, and one JSON line. With ``--photos DIR``
+it also predicts every image under DIR with the 1000-class ImageNet head in fp32 and in bf16
+(both folded) and reports how many top-1 labels agree and the largest probability change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--photos", help="a folder of images: also compare bf16 and fp32 predictions on them")
+    args = parser.parse_args()
+
+    import copy
+
+    import torch
+
+    from transferlab.models import create_model, folded, load_body
+    from transferlab.train import cpu_has_amx
+    from transferlab.transforms import normalize
+    from transferlab.weights import load_state_dict, resolve_weights
+
+    weights = resolve_weights(args.model, "imagenet")
+    model = create_model(args.model, 2)
+    if weights.path:
+        load_body(model, load_state_dict(weights.path))
+    plain = model.eval()
+    channels_last = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    fast = folded(plain)
+    pre = weights.preprocessing
+    images = torch.randint(0, 256, (args.batch_size, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    plain_x = normalize(images, pre, channels_last=False)
+    last_x = normalize(images, pre)
+
+    def bf16(fn):
+        def run(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(x)
+        return run
+
+    variants = {
+        "plain NCHW fp32": (plain.features, plain_x),
+        "channels-last fp32": (channels_last.features, last_x),
+        "folded channels-last fp32": (fast.features, last_x),
+        "folded channels-last bf16": (bf16(fast.features), last_x),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    outputs = {}
+    with torch.inference_mode():
+        for name, (fn, x) in variants.items():  # warm-up: oneDNN builds its kernels on the first call
+            outputs[name] = fn(x).float()
+        for _ in range(args.repeats):
+            for name, (fn, x) in variants.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - start)
+    base = outputs["plain NCHW fp32"]
+    rows = []
+    plain_rate = args.batch_size / statistics.median(times["plain NCHW fp32"])
+    for name in variants:
+        rate = args.batch_size / statistics.median(times[name])
+        diff = float((outputs[name] - base).abs().max() / base.abs().max())
+        rows.append({"variant": name, "images_per_s": round(rate, 1), "ratio": round(rate / plain_rate, 2),
+                     "max_rel_diff": float(f"{diff:.2g}")})
+    print(f"{args.model} body, batch {args.batch_size}, {pre.crop_size} px, {torch.get_num_threads()} threads, "
+          f"AMX: {cpu_has_amx()}")
+    print(f"{'variant':<28} {'images/s':>9} {'ratio':>6} {'max rel diff':>13}")
+    for row in rows:
+        print(f"{row['variant']:<28} {row['images_per_s']:>9} {row['ratio']:>6} {row['max_rel_diff']:>13}")
+    summary = {"model": args.model, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+               "amx": cpu_has_amx(), "rows": rows}
+    if args.photos:
+        summary["photos"] = compare_on_photos(args.model, args.photos)
+        print(f"bf16 vs fp32 on {summary['photos']['images']} photos (ImageNet head): "
+              f"top-1 agreement {summary['photos']['top1_agreement']}, "
+              f"largest probability change {summary['photos']['max_prob_change']}")
+    print(json.dumps(summary))
+
+
+def compare_on_photos(model_name: str, folder: str) -> dict:
+    from pathlib import Path
+
+    import torch
+
+    from transferlab.cache import decode
+    from transferlab.data import IMAGE_EXTENSIONS
+    from transferlab.models import create_model
+    from transferlab.train import eval_batch, predict_logits
+    from transferlab.weights import load_state_dict, resolve_weights
+
+    weights = resolve_weights(model_name, "imagenet")
+    model = create_model(model_name, 1000)
+    model.net.load_state_dict(load_state_dict(weights.path))
+    pre = weights.preprocessing
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = eval_batch(decode(paths, pre, quiet=True).images, pre)
+    fp32, bf16 = (predict_logits(model, images, pre, torch.device("cpu"), precision=p).softmax(1)
+                  for p in ("fp32", "bf16"))
+    return {"images": len(paths), "top1_agreement": round(float((fp32.argmax(1) == bf16.argmax(1)).float().mean()), 3),
+            "max_prob_change": round(float((fp32 - bf16).abs().max()), 3)}
+
+
+if __name__ == "__main__":
+    main()
