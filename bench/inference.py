@@ -6,9 +6,10 @@
 transferlab computes probe features and evaluation logits through a copy of the model
 with every BatchNorm folded into its convolution (``models.folded``), channels-last,
 under bf16 autocast on CPUs with AMX (``RunConfig.precision="auto"``).
-This times one batch of the body at the weights' crop size, in one process, variants
-alternating, and prints images/s (median over repeats), the ratios to the plain
-NCHW fp32 forward, the largest feature difference, and one JSON line. With ``--photos DIR``
+This times the body over the same images at the weights' crop size in batches of each
+``--batch-sizes``, in one process, variants alternating, and prints images/s (median
+over repeats), the ratios to the plain NCHW fp32 forward at the first batch size, the
+largest feature difference, and one JSON line. With ``--photos DIR``
 it also predicts every image under DIR with the 1000-class ImageNet head in fp32 and in bf16
 (both folded) and reports how many top-1 labels agree and the largest probability change.
 """
@@ -24,7 +25,8 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=64, help="images per timed pass")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--photos", help="a folder of images: also compare bf16 and fp32 predictions on them")
     args = parser.parse_args()
@@ -46,7 +48,7 @@ def main() -> None:
     channels_last = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     fast = folded(plain)
     pre = weights.preprocessing
-    images = torch.randint(0, 256, (args.batch_size, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8,
+    images = torch.randint(0, 256, (args.images, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     plain_x = normalize(images, pre, channels_last=False)
     last_x = normalize(images, pre)
@@ -57,37 +59,44 @@ def main() -> None:
                 return fn(x)
         return run
 
-    variants = {
+    paths = {
         "plain NCHW fp32": (plain.features, plain_x),
         "channels-last fp32": (channels_last.features, last_x),
         "folded channels-last fp32": (fast.features, last_x),
         "folded channels-last bf16": (bf16(fast.features), last_x),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    variants = [(name, size) for size in args.batch_sizes for name in paths]
+
+    def run(name: str, size: int) -> torch.Tensor:
+        fn, x = paths[name]
+        return torch.cat([fn(chunk) for chunk in x.split(size)]).float()
+
+    times: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
     outputs = {}
     with torch.inference_mode():
-        for name, (fn, x) in variants.items():  # warm-up: oneDNN builds its kernels on the first call
-            outputs[name] = fn(x).float()
+        for v in variants:  # warm-up: oneDNN builds its kernels on the first call
+            outputs[v] = run(*v)
         for _ in range(args.repeats):
-            for name, (fn, x) in variants.items():
+            for v in variants:
                 start = time.perf_counter()
-                fn(x)
-                times[name].append(time.perf_counter() - start)
-    base = outputs["plain NCHW fp32"]
+                run(*v)
+                times[v].append(time.perf_counter() - start)
+    base_key = ("plain NCHW fp32", args.batch_sizes[0])
+    base = outputs[base_key]
+    plain_rate = args.images / statistics.median(times[base_key])
     rows = []
-    plain_rate = args.batch_size / statistics.median(times["plain NCHW fp32"])
-    for name in variants:
-        rate = args.batch_size / statistics.median(times[name])
-        diff = float((outputs[name] - base).abs().max() / base.abs().max())
-        rows.append({"variant": name, "images_per_s": round(rate, 1), "ratio": round(rate / plain_rate, 2),
-                     "max_rel_diff": float(f"{diff:.2g}")})
-    print(f"{args.model} body, batch {args.batch_size}, {pre.crop_size} px, {torch.get_num_threads()} threads, "
-          f"AMX: {cpu_has_amx()}")
-    print(f"{'variant':<28} {'images/s':>9} {'ratio':>6} {'max rel diff':>13}")
+    for v in variants:
+        rate = args.images / statistics.median(times[v])
+        diff = float((outputs[v] - base).abs().max() / base.abs().max())
+        rows.append({"variant": v[0], "batch_size": v[1], "images_per_s": round(rate, 1),
+                     "ratio": round(rate / plain_rate, 2), "max_rel_diff": float(f"{diff:.2g}")})
+    print(f"{args.model} body, {pre.crop_size} px, {args.images} images per pass, {torch.get_num_threads()} threads, "
+          f"AMX: {cpu_has_amx()}; ratio to {base_key[0]} at batch {base_key[1]}")
+    print(f"{'variant':<28} {'batch':>5} {'images/s':>9} {'ratio':>6} {'max rel diff':>13}")
     for row in rows:
-        print(f"{row['variant']:<28} {row['images_per_s']:>9} {row['ratio']:>6} {row['max_rel_diff']:>13}")
-    summary = {"model": args.model, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-               "amx": cpu_has_amx(), "rows": rows}
+        print(f"{row['variant']:<28} {row['batch_size']:>5} {row['images_per_s']:>9} {row['ratio']:>6} "
+              f"{row['max_rel_diff']:>13}")
+    summary = {"model": args.model, "threads": torch.get_num_threads(), "amx": cpu_has_amx(), "rows": rows}
     if args.photos:
         summary["photos"] = compare_on_photos(args.model, args.photos)
         print(f"bf16 vs fp32 on {summary['photos']['images']} photos (ImageNet head): "

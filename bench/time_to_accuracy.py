@@ -114,7 +114,7 @@ def arm_transferlab(data: str, probe: bool, seed: int, extra: dict, feature_cach
             "config": result.config.to_dict()}
 
 
-def arm_pipeline(data: str, seed: int, rounds: int = 3) -> dict:
+def arm_pipeline(data: str, seed: int, rounds: int = 5) -> dict:
     """Images/s of full training epochs against the same steps on pre-made tensors, alternating."""
     import math
 

@@ -48,7 +48,7 @@ class RunConfig:
     head_warmup_epochs: int = 0
     head_init: str = "xavier"
     head_map: dict[str, list[str | int]] | None = None
-    crop_scale: tuple[float, float] = (0.25, 1.0)
+    crop_scale: tuple[float, float] = (0.6, 1.0)
     image_size: int | None = None
     resize_size: int | None = None
     train_image_size: int | None = None

@@ -57,7 +57,7 @@ class Predictor:
     def __post_init__(self) -> None:
         self._folded = folded(self.model)
 
-    def _logits(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def _logits(self, images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         return predict_logits(self._folded, images, self.pre, self.device, batch_size, precision=self.precision)
 
     def _tensor(self, item: ImageInput) -> torch.Tensor:
@@ -88,11 +88,11 @@ class Predictor:
             decoded = self._decode(items[start:start + batch_size])
             if tta:
                 views = torch.cat([tta_views(img, self.pre.crop_size) for img in decoded])
-                probs = self._logits(views, batch_size).softmax(1)
+                probs = self._logits(views, None).softmax(1)
                 out.append(probs.view(len(decoded), len(TTA_VIEWS), -1).mean(1))
             else:
                 batch = eval_batch(decoded, self.pre)
-                out.append(self._logits(batch, batch_size).softmax(1))
+                out.append(self._logits(batch, None).softmax(1))
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
     def predict(self, images: ImageInput | Sequence[ImageInput], tta: bool = False,
@@ -167,7 +167,7 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
     from .cache import decode
 
     images = eval_batch(decode(ds.test.paths, predictor.pre, quiet=quiet).images, predictor.pre)
-    result = score(predictor._logits(images, 64), labels, len(predictor.classes))
+    result = score(predictor._logits(images, None), labels, len(predictor.classes))
     return {"run": str(run_dir), "data": data, "split": ds.test_source, "images": len(labels),
             "accuracy": result["test_acc"], "loss": result["test_loss"],
             "per_class_accuracy": dict(zip(predictor.classes, result["per_class_acc"])),
