@@ -112,13 +112,14 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
     return list(images)
 
 
-def load(run_dir: str | Path, device: str = "auto", precision: str = "fp32") -> Predictor:
+def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp32") -> Predictor:
     """Load ``RUN_DIR/model.safetensors`` (with class names and preprocessing from its metadata).
 
     ``precision`` (fp32, bf16 or auto, as in ``RunConfig.precision``): fp32 gives the exact
-    probabilities; bf16 is faster on GPUs and AMX CPUs and may move them by a few hundredths.
+    probabilities; bf16 is faster on GPUs and AMX CPUs and may move them by a few hundredths;
+    None takes the run's own, so its evaluation repeats the run's last one.
     """
-    if precision not in ("auto", "fp32", "bf16"):
+    if precision not in ("auto", "fp32", "bf16", None):
         raise TransferlabError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
@@ -131,6 +132,7 @@ def load(run_dir: str | Path, device: str = "auto", precision: str = "fp32") -> 
         classes = tuple(json.loads(meta["class_names"]))
         pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
         model_name = meta["model"]
+        precision = precision or json.loads(meta.get("config", "{}")).get("precision", "fp32")
     except Exception as exc:  # noqa: BLE001
         raise TransferlabError(f"{path}: not a transferlab model file ({exc})") from None
     model = create_model(model_name, len(classes))
@@ -156,8 +158,8 @@ def expand_paths(items: Iterable[str | Path]) -> list[Path]:
 
 
 def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and confusion matrix of a run on a dataset's test split."""
-    predictor = load(run_dir, device)
+    """Accuracy, per-class accuracy and confusion matrix of a run on a dataset's test split (at its precision)."""
+    predictor = load(run_dir, device, precision=None)
     ds = resolve_data(data)
     if set(ds.classes) != set(predictor.classes):
         raise TransferlabError(f"--data {data}: classes {list(ds.classes)} differ from the model's "
