@@ -136,11 +136,7 @@ def _calibration_features(model: TransferModel, dataset: Dataset, pre: Preproces
     chosen = list(paths[::step][:CALIBRATION_IMAGES])
     images = eval_batch(decode(chosen, pre, quiet=True, disk=False).images, pre)
     device = next(model.parameters()).device
-    was_training = model.training
-    try:
-        return body_features(model, images, pre, device).to(torch.float32)
-    finally:
-        model.train(was_training)
+    return body_features(model, images, pre, device).to(torch.float32)  # a folded copy: model stays as it is
 
 
 @torch.no_grad()
