@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import PRECISIONS
 from .errors import TransferlabError
 
 __all__ = ["main", "build_parser"]
@@ -58,7 +59,7 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                                             "each, then a count) instead of stopping"}),
     ("--seed", {"type": int}),
     ("--device", {"help": "auto (default), cpu, cuda, cuda:N"}),
-    ("--precision", {"choices": ["auto", "fp32", "bf16"],
+    ("--precision", {"choices": list(PRECISIONS),
                      "help": "auto (default): bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere; "
                              "fp32 or bf16 force one"}),
     ("--checkpoint-every", {"type": int, "help": "also write checkpoint.pt every N optimizer steps (default 0: "

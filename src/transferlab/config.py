@@ -10,7 +10,9 @@ from typing import Any
 
 from .errors import TransferlabError
 
-__all__ = ["RunConfig", "PRESETS", "make_config"]
+__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config"]
+
+PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class RunConfig:
             raise TransferlabError("weight_decay, momentum and head_warmup_epochs must not be negative")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise TransferlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in ("auto", "fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise TransferlabError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.head_init not in ("xavier", "imagenet"):
             raise TransferlabError(f"--head-init must be xavier or imagenet, got {self.head_init!r}")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from .config import PRECISIONS
 from .data import IMAGE_EXTENSIONS, decode_one, resolve_data, to_tensor
 from .errors import TransferlabError
 from .models import TransferModel, create_model, folded
@@ -119,7 +120,7 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
     probabilities; bf16 is faster on GPUs and AMX CPUs and may move them by a few hundredths;
     None takes the run's own, so its evaluation repeats the run's last one.
     """
-    if precision not in ("auto", "fp32", "bf16", None):
+    if precision is not None and precision not in PRECISIONS:
         raise TransferlabError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
