@@ -8,7 +8,7 @@ from conftest import make_folder
 from safetensors import safe_open
 
 from transferlab import train as T
-from transferlab.config import make_config
+from transferlab.config import RunConfig, make_config
 from transferlab.inference import load
 
 TINY = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--quiet"]
@@ -128,7 +128,7 @@ def test_resume_refuses_changed_options(tmp_path):
     (run).mkdir()
     make_config(data=str(data), image_size=64, epochs=2, out=str(run)).save(run / "config.json")
     proc = run_cli("train", "--out", run, "--resume", "--lr", "0.5", "--quiet")
-    assert_one_line_error(proc, "lr: 0.0001 -> 0.5", "--force")
+    assert_one_line_error(proc, f"lr: {RunConfig().lr} -> 0.5", "--force")
 
 
 def test_models_lists_families_and_stages():

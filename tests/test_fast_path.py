@@ -43,16 +43,21 @@ def test_cache_is_invalidated_when_a_file_or_the_preprocessing_changes(tmp_path,
     assert cache.cache_key(paths, bigger, False) != cache.cache_key(paths, PRE, False)
 
 
-def test_parallel_crops_match_sequential_crops(tmp_path, monkeypatch):
+def test_parallel_and_prefetched_crops_match_sequential_crops(tmp_path, monkeypatch):
     images = [decode_one(make_image(tmp_path / f"i{i}.png", (20 * i, 100, 50), seed=i), PRE) for i in range(10)]
     labels = torch.arange(10) % 2
+    sequential = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2, prefetch=False))
     monkeypatch.setattr(train, "_augment_workers", lambda: 1)
-    sequential = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
+    prefetched = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
     monkeypatch.setattr(train, "_augment_workers", lambda: 4)
     parallel = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
-    assert len(sequential) == len(parallel) == 3
-    for a, b in zip(sequential, parallel):
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    resumed = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2, start_step=1,
+                                       prefetch=False))
+    assert len(sequential) == len(prefetched) == len(parallel) == 3
+    for a, b, c in zip(sequential, prefetched, parallel):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(sequential[1:], resumed, strict=True))
+    assert not train.prefetch_batches(torch.device("cpu")) and train.prefetch_batches(torch.device("meta"))
 
 
 def test_probe_features_give_the_full_models_logits():

@@ -69,6 +69,23 @@ def test_frozen_batchnorm_statistics_do_not_change():
     assert all(p.grad is None for p in model.net.layer1.parameters())
 
 
+def test_kept_batchnorm_statistics_do_not_change_while_scale_and_shift_train():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", 2)
+    model.keep_bn_stats = True
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.weight.detach().clone()) for m in bns]
+    model.train()
+    assert model.training and model.head.training and not any(m.training for m in bns)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)  # a random body's gradients are tiny; Adam still moves
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64) * 3 + 1), torch.tensor([0, 1, 0, 1])).backward()
+    opt.step()
+    assert all(torch.equal(m.running_mean, mean) for m, (mean, _) in zip(bns, before))
+    assert any(not torch.equal(m.weight, weight) for m, (_, weight) in zip(bns, before))
+    model.keep_bn_stats = False
+    assert all(m.training for m in model.train().modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def test_param_groups_lr_ratio_and_frozen_parameters_left_out():
     model = create_model("resnet18", 3).freeze("layer1")
     groups = param_groups(model, lr=1e-3, head_lr_mult=10, weight_decay=0.05)

@@ -140,7 +140,8 @@ def test_study_report_and_resume(colors, tmp_path, monkeypatch):
     assert "figures/curves.png" in md and (out / "figures" / "accuracy.png").is_file()
     assert "Best variant" in html and "Base config" in html and "src=\"http" not in html
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) >= 5  # accuracy, curves, group, confusion (+ mistakes when any)
+    # accuracy, curves, group, confusion, and the mistakes grid when the best run made any
+    assert len(images) == 4 + bool(saved["best_run"]["mistakes"])
     table = md.split("## Results")[1].split("\n\n")[1]
     assert table.count("\n") == 1 + len(study.variants) and "±" in table
 

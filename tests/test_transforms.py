@@ -3,7 +3,7 @@ from PIL import Image
 from torchvision.models import EfficientNet_B0_Weights, MobileNet_V2_Weights
 
 from transferlab.data import decode_one
-from transferlab.transforms import Preprocessing, augment, center_crop, normalize, random_resized_crop_box
+from transferlab.transforms import Preprocessing, augment, center_crop, normalize, random_resized_crop_box, sample_crop
 
 
 def test_preprocessing_comes_from_the_weights_metadata():
@@ -39,6 +39,23 @@ def test_random_resized_crop_box_is_seeded_and_in_bounds():
         assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 300
         assert 0.25 * 256 * 300 * 0.95 <= h * w <= 256 * 300
     assert len(set(boxes)) > 40
+
+
+def test_crops_drawn_inside_the_eval_region_never_leave_it():
+    image = torch.zeros(3, 256, 300, dtype=torch.uint8)
+    top0, left0 = (256 - 224) // 2, round((300 - 224) / 2)  # torchvision's center_crop offsets
+    inside = [sample_crop(image, (0.25, 1.0), torch.Generator().manual_seed(s), region=224) for s in range(100)]
+    for top, left, h, w, _ in inside:
+        assert top0 <= top and top + h <= top0 + 224 and left0 <= left and left + w <= left0 + 224
+    anywhere = [sample_crop(image, (0.25, 1.0), torch.Generator().manual_seed(s)) for s in range(100)]
+    assert any(top < top0 or left < left0 or top + h > top0 + 224 or left + w > left0 + 224
+               for top, left, h, w, _ in anywhere)
+    assert {c[4] for c in inside} == {True, False}
+    marked = image.clone()
+    marked[:, top0:top0 + 224, left0:left0 + 224] = 255  # the eval crop's square is white, the rest black
+    pre = Preprocessing(crop_size=64, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3)
+    crop = augment(marked, pre, (0.25, 1.0), torch.Generator().manual_seed(0), region=224)
+    assert crop.shape == (3, 64, 64) and int(crop.min()) == 255
 
 
 def test_augment_output_size_and_flip():

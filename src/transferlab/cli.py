@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import PRECISIONS
+from .config import BN_STATS, CROP_REGIONS, PRECISIONS
 from .errors import TransferlabError
 
 __all__ = ["main", "build_parser"]
@@ -44,6 +44,14 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--warmup-epochs", {"type": float}),
     ("--label-smoothing", {"type": float}),
     ("--head-warmup-epochs", {"type": int, "help": "epochs of head-only training on cached features first"}),
+    ("--probe-lr", {"type": float, "help": "learning rate of the head when it trains alone on cached features "
+                                          "(--freeze body, and the head warm-up); default 1e-2"}),
+    ("--bn-stats", {"choices": list(BN_STATS),
+                    "help": "keep: BatchNorm normalises with the pretrained statistics while training; "
+                            "update: with each batch's (PyTorch's default; always from scratch)"}),
+    ("--crop-region", {"choices": list(CROP_REGIONS),
+                       "help": "where training crops are drawn: center (inside the eval crop's square) or "
+                               "full (the whole image, as RandomResizedCrop)"}),
     ("--head-init", {"choices": ["xavier", "imagenet"],
                      "help": "new head: Xavier (default) or rows of related ImageNet classes (--head-map)"}),
     ("--head-map", {"type": _parse_head_map, "help": "class=IMAGENET[,IMAGENET...] pairs separated by ';', "

@@ -13,6 +13,8 @@ from .errors import TransferlabError
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config"]
 
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
+BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
+CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,14 @@ class RunConfig:
     The body learning rate is ``lr``; the new head gets ``lr * head_lr_mult``.
     A run from scratch (``weights="none"``) has no pretrained body, so every
     layer is new and every layer gets the head rate.
+
+    A pretrained run first fits the new head alone for ``head_warmup_epochs`` on cached
+    body features (a linear probe, at ``probe_lr``, the rate of ``freeze="body"`` runs
+    too), then fine-tunes everything.
+    ``bn_stats="keep"`` makes BatchNorm normalise with the pretrained statistics while
+    training (scale and shift still train), so the body sees the same features the head
+    was fitted on; ``crop_region="center"`` draws the training crops inside the square
+    the eval crop takes. Both matter on data unlike ImageNet (README, "Defaults").
 
     ``precision``: ``auto`` trains and predicts under bf16 autocast on CUDA and on CPUs
     with AMX (where it measured faster), in fp32 elsewhere; ``fp32`` and ``bf16`` force one.
@@ -36,7 +46,7 @@ class RunConfig:
     weights: str = "imagenet"
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 2e-5
     head_lr_mult: float = 10.0
     freeze: str = "none"
     optimizer: str = "adamw"
@@ -47,10 +57,13 @@ class RunConfig:
     warmup_epochs: float = 0.0
     loss_reduction: str = "mean"
     label_smoothing: float = 0.1
-    head_warmup_epochs: int = 0
+    head_warmup_epochs: int = 10
+    probe_lr: float = 1e-2
     head_init: str = "xavier"
     head_map: dict[str, list[str | int]] | None = None
     crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_region: str = "center"
+    bn_stats: str = "keep"
     image_size: int | None = None
     resize_size: int | None = None
     train_image_size: int | None = None
@@ -90,6 +103,12 @@ class RunConfig:
             raise TransferlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:
             raise TransferlabError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.bn_stats not in BN_STATS:
+            raise TransferlabError(f"--bn-stats must be keep or update, got {self.bn_stats!r}")
+        if self.crop_region not in CROP_REGIONS:
+            raise TransferlabError(f"--crop-region must be center or full, got {self.crop_region!r}")
+        if not self.probe_lr > 0:
+            raise TransferlabError(f"--probe-lr must be positive, got {self.probe_lr}")
         if self.head_init not in ("xavier", "imagenet"):
             raise TransferlabError(f"--head-init must be xavier or imagenet, got {self.head_init!r}")
         lo, hi = self.crop_scale
@@ -151,7 +170,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 5, "batch_size": 128, "lr": 5e-5, "head_lr_mult": 10.0,
         "optimizer": "sgd", "momentum": 0.0, "weight_decay": 1e-3, "decay_1d": True,
         "schedule": "constant", "warmup_epochs": 0.0, "loss_reduction": "sum",
-        "label_smoothing": 0.0, "head_warmup_epochs": 0, "crop_scale": (0.08, 1.0),
+        "label_smoothing": 0.0, "head_warmup_epochs": 0, "crop_scale": (0.08, 1.0), "crop_region": "full",
+        "bn_stats": "update", "probe_lr": 5e-4,
     },
 }
 

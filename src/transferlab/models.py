@@ -156,7 +156,8 @@ class TransferModel(nn.Module):
 
     ``net`` is the unchanged torchvision module, so its ``state_dict`` keys are
     torchvision's own. ``train()`` keeps the BatchNorm layers of frozen stages in
-    eval mode.
+    eval mode, and all of them with ``keep_bn_stats``: they then normalise with the
+    pretrained running statistics while their scale and shift still train.
     """
 
     is_folded = False  # True for the inference copies made by :func:`folded`
@@ -172,6 +173,7 @@ class TransferModel(nn.Module):
         self.stages: StageTable = [(n, p) for n, p in self.family.stages(net)
                                    if any(_under(q, prefix) for q in params for prefix in p)]
         self.frozen_stage = "none"
+        self.keep_bn_stats = False
         self.reset_classifier(num_classes)
         self._check_ownership()
 
@@ -243,7 +245,7 @@ class TransferModel(nn.Module):
     def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         if mode:
-            for module in self.frozen_modules():
+            for module in self.net.modules() if self.keep_bn_stats else self.frozen_modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self

@@ -106,10 +106,21 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
 Crop = tuple[int, int, int, int, bool]  # top, left, height, width, flip
 
 
-def sample_crop(image: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> Crop:
-    """Draw one RandomResizedCrop box and a horizontal-flip coin for ``image``."""
-    box = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, generator)
-    return (*box, bool(torch.rand(1, generator=generator).item() < 0.5))
+def sample_crop(image: torch.Tensor, scale: tuple[float, float], generator: torch.Generator,
+                region: int | None = None) -> Crop:
+    """Draw one RandomResizedCrop box and a horizontal-flip coin for ``image``.
+
+    ``region``: draw the box inside the central ``region`` x ``region`` square, the one
+    :func:`center_crop` takes at evaluation (None: anywhere in the whole image).
+    """
+    height, width = image.shape[-2:]
+    top0 = left0 = 0
+    if region is not None:
+        # the offsets torchvision's center_crop uses
+        top0, left0 = round((height - min(region, height)) / 2), round((width - min(region, width)) / 2)
+        height, width = min(region, height), min(region, width)
+    top, left, h, w = random_resized_crop_box(height, width, scale, generator)
+    return top0 + top, left0 + left, h, w, bool(torch.rand(1, generator=generator).item() < 0.5)
 
 
 def apply_crop(image: torch.Tensor, crop: Crop, pre: Preprocessing) -> torch.Tensor:
@@ -120,9 +131,9 @@ def apply_crop(image: torch.Tensor, crop: Crop, pre: Preprocessing) -> torch.Ten
 
 
 def augment(image: torch.Tensor, pre: Preprocessing, scale: tuple[float, float],
-            generator: torch.Generator) -> torch.Tensor:
-    """RandomResizedCrop + horizontal flip of one uint8 CHW image."""
-    return apply_crop(image, sample_crop(image, scale, generator), pre)
+            generator: torch.Generator, region: int | None = None) -> torch.Tensor:
+    """RandomResizedCrop + horizontal flip of one uint8 CHW image (see :func:`sample_crop`)."""
+    return apply_crop(image, sample_crop(image, scale, generator, region), pre)
 
 
 def normalize(batch: torch.Tensor, pre: Preprocessing, device: torch.device | str = "cpu",
