@@ -16,5 +16,6 @@ def test_finetune_beats_scratch_on_hotdog_mini(hotdog_mini, tmp_path):
     # (0.80-0.90 measured); the floor stays far above scratch (0.50)
     assert fine["test_acc"] >= 0.78, fine
     assert fine["test_acc"] - scratch["test_acc"] >= 0.15, (fine["test_acc"], scratch["test_acc"])
+    assert fine["head_warmup_acc"] >= 0.7 and "head_warmup_acc" not in scratch  # the probe stage ran first
     assert (tmp_path / "finetune" / "model.safetensors").is_file()
     assert (tmp_path / "scratch" / "metrics.json").is_file()

@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from transferlab.config import make_config
 from transferlab.errors import TransferlabError
 from transferlab.models import create_model, list_model_names, load_body, param_groups, stage_names
+from transferlab.train import build_optimizer
 
 LISTED = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
           "convnext_tiny"]
@@ -84,6 +86,15 @@ def test_kept_batchnorm_statistics_do_not_change_while_scale_and_shift_train():
     assert any(not torch.equal(m.weight, weight) for m, (_, weight) in zip(bns, before))
     model.keep_bn_stats = False
     assert all(m.training for m in model.train().modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_a_probe_trains_its_head_at_the_probe_rate_and_a_fine_tune_at_the_body_and_head_rates():
+    config = make_config(freeze="body")
+    probe = build_optimizer(config, create_model("mobilenet_v2", 3).freeze("body"))
+    assert {g["lr"] for g in probe.param_groups} == {config.probe_lr}
+    config = make_config()
+    finetune = build_optimizer(config, create_model("mobilenet_v2", 3))
+    assert {g["lr"] for g in finetune.param_groups} == {config.lr, config.lr * config.head_lr_mult}
 
 
 def test_param_groups_lr_ratio_and_frozen_parameters_left_out():
