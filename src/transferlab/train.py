@@ -180,7 +180,7 @@ def prefetch_batches(device: torch.device) -> bool:
 
     On CPU the crops take about 1% of a step, and after each one the helper thread's
     OpenMP team spins on the cores the model needs: the full loop ran at 0.89 of the
-    speed on pre-made tensors with a prefetch thread and 0.96 without (hotdog-mini,
+    speed on pre-made tensors with a prefetch thread and 0.98 without (hotdog-mini,
     2 cores; ``bench/time_to_accuracy.py``, pipeline arm).
     """
     return device.type != "cpu"
