@@ -87,30 +87,23 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Raise a one-line :class:`TransferlabError` for values no run can use."""
         positive = {"epochs": self.epochs, "batch-size": self.batch_size, "lr": self.lr,
-                    "head-lr-mult": self.head_lr_mult}
+                    "head-lr-mult": self.head_lr_mult, "probe-lr": self.probe_lr}
         for name, value in positive.items():
             if not value > 0:
                 raise TransferlabError(f"--{name} must be positive, got {value}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise TransferlabError(f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise TransferlabError(f"schedule must be cosine or constant, got {self.schedule!r}")
-        if self.loss_reduction not in ("mean", "sum"):
-            raise TransferlabError(f"loss_reduction must be mean or sum, got {self.loss_reduction!r}")
+        choices = {"--optimizer": (self.optimizer, ("sgd", "adamw")),
+                   "schedule": (self.schedule, ("cosine", "constant")),
+                   "loss_reduction": (self.loss_reduction, ("mean", "sum")),
+                   "--precision": (self.precision, PRECISIONS), "--bn-stats": (self.bn_stats, BN_STATS),
+                   "--crop-region": (self.crop_region, CROP_REGIONS),
+                   "--head-init": (self.head_init, ("xavier", "imagenet"))}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise TransferlabError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
         if self.weight_decay < 0 or self.momentum < 0 or self.head_warmup_epochs < 0:
             raise TransferlabError("weight_decay, momentum and head_warmup_epochs must not be negative")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise TransferlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in PRECISIONS:
-            raise TransferlabError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.bn_stats not in BN_STATS:
-            raise TransferlabError(f"--bn-stats must be keep or update, got {self.bn_stats!r}")
-        if self.crop_region not in CROP_REGIONS:
-            raise TransferlabError(f"--crop-region must be center or full, got {self.crop_region!r}")
-        if not self.probe_lr > 0:
-            raise TransferlabError(f"--probe-lr must be positive, got {self.probe_lr}")
-        if self.head_init not in ("xavier", "imagenet"):
-            raise TransferlabError(f"--head-init must be xavier or imagenet, got {self.head_init!r}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise TransferlabError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")

@@ -614,6 +614,15 @@ class Trainer:
     def weights_digest(self) -> str:
         return file_digest(self.weights.path) if self.weights.path else "none"
 
+    def _eval_crop_features(self, body: TransferModel) -> tuple[torch.Tensor, torch.Tensor]:
+        """Body features of the eval crops of the training and of the test images (``body`` folded)."""
+        images, center = self.train_images, {"crop": "center"}
+        train = self._features(body, lambda i: center_crop(images[i], self.pre.crop_size), len(images),
+                               {"images": self.train_key, **center})
+        test = self._features(body, lambda i: self.test_images[i], len(self.test_images),
+                              {"images": self.test_key, **center})
+        return train, test
+
     def _cache_features(self, model: TransferModel) -> None:
         """Body features of the test crops and of ``probe_views`` views of the training images.
 
@@ -622,9 +631,8 @@ class Trainer:
         cfg = self.config
         model = folded(model)
         images, n = self.train_images, len(self.train_images)
-        center = {"crop": "center"}
-        feats = [self._features(model, lambda i: center_crop(images[i], self.pre.crop_size), n,
-                                {"images": self.train_key, **center})]
+        center, self.test_features = self._eval_crop_features(model)
+        feats = [center]
         for view in range(1, cfg.probe_views):
             generator = torch.Generator().manual_seed(cfg.seed * 7919 + view)
             crops = [sample_crop(img, cfg.crop_scale, generator, self.crop_region) for img in images]
@@ -633,8 +641,10 @@ class Trainer:
             feats.append(self._features(model, lambda i, crops=crops: apply_crop(images[i], crops[i], self.pre), n,
                                         key))
         self.train_features = feats
-        self.test_features = self._features(model, lambda i: self.test_images[i], len(self.test_images),
-                                            {"images": self.test_key, **center})
+
+    def _head_logits(self, model: TransferModel, features: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.head(features.to(self.device)).float().cpu()
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
@@ -642,8 +652,7 @@ class Trainer:
     def _evaluate(self, model: TransferModel) -> dict[str, Any]:
         num_classes = len(self.dataset.classes)
         if self.probe:
-            with torch.inference_mode():
-                logits = model.head(self.test_features.to(self.device)).float().cpu()
+            logits = self._head_logits(model, self.test_features)
         elif self.dist.enabled:  # each process predicts its shard of the test images
             index = distributed.shard(len(self.test_images), self.dist)
             local = (predict_logits(model, self.test_images[index], self.pre, self.device, quiet=self.quiet,
@@ -804,18 +813,13 @@ class Trainer:
         cfg = self.config
         if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
             return
-        images, body = self.train_images, folded(model)
-        features = self._features(body, lambda i: center_crop(images[i], self.pre.crop_size), len(images),
-                                  {"images": self.train_key, "crop": "center"})
+        features, test = self._eval_crop_features(folded(model))
         fit_head(model, features, self.train_labels, cfg.head_warmup_epochs, lr=cfg.probe_lr,
                  weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
                  seed=cfg.seed)
-        # the probe's accuracy: the head on the test images' (cached) features
-        test = self._features(body, lambda i: self.test_images[i], len(self.test_images),
-                              {"images": self.test_key, "crop": "center"})
-        with torch.inference_mode():
-            logits = model.head(test.to(self.device)).float().cpu()
-        self.warmup_acc = score(logits, self.test_labels, len(self.dataset.classes))["test_acc"]
+        # the probe's accuracy: the head on the test images' features
+        self.warmup_acc = score(self._head_logits(model, test), self.test_labels,
+                                len(self.dataset.classes))["test_acc"]
         self._log("head warm-up (%d epochs on cached features): test_acc %.3f", cfg.head_warmup_epochs,
                   self.warmup_acc)
 
