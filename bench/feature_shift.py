@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from transferlab import make_config
-from transferlab.train import Trainer, eval_batch, train_batches, use_bf16
+from transferlab.batches import train_batches
+from transferlab.infer import eval_batch, use_bf16
+from transferlab.train import Trainer
 from transferlab.transforms import normalize
 
 
@@ -33,10 +35,9 @@ def main() -> None:
     args = parser.parse_args()
 
     trainer = Trainer(make_config(data=args.data, seed=args.seed), quiet=True)
-    model = trainer._build_model()
-    trainer._prepare_data()
-    trainer._head_warmup(model)
-    pre, images, labels = trainer.pre, trainer.train_images, trainer.train_labels
+    model = trainer.prepare()
+    trainer.head_warmup(model)
+    pre, images, labels = trainer.pre, trainer.data.train_images, trainer.data.train_labels
     bf16 = use_bf16(trainer.device, trainer.config.precision)
     n = min(args.images, len(images))
     index = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:n]

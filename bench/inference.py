@@ -35,8 +35,8 @@ def main() -> None:
 
     import torch
 
+    from transferlab.infer import cpu_has_amx
     from transferlab.models import create_model, folded, load_body
-    from transferlab.train import cpu_has_amx
     from transferlab.transforms import normalize
     from transferlab.weights import load_state_dict, resolve_weights
 
@@ -112,8 +112,8 @@ def compare_on_photos(model_name: str, folder: str) -> dict:
 
     from transferlab.cache import decode
     from transferlab.data import IMAGE_EXTENSIONS
+    from transferlab.infer import eval_batch, predict_logits
     from transferlab.models import create_model
-    from transferlab.train import eval_batch, predict_logits
     from transferlab.weights import load_state_dict, resolve_weights
 
     weights = resolve_weights(model_name, "imagenet")

@@ -141,29 +141,25 @@ def arm_pipeline(data: str, seed: int, rounds: int = 5) -> dict:
     from torch import nn
 
     from transferlab import make_config
-    from transferlab.train import (
-        Trainer,
-        build_optimizer,
-        build_scheduler,
-        prefetch_batches,
-        train_batches,
-        train_one_epoch,
-        use_bf16,
-    )
+    from transferlab.batches import prefetch_batches, train_batches
+    from transferlab.infer import use_bf16
+    from transferlab.loop import train_one_epoch
+    from transferlab.optim import build_optimizer, build_scheduler
+    from transferlab.train import Trainer
     from transferlab.transforms import normalize
 
     trainer = Trainer(make_config(data=data, seed=seed), quiet=True)
     cfg, pre = trainer.config, trainer.train_pre
-    model = trainer._build_model()
-    trainer._prepare_data()
-    n = len(trainer.train_labels)
+    model = trainer.prepare()
+    data = trainer.data
+    n = len(data.train_labels)
     steps = math.ceil(n / cfg.batch_size)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, steps)
     loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
     # the same epoch's batches, made (cropped and normalised) before the clock starts
     premade = [(normalize(b[0], pre, trainer.device), b[1])
-               for b in train_batches(trainer.train_images, trainer.train_labels, cfg.batch_size, pre,
+               for b in train_batches(data.train_images, data.train_labels, cfg.batch_size, pre,
                                       cfg.crop_scale, seed, 0)]
     bf16 = use_bf16(trainer.device, cfg.precision)
 
@@ -182,7 +178,7 @@ def arm_pipeline(data: str, seed: int, rounds: int = 5) -> dict:
     bare_epoch()  # warm-up: oneDNN builds its kernels on the first calls
     full, bare = [], []
     for r in range(rounds):
-        batches = train_batches(trainer.train_images, trainer.train_labels, cfg.batch_size, pre, cfg.crop_scale,
+        batches = train_batches(data.train_images, data.train_labels, cfg.batch_size, pre, cfg.crop_scale,
                                 seed, r + 1, prefetch=prefetch_batches(trainer.device))
         stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, pre, trainer.device,
                                 quiet=True)

@@ -16,7 +16,7 @@ import torch
 from conftest import make_folder, random_images
 from safetensors.torch import load_file
 
-from transferlab import train as T
+from transferlab import batches
 from transferlab.transforms import Preprocessing
 
 # One thread per process: OpenMP threads spinning on two busy cores slow everything down.
@@ -43,8 +43,8 @@ def test_process_shares_make_up_the_global_batch():
     images = random_images(11)
     labels = torch.arange(11)
     pre = Preprocessing(crop_size=16, resize_size=20, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    one = list(T.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1))
-    two = [list(T.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1, rank=r, world_size=2))
+    one = list(batches.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1))
+    two = [list(batches.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1, rank=r, world_size=2))
            for r in (0, 1)]
     assert [n for _, _, n in one] == [4, 4, 3]
     assert [len(b) for b in two] == [3, 3]
@@ -54,8 +54,8 @@ def test_process_shares_make_up_the_global_batch():
         assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
     assert len(two[0][2][1]) == 2 and len(two[1][2][1]) == 1  # the last batch splits unevenly
     # a last batch smaller than the number of processes is dropped
-    assert len(T.global_batches(torch.arange(9), 4, world_size=2)) == 2
-    assert len(T.global_batches(torch.arange(9), 4, world_size=1)) == 3
+    assert len(batches.global_batches(torch.arange(9), 4, world_size=2)) == 2
+    assert len(batches.global_batches(torch.arange(9), 4, world_size=1)) == 3
 
 
 BN_CHECK = """

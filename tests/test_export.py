@@ -19,8 +19,8 @@ from transferlab import export as E
 from transferlab import train as T
 from transferlab.cli import main
 from transferlab.config import make_config
+from transferlab.infer import eval_batch
 from transferlab.inference import load
-from transferlab.train import eval_batch
 from transferlab.transforms import normalize
 
 

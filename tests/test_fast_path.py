@@ -6,7 +6,8 @@ from conftest import make_folder, make_image
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
-from transferlab import cache, train
+from transferlab import batches, cache, infer, train
+from transferlab.config import RunConfig
 from transferlab.data import decode_one, resolve_data
 from transferlab.models import create_model, folded
 from transferlab.transforms import Preprocessing, normalize
@@ -46,25 +47,25 @@ def test_cache_is_invalidated_when_a_file_or_the_preprocessing_changes(tmp_path,
 def test_parallel_and_prefetched_crops_match_sequential_crops(tmp_path, monkeypatch):
     images = [decode_one(make_image(tmp_path / f"i{i}.png", (20 * i, 100, 50), seed=i), PRE) for i in range(10)]
     labels = torch.arange(10) % 2
-    sequential = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2, prefetch=False))
-    monkeypatch.setattr(train, "_augment_workers", lambda: 1)
-    prefetched = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
-    monkeypatch.setattr(train, "_augment_workers", lambda: 4)
-    parallel = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
-    resumed = list(train.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2, start_step=1,
+    sequential = list(batches.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2, prefetch=False))
+    monkeypatch.setattr(batches, "_augment_workers", lambda: 1)
+    prefetched = list(batches.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
+    monkeypatch.setattr(batches, "_augment_workers", lambda: 4)
+    parallel = list(batches.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2))
+    resumed = list(batches.train_batches(images, labels, 4, PRE, (0.25, 1.0), seed=3, epoch=2, start_step=1,
                                        prefetch=False))
     assert len(sequential) == len(prefetched) == len(parallel) == 3
     for a, b, c in zip(sequential, prefetched, parallel):
         assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
     assert all(torch.equal(a[0], b[0]) for a, b in zip(sequential[1:], resumed, strict=True))
-    assert not train.prefetch_batches(torch.device("cpu")) and train.prefetch_batches(torch.device("meta"))
+    assert not batches.prefetch_batches(torch.device("cpu")) and batches.prefetch_batches(torch.device("meta"))
 
 
 def test_probe_features_give_the_full_models_logits():
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", 3).freeze("body").eval()
     images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
-    features = train.body_features(model, images, PRE, torch.device("cpu"))
+    features = infer.body_features(model, images, PRE, torch.device("cpu"))
     with torch.no_grad():
         full = model(normalize(images, PRE))
         torch.testing.assert_close(model.head(features), full, atol=1e-5, rtol=1e-5)
@@ -79,10 +80,10 @@ def test_fast_eval_path_predicts_like_the_plain_torchvision_path(hotdog_mini):
     paths = sorted((hotdog_mini / "val" / "hotdog").iterdir())[:8]
     plain = torch.stack([MobileNet_V2_Weights.IMAGENET1K_V1.transforms()(Image.open(p).convert("RGB"))
                          for p in paths])
-    fast = train.eval_batch(cache.decode(paths, pre, quiet=True, disk=False).images, pre)
+    fast = infer.eval_batch(cache.decode(paths, pre, quiet=True, disk=False).images, pre)
     with torch.no_grad():
         expected = model(plain)
-    got = train.predict_logits(model, fast, pre, torch.device("cpu"), precision="fp32")
+    got = infer.predict_logits(model, fast, pre, torch.device("cpu"), precision="fp32")
     assert torch.equal(expected.argmax(1), got.argmax(1))
     torch.testing.assert_close(got, expected, atol=5e-2, rtol=1e-2)  # channels-last kernels sum in another order
 
@@ -90,7 +91,7 @@ def test_fast_eval_path_predicts_like_the_plain_torchvision_path(hotdog_mini):
 def test_probe_run_trains_only_the_head(tmp_path):
     data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
     ds = resolve_data(str(data))
-    trainer = train.Trainer(train.RunConfig(data=str(data), freeze="body", epochs=3, image_size=48, batch_size=4,
+    trainer = train.Trainer(RunConfig(data=str(data), freeze="body", epochs=3, image_size=48, batch_size=4,
                                             probe_views=2), quiet=True, dataset=ds)
     body_before = {k: v.clone() for k, v in create_model("mobilenet_v2", 2,
                                                          load_state_dict(trainer.weights.path)).net.state_dict().items()
@@ -121,7 +122,7 @@ def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(name
         expected = model(normalize(images, PRE))
         torch.testing.assert_close(fast.features(normalize(images, PRE)), model.features(normalize(images, PRE)),
                                    atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(train.predict_logits(model, images, PRE, torch.device("cpu"), precision="fp32"),
+    torch.testing.assert_close(infer.predict_logits(model, images, PRE, torch.device("cpu"), precision="fp32"),
                                expected, atol=1e-4, rtol=1e-4)
 
 
@@ -131,9 +132,9 @@ def test_bf16_prediction_agrees_with_fp32_on_real_photos(hotdog_mini):
     model.net.load_state_dict(load_state_dict(weights.path))
     pre = weights.preprocessing
     paths = sorted((hotdog_mini / "val").rglob("*.jpg"))
-    images = train.eval_batch(cache.decode(paths, pre, quiet=True, disk=False).images, pre)
-    fp32 = train.predict_logits(model, images, pre, torch.device("cpu"), precision="fp32")
-    bf16 = train.predict_logits(model, images, pre, torch.device("cpu"), precision="bf16")
+    images = infer.eval_batch(cache.decode(paths, pre, quiet=True, disk=False).images, pre)
+    fp32 = infer.predict_logits(model, images, pre, torch.device("cpu"), precision="fp32")
+    bf16 = infer.predict_logits(model, images, pre, torch.device("cpu"), precision="bf16")
     # 1000 ImageNet classes, many of them close: a few of the 50 top-1 labels may swap
     assert (fp32.argmax(1) == bf16.argmax(1)).float().mean() >= 0.9
     assert (fp32.softmax(1) - bf16.softmax(1)).abs().max() < 0.25
@@ -141,7 +142,7 @@ def test_bf16_prediction_agrees_with_fp32_on_real_photos(hotdog_mini):
 
 def test_probe_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
-    config = train.RunConfig(data=str(data), freeze="body", epochs=2, image_size=48, batch_size=4, probe_views=2)
+    config = RunConfig(data=str(data), freeze="body", epochs=2, image_size=48, batch_size=4, probe_views=2)
     first = train.Trainer(config, quiet=True).fit()
     entries = sorted((cache.cache_dir("features")).glob("*.safetensors"))
     assert len(entries) >= 3  # two training views and the test crops
@@ -154,9 +155,9 @@ def test_probe_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     assert second.history == [{**row, "wall_s": r2["wall_s"]} for row, r2 in zip(first.history, second.history)]
     # other crops, or no cache at all, run the body again
     with pytest.raises(AssertionError, match="the body ran"):
-        train.Trainer(train.RunConfig(**{**config.to_dict(), "crop_scale": (0.5, 1.0)}), quiet=True).fit()
+        train.Trainer(RunConfig(**{**config.to_dict(), "crop_scale": (0.5, 1.0)}), quiet=True).fit()
     with pytest.raises(AssertionError, match="the body ran"):
-        train.Trainer(train.RunConfig(**{**config.to_dict(), "feature_cache": False}), quiet=True).fit()
+        train.Trainer(RunConfig(**{**config.to_dict(), "feature_cache": False}), quiet=True).fit()
 
 
 def test_feature_cache_entry_needs_the_same_key_and_survives_damage(tmp_path):

@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 
-from .data import decode_one
 from .errors import TransferlabError
-from .io import atomic_write, cache_dir
+from .files import atomic_write, cache_dir
 from .progress import progress
-from .transforms import Preprocessing
+from .transforms import Preprocessing, decode_one
 
 __all__ = ["DecodedImages", "decode", "cache_key", "features"]
 

@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default 10)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="largest image accepted, in pixels (default 40000000)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="largest image accepted, in pixels (default: $TRANSFERLAB_MAX_PIXELS, else 89478485, the "
+                        "limit of every image transferlab reads)")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("models", help="list models, their freeze stages and where their weights are")

@@ -138,7 +138,7 @@ class RunConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        from .io import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

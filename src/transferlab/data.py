@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
 import shutil
 import tempfile
-import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TransferlabError
-from .io import cache_dir, file_digest
-from .transforms import Preprocessing, resize_shorter
+from .files import cache_dir, file_digest
+from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to_tensor
+from .transforms import decode_one
 
 __all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "Split", "Dataset",
-           "resolve_data", "scan_folder", "stratified_split", "max_pixels", "load_rgb",
+           "resolve_data", "scan_folder", "stratified_split", "max_pixels", "load_rgb", "to_tensor", "decode_one",
            "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL", "HOTDOG_SHA1"]
 
 log = logging.getLogger(__name__)
@@ -31,8 +29,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Skipped while scanning, like every name that starts with "." (.DS_Store, ._x.jpg, .ipynb_checkpoints).
 IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
-MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"
 HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
 
@@ -207,106 +203,6 @@ def resolve_data(spec: str, seed: int = 0, val_fraction: float = 0.25) -> Datase
         return _from_folder(hotdog_root(), "hotdog", seed, val_fraction)
     root = Path(spec).expanduser()
     return _from_folder(root, root.name or str(root), seed, val_fraction)
-
-
-# --------------------------------------------------------------------------- images
-
-
-def max_pixels() -> int:
-    """The decompression-bomb limit in pixels: ``$TRANSFERLAB_MAX_PIXELS``, read at each call, else Pillow's."""
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit <= 0:
-        raise TransferlabError(f"{MAX_PIXELS_ENV}={value}: expected a positive whole number of pixels; "
-                               "fix or unset it")
-    return limit
-
-
-_HEADER_LOCK = threading.Lock()
-
-
-def _open_header(path: Path) -> Image.Image:
-    """``Image.open`` (reads the header only) with Pillow's own bomb check off: :func:`load_rgb` applies
-    :func:`max_pixels` itself, so no Pillow warning line precedes its error. The lock keeps decoding
-    threads from racing on Pillow's global."""
-    with _HEADER_LOCK:
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            return Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float grey
-        array = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
-
-
-def _unreadable(path: Path, exc: BaseException) -> TransferlabError:
-    """One line for an image that cannot be used: what is wrong, then the fix."""
-    if isinstance(exc, UnidentifiedImageError):
-        reason = "not an image (its content is no format Pillow reads, whatever the extension says)"
-    elif isinstance(exc, OSError) and exc.strerror:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return TransferlabError(f"{path}: cannot read ({exc.strerror}); fix its permissions or remove it")
-        reason = f"cannot read ({exc.strerror})"
-    else:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        reason = f"cannot decode ({type(exc).__name__}: {first})" if first else f"cannot decode ({type(exc).__name__})"
-    return TransferlabError(f"{path}: {reason}; remove or replace the file")
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully as 8-bit RGB, or raise a one-line :class:`TransferlabError`.
-
-    EXIF rotation is applied; grey, 16-bit, palette, RGBA and CMYK are converted (transparency
-    onto white). The content decides the format, not the extension. Images with more than
-    :func:`max_pixels` pixels are refused before any pixel is decoded; a 1x1 image is fine
-    (the resize upsamples it).
-    """
-    path = Path(path)
-    limit = max_pixels()
-    try:
-        if path.stat().st_size == 0:
-            raise TransferlabError(f"{path}: empty file (0 bytes); remove or replace it")
-        with _open_header(path) as img:
-            width, height = img.size
-            if width * height > limit:
-                raise TransferlabError(
-                    f"{path}: {width}x{height} = {width * height} pixels is over the limit of {limit}; refusing "
-                    f"a possible decompression bomb (if the image is genuine, raise {MAX_PIXELS_ENV})")
-            img.load()  # Pillow is lazy: decode everything here, so truncated data fails inside this try
-            return _to_rgb(ImageOps.exif_transpose(img))
-    except TransferlabError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error...
-        raise _unreadable(path, exc) from None
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> uint8 CHW tensor."""
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def decode_one(path: Path, pre: Preprocessing) -> torch.Tensor:
-    """Decode, convert to RGB and resize the shorter side to ``pre.resize_size``."""
-    return resize_shorter(to_tensor(load_rgb(path)), pre.resize_size, pre.mode)
-
 
 
 # --------------------------------------------------------------------------- built-in datasets

@@ -1,12 +1,68 @@
-"""The one exception type that reaches users as a single line."""
+"""The one exception type that reaches users as a single line, and how it names options.
+
+A message names an option with :func:`opt`. From Python it reads as the parameter
+(``model='resnet9000': unknown model``); the command line shows the flag instead
+(``--model resnet9000: unknown model``), through :meth:`TransferlabError.cli_message`.
+"""
 
 from __future__ import annotations
 
-__all__ = ["TransferlabError"]
+import re
+
+__all__ = ["TransferlabError", "opt", "render"]
+
+_MARK, _SEP = "\x1f", "\x1e"
+_NO_VALUE = object()
+# Options that are switches: True from Python, a bare flag on the command line.
+SWITCHES = frozenset({"resume", "force", "overwrite", "skip_bad_images", "deterministic", "quiet", "tta"})
+# Python parameters whose flag has another name.
+FLAGS = {"fmt": "format", "spec": "study"}
+
+
+def opt(name: str, value: object = _NO_VALUE) -> str:
+    """An option inside an error message: ``name=value`` from Python, ``--name value`` on the command line."""
+    return f"{_MARK}{name}{'' if value is _NO_VALUE else _SEP + str(value)}{_MARK}"
+
+
+def render(text: str, cli: bool = False) -> str:
+    """``text`` with every :func:`opt` marker spelled for Python or for the command line."""
+    def spell(match: re.Match[str]) -> str:
+        name, sep, value = match.group(1).partition(_SEP)
+        if cli:
+            flag = "--" + FLAGS.get(name, name).replace("_", "-")
+            return f"{flag} {value}" if sep else flag
+        if sep:
+            return f"{name}={value!r}" if value and not _is_number(value) else f"{name}={value}"
+        return f"{name}=True" if name in SWITCHES else f"{name}="
+
+    return re.sub(f"{_MARK}([^{_MARK}]*){_MARK}", spell, text)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class TransferlabError(Exception):
     """A problem the user can fix: the message names the file or option and what to do.
 
-    The CLI prints it as one line (no traceback) and exits with status 2.
+    The CLI prints it as one line (no traceback) and exits with status 2. ``str()`` names
+    options as Python parameters; an f-string that embeds the error keeps the option
+    markers, so a message wrapped in another one still reads right in both places.
     """
+
+    @property
+    def raw(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return render(self.raw)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.raw, spec)
+
+    def cli_message(self) -> str:
+        return render(self.raw, cli=True)

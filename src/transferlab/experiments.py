@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import RunConfig, make_config
 from .errors import TransferlabError
-from .io import atomic_write_json
+from .files import atomic_write_json
 from .reports import format_table, summarize_study, write_study_report
 from .studies import Study, resolve_freeze
 from .train import RunResult, finetune

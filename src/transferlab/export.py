@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import TransferlabError
-from .io import atomic_write, atomic_write_json
+from .files import atomic_write, atomic_write_json
+from .images import load_rgb
 
 __all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "Exported", "export_model", "read_metadata",
            "preprocess", "softmax", "onnx_predict"]
@@ -223,20 +224,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _rgb(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
-    """Paths, PIL images and uint8 HWC arrays as RGB (EXIF rotation applied, transparency onto white)."""
+    """Paths, PIL images and uint8 HWC arrays as RGB, decoded as everywhere else (``images.load_rgb``)."""
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as img:
-                img.load()
-                return _rgb(img)
-        except OSError as exc:
-            raise TransferlabError(f"{image}: cannot read image ({exc}); remove or replace the file") from None
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
-    return image.convert("RGB")
+        image = Image.fromarray(image.astype(np.uint8))
+    return load_rgb(image)
 
 
 def preprocess(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:

@@ -129,7 +129,7 @@ def rest_row(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor | 
 def _calibration_features(model: TransferModel, dataset: Dataset, pre: Preprocessing) -> torch.Tensor:
     """Body features of up to ``CALIBRATION_IMAGES`` training images, evenly spread (labels unused)."""
     from .cache import decode
-    from .train import body_features, eval_batch
+    from .infer import body_features, eval_batch
 
     paths = dataset.train.paths
     step = max(1, len(paths) // CALIBRATION_IMAGES)

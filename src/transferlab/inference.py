@@ -21,11 +21,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .config import PRECISIONS
-from .data import IMAGE_EXTENSIONS, decode_one, resolve_data, to_tensor
+from .data import IMAGE_EXTENSIONS, resolve_data
 from .errors import TransferlabError
+from .infer import eval_batch, predict_logits, resolve_device, score
 from .models import TransferModel, create_model, folded
-from .train import eval_batch, predict_logits, resolve_device, score
-from .transforms import Preprocessing, resize_shorter
+from .transforms import Preprocessing, decode_one, resize_shorter
 from .weights import load_state_dict
 
 __all__ = ["Predictor", "ImageInput", "TTA_VIEWS", "tta_views", "load", "evaluate_run", "expand_paths"]
@@ -62,11 +62,9 @@ class Predictor:
         return predict_logits(self._folded, images, self.pre, self.device, batch_size, precision=self.precision)
 
     def _tensor(self, item: ImageInput) -> torch.Tensor:
-        """Decode one input and resize its shorter side to ``resize_size``."""
-        if isinstance(item, (str, Path)):
-            return decode_one(Path(item), self.pre)
-        if isinstance(item, Image.Image):
-            return resize_shorter(to_tensor(item.convert("RGB")), self.pre.resize_size, self.pre.mode)
+        """Decode one input and resize its shorter side to ``resize_size`` (a PIL image exactly like its file)."""
+        if isinstance(item, (str, Path, Image.Image)):
+            return decode_one(item, self.pre)
         if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.ndim == 3 and item.shape[0] == 3:
             return resize_shorter(item, self.pre.resize_size, self.pre.mode)
         raise TransferlabError(f"predict: got {type(item).__name__}; give image paths, PIL images or "

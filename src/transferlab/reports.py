@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .files import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["format_table", "summarize_study", "write_study_report", "study_rows", "environment"]
 
@@ -380,7 +380,7 @@ def _plot_confusion(plt: Any, confusion: list[list[int]], classes: list[str], ti
 
 
 def _plot_mistakes(plt: Any, mistakes: list[dict[str, Any]]) -> bytes | None:
-    from .data import load_rgb
+    from .images import load_rgb
 
     shown = mistakes[:MISTAKES_SHOWN]
     if not shown:

@@ -8,27 +8,28 @@ limits, 415 for a file that is no image, 400 for a broken request or image.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
 # and ``Request`` is imported inside create_app (so that a missing extra is a one-line error).
-import io
 import logging
 import re
 import socket
 import threading
-import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .errors import TransferlabError
+from . import images
+from .errors import TransferlabError, opt
+from .images import ImageError, load_rgb
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "DEFAULT_MAX_PIXELS", "ApiError", "is_hotdog_model", "headline", "decode_upload",
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "ApiError", "is_hotdog_model", "headline", "decode_upload",
            "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
-DEFAULT_MAX_PIXELS = 40_000_000
+DECODERS = 2  # uploads decoded at once
+UPLOAD_STATUS = {"not_image": 415, "too_large": 413}  # other unusable uploads: 400
 MULTIPART_SLACK = 64 * 1024  # room for multipart headers and boundaries around the file itself
 PAGE_HEADERS = {
     # the page is self-contained: nothing may load from elsewhere
@@ -65,36 +66,12 @@ def headline(label: str, classes: tuple[str, ...] | list[str]) -> str:
 
 
 def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Uploaded bytes -> RGB image; :class:`ApiError` if they are not a whole image within ``max_pixels``."""
-    if not data:
-        raise ApiError(400, "the uploaded file is empty; choose an image file")
+    """Uploaded bytes -> RGB image (:func:`~transferlab.images.load_rgb`); :class:`ApiError` if they are not a
+    whole image within ``max_pixels``."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
-    except UnidentifiedImageError:
-        raise ApiError(415, "the upload is not an image Pillow can read; send a JPEG, PNG, WebP, GIF, BMP "
-                            "or TIFF file") from None
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, f"the image has too many pixels ({exc}); the limit is {max_pixels}") from None
-    except Exception as exc:  # noqa: BLE001 - broken headers raise many types
-        raise ApiError(400, f"cannot read the image header ({type(exc).__name__}); the file is truncated or "
-                            "damaged") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ApiError(413, f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
-                            "(--max-pixels); send a smaller image")
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, image.convert("RGBA"))
-        return image.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data raise OSError, ValueError, SyntaxError...
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ApiError(400, f"cannot decode the image ({type(exc).__name__}: {first}); "
-                            "the file is truncated or damaged") from None
+        return load_rgb(data, limit=max_pixels, name="the upload")
+    except ImageError as exc:
+        raise ApiError(UPLOAD_STATUS.get(exc.kind, 400), str(exc)) from None
 
 
 class _BodyLimit:
@@ -129,12 +106,13 @@ class _BodyLimit:
 
 
 def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_pixels: int = DEFAULT_MAX_PIXELS, device: str = "auto") -> Any:
+               max_pixels: int | None = None, device: str = "auto") -> Any:
     """The FastAPI app for one run directory (the model is loaded once, here)."""
     if not max_upload_mb > 0:
         raise TransferlabError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    max_pixels = images.max_pixels() if max_pixels is None else max_pixels
     if max_pixels <= 0:
-        raise TransferlabError(f"--max-pixels must be positive, got {max_pixels}")
+        raise TransferlabError(f"{opt('max_pixels', max_pixels)}: must be positive")
     try:
         from fastapi import FastAPI, Request
         from fastapi.concurrency import run_in_threadpool
@@ -153,6 +131,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     too_large = f"the upload is larger than {max_upload_mb:g} MB (--max-upload-mb); send a smaller image"
     page = resources.files("transferlab").joinpath("static/index.html").read_text(encoding="utf-8")
     lock = threading.Lock()  # one prediction at a time: the model is shared and the CPU is small
+    decoding = threading.BoundedSemaphore(DECODERS)  # bounds the memory of decoded uploads
     info = {"model": predictor.model_name, "class_names": list(predictor.classes), "transferlab_version": __version__,
             "preprocessing": predictor.pre.to_dict(),
             "hotdog": is_hotdog_model(predictor.classes),
@@ -191,7 +170,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         return info
 
     def predict_image(data: bytes) -> dict[str, Any]:
-        image = decode_upload(data, max_pixels)
+        with decoding:
+            image = decode_upload(data, max_pixels)
         with lock:
             result = predictor.predict([image])[0]
         return {**result, "headline": headline(result["label"], predictor.classes)}
@@ -227,7 +207,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = None,
           device: str = "auto") -> None:
     """Run the app with uvicorn until interrupted."""
     if not 0 <= port <= 65535:

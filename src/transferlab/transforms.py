@@ -19,7 +19,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["Preprocessing", "resize_shorter", "center_crop", "random_resized_crop_box", "sample_crop",
+from .images import ImageSource, load_rgb, to_tensor
+
+__all__ = ["Preprocessing", "decode_one", "resize_shorter", "center_crop", "random_resized_crop_box", "sample_crop",
            "apply_crop", "augment", "normalize"]
 
 
@@ -70,6 +72,12 @@ class Preprocessing:
 def resize_shorter(image: torch.Tensor, size: int, mode: InterpolationMode) -> torch.Tensor:
     """Resize a uint8 CHW image so that its shorter side is ``size`` (torchvision ``Resize(size)``)."""
     return F.resize(image, [size], interpolation=mode, antialias=True)
+
+
+def decode_one(source: ImageSource, pre: Preprocessing) -> torch.Tensor:
+    """Decode a file, bytes or PIL image as RGB (:func:`~transferlab.images.load_rgb`), shorter side to
+    ``pre.resize_size``, as a uint8 CHW tensor."""
+    return resize_shorter(to_tensor(load_rgb(source)), pre.resize_size, pre.mode)
 
 
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:

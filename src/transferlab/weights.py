@@ -25,7 +25,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from .errors import TransferlabError
-from .io import file_digest
+from .files import file_digest
 from .transforms import Preprocessing
 
 __all__ = [

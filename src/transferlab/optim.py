@@ -1,0 +1,68 @@
+"""Optimisation: the optimizer over parameter groups, the per-step schedule, and head-only fitting."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .errors import TransferlabError
+from .models import TransferModel, param_groups
+
+__all__ = ["build_optimizer", "build_scheduler", "fit_head"]
+
+
+def build_optimizer(config: RunConfig, model: TransferModel) -> torch.optim.Optimizer:
+    # a linear probe (--freeze body) trains the head alone, at the probe's rate
+    lr, mult = (config.probe_lr, 1.0) if config.freeze == "body" else (config.lr, config.head_lr_mult)
+    groups = param_groups(model, lr, mult, config.weight_decay, decay_1d=config.decay_1d,
+                          pretrained=config.pretrained)
+    if not groups:
+        raise TransferlabError("--freeze: nothing left to train")
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up, then cosine to zero (or constant)."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+
+@torch.enable_grad()
+def fit_head(model: TransferModel, features: torch.Tensor, labels: torch.Tensor, epochs: int,
+             lr: float, weight_decay: float, batch_size: int, label_smoothing: float, seed: int) -> None:
+    """Train only the classifier on cached body features (a linear probe)."""
+    head = model.head
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(features) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    device = head.weight.device
+    for _ in range(epochs):
+        for idx in torch.randperm(len(features), generator=generator).split(batch_size):
+            loss = loss_fn(head(features[idx].to(device)), labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+

@@ -1,0 +1,200 @@
+"""The run directory, in one place: its files, who may write into it, checkpoints and the model file.
+
+A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (while running), and, once finished, ``model.safetensors`` and
+``metrics.json``. Every file is written atomically.
+
+:func:`check_run_dir` is the one policy for reusing a directory, used by the API, the
+command line and studies alike:
+
+- a finished run (its model file exists) is never trained again unless ``overwrite``;
+- ``resume`` continues an unfinished run only with the options it was started with, unless
+  ``force``;
+- without ``resume``, an interrupted run's checkpoint is never thrown away unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import RunConfig
+from .errors import TransferlabError, opt
+from .files import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import TransferModel
+    from .transforms import Preprocessing
+
+__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "is_finished", "config_differences",
+           "check_run_dir", "resume_config", "save_model", "write_history", "write_metrics", "write_checkpoint",
+           "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear"]
+
+CONFIG = "config.json"
+HISTORY = "metrics.jsonl"
+METRICS = "metrics.json"
+MODEL = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """A run is finished when its model file is there (``metrics.json`` is written with it)."""
+    return (Path(run_dir) / MODEL).is_file()
+
+
+def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """``key: saved -> new`` for every option (but ``out``) in which ``config`` differs from a saved config.
+
+    Keys newer than the saved file count with their defaults.
+    """
+    expected = json.loads(json.dumps(config.to_dict()))
+    saved = {**json.loads(json.dumps(RunConfig().to_dict())), **saved}
+    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in expected.items() if k != "out" and saved.get(k) != v]
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TransferlabError(f"{path}: cannot read run config ({exc}); delete it or choose another "
+                               f"{opt('out')}") from None
+    if not isinstance(values, dict):
+        raise TransferlabError(f"{path}: not a run config; delete it or choose another {opt('out')}")
+    return values
+
+
+def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, force: bool = False,
+                  overwrite: bool = False) -> None:
+    """Refuse, with one line, to start ``config`` in ``run_dir`` where that would lose or mix up a run."""
+    run_dir = Path(run_dir)
+    if is_finished(run_dir) and not overwrite:
+        raise TransferlabError(f"{opt('out', run_dir)}: a finished run is already there ({MODEL}); choose another "
+                               f"{opt('out')}, or pass {opt('overwrite')} to train it again")
+    if overwrite:
+        return
+    if not resume and (run_dir / CHECKPOINT).is_file():
+        raise TransferlabError(f"{opt('out', run_dir)}: an interrupted run is there ({CHECKPOINT}); pass "
+                               f"{opt('resume')} to continue it, or {opt('overwrite')} to start over")
+    saved = _saved_config(run_dir) if resume else None
+    if saved is not None and not force:
+        diff = config_differences(saved, config)
+        if diff:
+            raise TransferlabError(f"{opt('resume')}: options differ from {run_dir / CONFIG} ({'; '.join(diff)}); "
+                                   f"drop them, or pass {opt('force')} to accept")
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
+    """The saved config of ``run_dir`` with ``overrides`` on top (what a resume on the command line runs)."""
+    run_dir = Path(run_dir)
+    saved = _saved_config(run_dir)
+    if saved is None:
+        raise TransferlabError(f"{opt('resume')}: no run to resume in {run_dir} (no {CONFIG}); check "
+                               f"{opt('out')}, or give {opt('data')} to start a new run there")
+    return RunConfig.from_dict({**saved, **overrides, "out": str(run_dir)}, source=str(run_dir / CONFIG)).validate()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_model(model: TransferModel, path: Path, classes: Sequence[str], pre: Preprocessing,
+               config: RunConfig) -> Path:
+    """``model.safetensors``: torchvision state-dict keys; class names and preprocessing in metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    metadata = {"class_names": json.dumps(list(classes)), "model": model.model_name,
+                "preprocessing": json.dumps(pre.to_dict()), "head": model.head_name,
+                "config": json.dumps(config.to_dict())}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def write_history(run_dir: Path, history: Sequence[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_write(run_dir / HISTORY, lambda tmp: Path(tmp).write_text(lines))
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / METRICS, metrics)
+
+
+def finish(run_dir: Path, model: TransferModel, classes: Sequence[str], pre: Preprocessing, config: RunConfig,
+           metrics: dict[str, Any]) -> None:
+    """Write the model file and the final metrics, then drop the checkpoint."""
+    save_model(model, run_dir / MODEL, classes, pre, config)
+    write_metrics(run_dir, metrics)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """``checkpoint.pt``; the previous one stays in place until the new one is complete."""
+    import torch
+
+    atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents (``weights_only``), or one line saying it cannot be used."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "optimizer", "scheduler", "epoch", "history", "elapsed"):
+            state[key]  # noqa: B018 - a KeyError names the missing entry
+    except Exception as exc:  # noqa: BLE001
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # an empty file: EOFError()
+        raise TransferlabError(f"{path}: cannot resume from this checkpoint ({reason}); "
+                               "delete it to start over") from None
+    return state
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator a process may draw from (torch, CUDA, numpy, python), as checkpointable values."""
+    import torch
+
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(), "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                  "gauss": float(numpy_state["gauss"])},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state({"bit_generator": "MT19937",
+                             "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def position(epoch: int, step: int) -> str:
+    """Where a checkpoint stands: ``epoch`` whole epochs done, then ``step`` steps of the next."""
+    return f"epoch {epoch + 1} step {step}" if step else f"end of epoch {epoch}"
+
+
+def clear(run_dir: Path) -> None:
+    """Remove a run's own files (not anything else the folder holds), before it is trained again."""
+    for name in (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG):
+        (run_dir / name).unlink(missing_ok=True)
