@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BN_STATS, CROP_REGIONS, PRECISIONS
+from .config import BN_STATS, CROP_REGIONS, PRECISIONS, RunConfig
 from .errors import TransferlabError
 
 __all__ = ["main", "build_parser"]
+
+DATA_HELP = "DIR (an ImageFolder root: train/ plus val/ or test/, or class folders), elpv or hotdog"
 
 def _parse_head_map(text: str) -> dict[str, list[str | int]]:
     """'hotdog=934;pizza=pizza,963' -> {'hotdog': [934], 'pizza': ['pizza', 963]}."""
@@ -28,7 +31,7 @@ def _parse_head_map(text: str) -> dict[str, list[str | int]]:
 
 # train options -> RunConfig fields (None = not given on the command line)
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--data", {"help": "ImageFolder root (train/ + val/ or test/), or elpv, or hotdog"}),
+    ("--data", {"help": f"{DATA_HELP}; required for a new run"}),
     ("--model", {"help": "torchvision model name (see `transferlab models`)"}),
     ("--weights", {"help": "imagenet (default), none (from scratch), a torchvision weights name "
                            "such as IMAGENET1K_V1, or a .pth/.safetensors PATH"}),
@@ -77,10 +80,26 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+def _shown_default(name: str) -> str:
+    """The default of a train option, as ``-h`` shows it (the ``default`` preset's, which presets may change)."""
+    value = _DEFAULTS.get(name)
+    if name == "data":
+        return ""
+    if value is None:
+        return " (default: from the weights)" if name.endswith("size") else ""
+    return f" (default: {value})"
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     for flag, kwargs in TRAIN_OPTIONS:
-        parser.add_argument(flag, default=None, **kwargs)
-    parser.add_argument("--preset", default=None, help="default (ours) or d2l (the seed recipe exactly)")
+        name = flag[2:].replace("-", "_")
+        shown = "" if kwargs.get("action") == "store_true" else _shown_default(name)
+        parser.add_argument(flag, default=None, **{**kwargs, "help": kwargs.get("help", "") + shown})
+    parser.add_argument("--preset", default=None, help="default (ours) or d2l (the seed recipe exactly); explicit "
+                                                       "options win over it (default: default)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,28 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) and write a run directory")
     _add_train_options(p)
-    p.add_argument("--out", default=None, help="run directory (default runs/<data>-<model>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<data>-<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                                                         "(--data not needed)")
     p.add_argument("--force", action="store_true", help="with --resume: accept options that differ")
+    p.add_argument("--overwrite", action="store_true", help="train again over a finished or interrupted run in "
+                                                            "--out")
     p.add_argument("--nproc", type=int, default=None,
-                   help="train on N local processes through torchrun (DDP); --batch-size stays the global batch")
+                   help="train on N local processes through torchrun (DDP); --batch-size stays the global batch "
+                        "(default: one process)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="offline demo: ELPV solar cells, MobileNetV2 fine-tuned vs. scratch")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="(default: runs/demo)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix as JSON")
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True, help="ImageFolder root, elpv or hotdog (its test split is used)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", required=True, help=f"{DATA_HELP} (its test split is used)")
+    p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, label, probabilities")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--format", choices=["json", "csv"], default="json",
                    help="json: one object per line (default); csv: path,label,<one column per class>")
     p.add_argument("--tta", action="store_true",
@@ -125,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the model as ONNX or TorchScript (+ model.json), checked against PyTorch")
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="(default: onnx)")
     p.add_argument("--out", default=None, help="model file (default RUN_DIR/model.onnx or RUN_DIR/model.ts); "
                                                "the JSON goes next to it with the suffix .json")
 
@@ -137,14 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="largest image accepted, in pixels (default: $TRANSFERLAB_MAX_PIXELS, else 89478485, the "
                         "limit of every image transferlab reads)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="(default: auto)")
 
     p = sub.add_parser("models", help="list models, their freeze stages and where their weights are")
-    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
+    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*' (default: *)")
+
+    p = sub.add_parser("cache", help="show or clear what transferlab keeps on disk")
+    p.add_argument("--clear", nargs="?", const="all", default=None, metavar="KIND",
+                   help="delete a kind of cache (decoded, features, datasets, downloads, weights) or all of them but "
+                        "weights, which is torch's own hub cache "
+                        "(the default KIND, all)")
 
     p = sub.add_parser("study", help="run variants of one config over seeds; write report.md/.html")
-    p.add_argument("--study", default="seed", help="a built-in study (see --list) or a .yaml/.json FILE "
-                                                   "(default seed)")
+    p.add_argument("--study", default="recipe", help="a built-in study (see --list; 'seed' is the old name of "
+                                                     "'recipe') or a .yaml/.json FILE (default: recipe)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant: seed, seed+1, ... (default 3)")
     _add_train_options(p)
     p.add_argument("--out", default=None, help="study directory (default runs/study-<study>-<data>-<model>); "
@@ -181,7 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from .config import RunConfig, make_config
+    from . import rundir
+    from .config import make_config
     from .distributed import RESUME_ENV, check_global_batch, context, launch
     from .train import TrainingDiverged, TrainingInterrupted, finetune
 
@@ -193,31 +223,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and "LOCAL_RANK" in os.environ:
         raise TransferlabError("--nproc: already started by torchrun; drop --nproc (--nproc-per-node sets the count)")
     overrides = _overrides(args)
-    default_out = f"runs/{Path(overrides.get('data', 'hotdog')).name}-{overrides.get('model', 'mobilenet_v2')}"
-    out = Path(args.out or default_out)
-    saved = out / "config.json"
-    if args.resume and saved.is_file():
-        previous = RunConfig.load(saved)
+    out = _train_out(args, overrides)
+    if args.resume and (out / rundir.CONFIG).is_file() or "data" not in overrides:
         if args.preset:
             overrides["preset"] = args.preset
-        config = RunConfig.from_dict({**previous.to_dict(), **overrides, "out": str(out)}).validate()
-        diff = {k: (v, getattr(config, k)) for k, v in previous.to_dict().items()
-                if k != "out" and config.to_dict()[k] != v}
-        if diff and not args.force:
-            changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise TransferlabError(f"--resume: options differ from {saved} ({changes}); "
-                                   "drop them, or add --force to accept")
+        config = rundir.resume_config(out, overrides)
     else:
-        if not args.resume and (out / "metrics.json").exists():
-            raise TransferlabError(f"--out {out}: a finished run is already there; choose another --out "
-                                   "or delete it")
         config = make_config(args.preset, **overrides, out=str(out))
     if args.nproc and args.nproc > 1:
         check_global_batch(config.batch_size, args.nproc)
         again = f"transferlab train --nproc {args.nproc} --out {shlex.quote(str(out))} --resume"
         return launch(args.nproc, _worker_argv(args, out), again)
     try:
-        result = finetune(config, quiet=args.quiet, resume=args.resume)
+        result = finetune(config, quiet=args.quiet, resume=args.resume, force=args.force, overwrite=args.overwrite)
     except TrainingInterrupted as exc:
         if ctx.is_main:
             again = os.environ.get(RESUME_ENV) or (
@@ -241,6 +259,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test_acc {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) in {m['wall_s']:.1f} s; "
               f"run in {out}/")
     return 0
+
+
+def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
+    """The run directory of ``train``: --out, else runs/<data>-<model>; a new run needs --data."""
+    if "data" not in overrides:
+        if not args.resume:
+            raise TransferlabError(f"--data is required: {DATA_HELP}")
+        if not args.out:
+            raise TransferlabError("--resume: give --out RUN_DIR, the run to continue")
+    if args.out:
+        return Path(args.out)
+    return Path(f"runs/{Path(overrides['data']).name}-{overrides.get('model', _DEFAULTS['model'])}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -301,27 +331,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import family_of, list_model_names, stage_names
-    from .weights import expected_hash_prefix, hub_checkpoint_dir, imagenet_weights, packaged_file, verify_file
+    from .catalog import find_models
+    from .weights import find_local_file
 
-    names = list_model_names(args.pattern)
-    if not names:
+    models = find_models(args.pattern)
+    if not models:
         raise TransferlabError(f"no model matches {args.pattern!r}; try `transferlab models`")
-    for name in names:
-        weights = imagenet_weights(name)
-        where = "no ImageNet weights"
-        for w in weights:
-            file_name = Path(w.url).name
-            if verify_file(hub_checkpoint_dir() / file_name, expected_hash_prefix(file_name)):
-                where = f"{w.name}: hub cache"
-                break
-            if packaged_file(file_name):
-                where = f"{w.name}: installed package"
+    rows = []
+    for m in models:
+        where = "none (--weights none or PATH)"
+        for w in m["weights"]:
+            found = find_local_file(w["file"])
+            if found is not None:
+                where = f"{w['name']}: local ({'hub cache' if found[1] == 'hub-cache' else found[1]})"
                 break
         else:
-            if weights:
-                where = f"{weights[0].name}: download"
-        print(f"{name:<22} {family_of(name).name:<13} {where:<34} freeze: {' '.join(stage_names(name))}")
+            if m["weights"]:
+                where = f"{m['weights'][0]['name']}: download"
+        rows.append((m["name"], m["family"], where, " ".join(m["stages"])))
+    header = ("MODEL", "FAMILY", "IMAGENET WEIGHTS", "FREEZE STAGES")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .files import CACHE_KINDS, cache_usage, clear_cache
+
+    if args.clear is not None:
+        kinds = [k for k in CACHE_KINDS if k != "weights"] if args.clear == "all" else [args.clear]
+        if not set(kinds) <= set(CACHE_KINDS):
+            raise TransferlabError(f"--clear {args.clear}: choose one of {', '.join(CACHE_KINDS)} or all")
+        for kind in kinds:
+            freed = clear_cache(kind)
+            print(f"cleared {kind}: {freed / 1e6:.1f} MB")
+        return 0
+    usage = cache_usage()
+    width = max(len(k) for k in usage)
+    print(f"{'KIND':<{width}}  {'SIZE':>10}  {'FILES':>6}  WHERE")
+    for kind, (path, size, files) in usage.items():
+        print(f"{kind:<{width}}  {size / 1e6:>7.1f} MB  {files:>6}  {path}")
+    total = sum(size for _, size, _ in usage.values())
+    print(f"{'total':<{width}}  {total / 1e6:>7.1f} MB")
     return 0
 
 
@@ -336,7 +388,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise TransferlabError(f"--seeds must be at least 1, got {args.seeds}")
     study = load_study(args.study)
-    config = make_config(args.preset, **{**study.base, **_overrides(args)})
+    overrides = _overrides(args)
+    if "data" not in overrides and "data" not in study.base:
+        raise TransferlabError(f"--data is required: {DATA_HELP}")
+    config = make_config(args.preset, **{**study.base, **overrides})
     out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"
     seeds = [config.seed + k for k in range(args.seeds)]
     run_study(study, config, out, seeds, quiet=args.quiet, echo=lambda line: print(line, flush=True))
@@ -345,7 +400,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "export": cmd_export, "serve": cmd_serve,
-            "models": cmd_models, "study": cmd_study}
+            "models": cmd_models, "cache": cmd_cache, "study": cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except TransferlabError as exc:
-        print(f"transferlab: error: {exc}", file=sys.stderr)
+        print(f"transferlab: error: {exc.cli_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes and the cache directory."""
+"""Small file helpers: atomic writes, file digests and where caches live."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "file_digest"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
+           "CACHE_KINDS", "cache_path", "cache_usage", "clear_cache"]
+
+# What transferlab keeps on disk, by kind (README, "Caches"). `weights` is torch's own hub cache,
+# which other programs share: it is cleared only when asked for by name.
+CACHE_KINDS = ("decoded", "features", "datasets", "downloads", "weights")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -24,9 +29,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
     try:
         write(tmp)
+        # mkstemp makes 0600, and some writers replace the file (safetensors): give the result the mode open() would
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -46,10 +52,18 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 def cache_dir(*parts: str) -> Path:
     """``$TRANSFERLAB_HOME`` (default ``~/.cache/transferlab``) joined with ``parts``, created."""
-    root = Path(os.environ.get("TRANSFERLAB_HOME") or Path.home() / ".cache" / "transferlab")
-    path = root.joinpath(*parts)
+    path = _home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def torch_hub_dir() -> Path:
+    """torch's hub directory, found as ``torch.hub.get_dir()`` finds it, without importing torch:
+    ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``."""
+    home = os.environ.get("TORCH_HOME")
+    if not home:
+        home = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub"
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -59,3 +73,39 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_path(kind: str) -> Path:
+    """Where a kind of cache lives (not created)."""
+    if kind == "weights":
+        return torch_hub_dir() / "checkpoints"
+    return _home() / kind
+
+
+def _home() -> Path:
+    return Path(os.environ.get("TRANSFERLAB_HOME") or Path.home() / ".cache" / "transferlab")
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()] if path.is_dir() else []
+
+
+def cache_usage() -> dict[str, tuple[Path, int, int]]:
+    """kind -> (folder, bytes, files)."""
+    usage = {}
+    for kind in CACHE_KINDS:
+        path = cache_path(kind)
+        files = _files(path)
+        usage[kind] = (path, sum(p.stat().st_size for p in files), len(files))
+    return usage
+
+
+def clear_cache(kind: str) -> int:
+    """Delete a kind of cache; returns the bytes freed."""
+    import shutil
+
+    path = cache_path(kind)
+    freed = sum(p.stat().st_size for p in _files(path))
+    if path.is_dir():
+        shutil.rmtree(path)
+    return freed

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 
-__all__ = ["Study", "BUILTIN_STUDIES", "SYMBOLIC_FREEZE", "load_study", "study_from_dict", "resolve_freeze",
-           "list_studies"]
+__all__ = ["Study", "BUILTIN_STUDIES", "STUDY_ALIASES", "SYMBOLIC_FREEZE", "load_study", "study_from_dict",
+           "resolve_freeze", "list_studies"]
 
 SYMBOLIC_FREEZE = ("half", "all_but_last")
+STUDY_ALIASES = {"seed": "recipe"}  # earlier names of built-in studies
 _KEYS = ("name", "description", "base", "variants", "groups")
 _RESERVED = ("out", "seed")  # set by the study runner for each run
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -54,7 +55,7 @@ class Study:
 
 
 BUILTIN_STUDIES: dict[str, dict[str, Any]] = {
-    "seed": {
+    "recipe": {
         "description": "the seed recipe's comparison and its ablations: fine-tune vs. scratch, linear probe, "
                        "freeze depth, head/body lr ratio, head from ImageNet rows",
         "variants": {
@@ -167,14 +168,15 @@ def _read(path: Path) -> Any:
 
 def load_study(spec: str | Path) -> Study:
     """A built-in study by name, or a ``.yaml``/``.yml``/``.json`` file."""
-    if str(spec) in BUILTIN_STUDIES:
-        return study_from_dict({"name": str(spec), **BUILTIN_STUDIES[str(spec)]}, source=f"built-in study {spec}")
+    name = STUDY_ALIASES.get(str(spec), str(spec))
+    if name in BUILTIN_STUDIES:
+        return study_from_dict({"name": name, **BUILTIN_STUDIES[name]}, source=f"built-in study {name}")
     path = Path(spec).expanduser()
     if path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise TransferlabError(f"--study {spec}: not a built-in study ({', '.join(BUILTIN_STUDIES)}) "
+        raise TransferlabError(f"{opt('study', spec)}: not a built-in study ({', '.join(BUILTIN_STUDIES)}) "
                                "nor a .yaml/.json file")
     if not path.is_file():
-        raise TransferlabError(f"--study {spec}: no such file")
+        raise TransferlabError(f"{opt('study', spec)}: no such file")
     return study_from_dict(_read(path), source=str(path))
 
 
@@ -186,7 +188,7 @@ def resolve_freeze(value: str, model: str) -> str:
 
     stages = stage_names(model)[1:-1]  # without "none" and "body"
     if len(stages) < 2:
-        raise TransferlabError(f"freeze: {value}: {model} has only {len(stages)} stage(s); name a stage instead")
+        raise TransferlabError(f"{opt('freeze', value)}: {model} has only {len(stages)} stage(s); name a stage instead")
     if value == "half":
         return stages[math.ceil(len(stages) / 2) - 1]
     return stages[-2]

@@ -19,14 +19,15 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torchvision.models import get_model_weights
+from typing import TYPE_CHECKING, Any
 
 from .errors import TransferlabError
-from .files import file_digest
-from .transforms import Preprocessing
+from .files import file_digest, torch_hub_dir
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that `transferlab models` starts fast
+    import torch
+
+    from .transforms import Preprocessing
 
 __all__ = [
     "PACKAGED_FILES", "ResolvedWeights", "resolve_weights", "imagenet_weights", "load_state_dict",
@@ -59,6 +60,8 @@ class ResolvedWeights:
 
 def imagenet_weights(model: str) -> list[Any]:
     """torchvision's ImageNet weights for ``model``, DEFAULT first."""
+    from torchvision.models import get_model_weights
+
     try:
         enum = get_model_weights(model)
     except (ValueError, KeyError):
@@ -69,7 +72,7 @@ def imagenet_weights(model: str) -> list[Any]:
 
 
 def hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return torch_hub_dir() / "checkpoints"
 
 
 def expected_hash_prefix(file_name: str) -> str | None:
@@ -103,13 +106,19 @@ def packaged_file(file_name: str) -> tuple[str, Path] | None:
 def download(url: str, dst: Path, hash_prefix: str | None) -> Path:
     """Download ``url`` to ``dst`` (atomically, hash-checked) and return ``dst``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
     # torch.hub writes to a temporary file, checks the sha256 prefix, then renames.
     torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix, progress=False)
     return dst
 
 
 def _find_local(weights: Any, rejected: list[Path] | None = None) -> tuple[Path, str] | None:
-    file_name = Path(weights.url).name
+    return find_local_file(Path(weights.url).name, rejected)
+
+
+def find_local_file(file_name: str, rejected: list[Path] | None = None) -> tuple[Path, str] | None:
+    """A verified local copy of a weights file: (path, "hub-cache" or "package:NAME"), or None."""
     prefix = expected_hash_prefix(file_name)
     cached = hub_checkpoint_dir() / file_name
     if cached.exists():
@@ -130,7 +139,9 @@ def _find_local(weights: Any, rejected: list[Path] | None = None) -> tuple[Path,
 
 
 def resolve_weights(model: str, choice: str, allow_download: bool = True) -> ResolvedWeights:
-    """Resolve ``--weights`` (``imagenet``, ``none``, an enum member like ``IMAGENET1K_V1`` or a PATH)."""
+    """Resolve ``weights`` (``imagenet``, ``none``, an enum member like ``IMAGENET1K_V1`` or a PATH)."""
+    from .transforms import Preprocessing
+
     candidates = imagenet_weights(model)
     if choice == "none" or (choice != "imagenet" and Path(choice).suffix in (".pth", ".pt", ".safetensors")):
         if not candidates:
@@ -188,12 +199,16 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
 
 
 def _resolved(weights: Any, path: Path, source: str) -> ResolvedWeights:
+    from .transforms import Preprocessing
+
     return ResolvedWeights(str(weights), path, source, Preprocessing.from_weights(weights),
                            tuple(weights.meta["categories"]))
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from ``.safetensors`` or a ``.pth`` file, never unpickling code."""
+    import torch
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
