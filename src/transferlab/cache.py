@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt, render
 from .files import atomic_write, cache_dir
 from .progress import progress
 from .transforms import Preprocessing, decode_one
@@ -76,14 +76,14 @@ def _decode_all(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool, desc:
         for i, item in enumerate(progress(results, total=len(paths), desc=desc, quiet=quiet, unit="img")):
             if isinstance(item, TransferlabError):
                 if not skip_bad:
-                    raise TransferlabError(f"{item} (or pass --skip-bad-images)")
+                    raise TransferlabError(f"{item} (or pass {opt('skip_bad_images')})")
                 skipped += 1
                 log.warning("skipped bad image: %s", item)
                 continue
             images.append(item)
             kept.append(i)
     if skipped:
-        log.warning("skipped %d of %d images (--skip-bad-images)", skipped, len(paths))
+        log.warning("skipped %d of %d images (%s)", skipped, len(paths), render(opt("skip_bad_images")))
     return DecodedImages(images, kept)
 
 

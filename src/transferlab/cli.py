@@ -33,12 +33,12 @@ def _parse_head_map(text: str) -> dict[str, list[str | int]]:
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--data", {"help": f"{DATA_HELP}; required for a new run"}),
     ("--model", {"help": "torchvision model name (see `transferlab models`)"}),
-    ("--weights", {"help": "imagenet (default), none (from scratch), a torchvision weights name "
+    ("--weights", {"help": "imagenet, none (from scratch), a torchvision weights name "
                            "such as IMAGENET1K_V1, or a .pth/.safetensors PATH"}),
     ("--epochs", {"type": int}),
     ("--batch-size", {"type": int}),
     ("--lr", {"type": float, "help": "body learning rate"}),
-    ("--head-lr-mult", {"type": float, "help": "head lr = lr x this (default 10)"}),
+    ("--head-lr-mult", {"type": float, "help": "head lr = lr x this"}),
     ("--freeze", {"help": "none, body, or a stage name: freeze up to and including it"}),
     ("--optimizer", {"choices": ["sgd", "adamw"]}),
     ("--momentum", {"type": float}),
@@ -48,7 +48,7 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--label-smoothing", {"type": float}),
     ("--head-warmup-epochs", {"type": int, "help": "epochs of head-only training on cached features first"}),
     ("--probe-lr", {"type": float, "help": "learning rate of the head when it trains alone on cached features "
-                                          "(--freeze body, and the head warm-up); default 1e-2"}),
+                                          "(--freeze body, and the head warm-up)"}),
     ("--bn-stats", {"choices": list(BN_STATS),
                     "help": "keep: BatchNorm normalises with the pretrained statistics while training; "
                             "update: with each batch's (PyTorch's default; always from scratch)"}),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config"]
 
@@ -86,38 +86,43 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise a one-line :class:`TransferlabError` for values no run can use."""
-        positive = {"epochs": self.epochs, "batch-size": self.batch_size, "lr": self.lr,
-                    "head-lr-mult": self.head_lr_mult, "probe-lr": self.probe_lr}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "head_lr_mult": self.head_lr_mult, "probe_lr": self.probe_lr}
         for name, value in positive.items():
             if not value > 0:
-                raise TransferlabError(f"--{name} must be positive, got {value}")
-        choices = {"--optimizer": (self.optimizer, ("sgd", "adamw")),
+                raise TransferlabError(f"{opt(name)} must be positive, got {value}")
+        choices = {"optimizer": (self.optimizer, ("sgd", "adamw")),
                    "schedule": (self.schedule, ("cosine", "constant")),
                    "loss_reduction": (self.loss_reduction, ("mean", "sum")),
-                   "--precision": (self.precision, PRECISIONS), "--bn-stats": (self.bn_stats, BN_STATS),
-                   "--crop-region": (self.crop_region, CROP_REGIONS),
-                   "--head-init": (self.head_init, ("xavier", "imagenet"))}
+                   "precision": (self.precision, PRECISIONS), "bn_stats": (self.bn_stats, BN_STATS),
+                   "crop_region": (self.crop_region, CROP_REGIONS),
+                   "head_init": (self.head_init, ("xavier", "imagenet"))}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
-                raise TransferlabError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+                raise TransferlabError(f"{opt(name)} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                                       f"got {value!r}")
+        if self.head_init == "imagenet" and not self.pretrained:
+            raise TransferlabError(f"{opt('head_init', 'imagenet')} needs pretrained weights, not "
+                                   f"{opt('weights', 'none')}")
         if self.weight_decay < 0 or self.momentum < 0 or self.head_warmup_epochs < 0:
-            raise TransferlabError("weight_decay, momentum and head_warmup_epochs must not be negative")
+            raise TransferlabError(f"{opt('weight_decay')}, {opt('momentum')} and {opt('head_warmup_epochs')} must not "
+                                   "be negative")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise TransferlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise TransferlabError(f"{opt('label_smoothing')} must be in [0, 1), got {self.label_smoothing}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
-            raise TransferlabError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+            raise TransferlabError(f"{opt('crop_scale')} must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise TransferlabError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+            raise TransferlabError(f"{opt('val_fraction')} must be in (0, 1), got {self.val_fraction}")
         if self.checkpoint_every < 0:
-            raise TransferlabError(f"--checkpoint-every must be 0 (epochs only) or a number of steps, "
+            raise TransferlabError(f"{opt('checkpoint_every')} must be 0 (epochs only) or a number of steps, "
                                    f"got {self.checkpoint_every}")
         if self.probe_views < 1:
-            raise TransferlabError(f"--probe-views must be at least 1, got {self.probe_views}")
-        for name, value in (("image-size", self.image_size), ("resize-size", self.resize_size),
-                            ("train-image-size", self.train_image_size)):
+            raise TransferlabError(f"{opt('probe_views')} must be at least 1, got {self.probe_views}")
+        for name, value in (("image_size", self.image_size), ("resize_size", self.resize_size),
+                            ("train_image_size", self.train_image_size)):
             if value is not None and value < 16:
-                raise TransferlabError(f"--{name} must be at least 16 pixels, got {value}")
+                raise TransferlabError(f"{opt(name)} must be at least 16 pixels, got {value}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,7 +178,7 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     """Build a validated config from a preset plus explicit overrides (``None`` values ignored)."""
     name = preset or "default"
     if name not in PRESETS:
-        raise TransferlabError(f"--preset: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise TransferlabError(f"{opt('preset')}: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[name])
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["preset"] = name

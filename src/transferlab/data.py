@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .files import cache_dir, file_digest
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to_tensor
 from .transforms import decode_one
@@ -167,7 +167,7 @@ def stratified_split(strata: Sequence[object], fraction: float, seed: int) -> tu
 
 def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Dataset:
     if not root.is_dir():
-        raise TransferlabError(f"--data {root}: no such directory; give an ImageFolder root "
+        raise TransferlabError(f"{opt('data', root)}: no such directory; give an ImageFolder root "
                                "(train/ and val/ or test/), or elpv, or hotdog")
     train_dir = root / "train"
     if not train_dir.is_dir():
@@ -181,15 +181,15 @@ def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Datas
                 only_train = sorted(set(classes) - set(test_classes))
                 only_test = sorted(set(test_classes) - set(classes))
                 raise TransferlabError(
-                    f"--data {root}: class folders differ between train/ and {test_name}/ "
+                    f"{opt('data', root)}: class folders differ between train/ and {test_name}/ "
                     f"(only in train: {only_train or '-'}; only in {test_name}: {only_test or '-'}); "
                     "rename them to match")
             return Dataset(name, root, classes, train, test, test_name)
     if len(classes) < 2:
-        raise TransferlabError(f"--data {root}: only one class ({classes[0]}); a classifier needs at least two")
+        raise TransferlabError(f"{opt('data', root)}: only one class ({classes[0]}); a classifier needs at least two")
     small = [c for c, n in zip(classes, np.bincount(train.labels, minlength=len(classes))) if n < 2]
     if small:
-        raise TransferlabError(f"--data {root}: too few images to split off a test set in {small} "
+        raise TransferlabError(f"{opt('data', root)}: too few images to split off a test set in {small} "
                                "(need at least 2 per class); add images or provide val/")
     train_idx, test_idx = stratified_split(train.labels, val_fraction, seed)
     return Dataset(name, root, classes, train.subset(train_idx), train.subset(test_idx), "split")
@@ -235,7 +235,7 @@ def elpv_root() -> Path:
 
     spec = importlib.util.find_spec("elpv_dataset")
     if spec is None or not spec.submodule_search_locations:
-        raise TransferlabError("--data elpv: the elpv-dataset package is not installed; "
+        raise TransferlabError(f"{opt('data', 'elpv')}: the elpv-dataset package is not installed; "
                                "run `pip install elpv-dataset`")
     source = Path(next(iter(spec.submodule_search_locations))) / "data"
 
@@ -277,11 +277,11 @@ def hotdog_root(url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1) -> Path:
             try:
                 torch.hub.download_url_to_file(url, str(archive), progress=False)
             except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP errors
-                raise TransferlabError(f"--data hotdog: cannot download {url} ({type(exc).__name__}); "
-                                       f"put hotdog.zip at {archive}, or use --data DIR") from None
+                raise TransferlabError(f"{opt('data', 'hotdog')}: cannot download {url} ({type(exc).__name__}); "
+                                       f"put hotdog.zip at {archive}, or use {opt('data', 'DIR')}") from None
             if file_digest(archive, "sha1") != sha1:
                 archive.unlink()
-                raise TransferlabError(f"--data hotdog: {url} has the wrong SHA-1 (expected {sha1}); "
+                raise TransferlabError(f"{opt('data', 'hotdog')}: {url} has the wrong SHA-1 (expected {sha1}); "
                                        "the download was deleted, try again")
         _materialise(target, lambda tmp: safe_extract(archive, tmp))
     inner = target / "hotdog"

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 
 __all__ = ["Context", "context", "init_process_group", "destroy_process_group", "barrier", "local_main_first",
            "all_reduce_sum", "gather_rows", "gather_objects", "shard", "sync_batchnorm", "GlobalBatchNorm",
@@ -85,8 +85,8 @@ def init_process_group(ctx: Context, device: torch.device) -> bool:
 def check_global_batch(batch_size: int, world_size: int) -> None:
     """``--batch-size`` is the global batch: each of the ``world_size`` processes takes an equal part."""
     if batch_size % world_size:
-        raise TransferlabError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
-                               f"{world_size} processes; use e.g. --batch-size "
+        raise TransferlabError(f"{opt('batch_size', batch_size)} is the global batch and must be divisible by the "
+                               f"{world_size} processes; use e.g. {opt('batch_size')} "
                                f"{-(-batch_size // world_size) * world_size}")
 
 

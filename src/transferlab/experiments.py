@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .config import RunConfig, make_config
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .files import atomic_write_json
 from .reports import format_table, summarize_study, write_study_report
 from .studies import Study, resolve_freeze
@@ -76,7 +77,7 @@ class StudyRun:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "metrics.json").is_file()
+        return rundir.is_finished(self.run_dir)
 
 
 def plan_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[int]) -> list[StudyRun]:
@@ -86,7 +87,7 @@ def plan_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[i
     validated before anything trains.
     """
     if not seeds:
-        raise TransferlabError("--seeds must be at least 1")
+        raise TransferlabError(f"{opt('seeds')} must be at least 1")
     out = Path(out)
     configs: dict[str, RunConfig] = {}
     for name, overrides in study.variants.items():
@@ -104,16 +105,14 @@ def plan_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[i
 
 def _preflight(study: Study, name: str, config: RunConfig) -> None:
     """Catch what would stop a variant mid-study (bad stage name, no head mapping) before any training."""
-    from .models import stage_names
+    from .models import check_freeze
 
     where = f"study {study.name}, variant {name}"
-    stages = stage_names(config.model)
-    if config.freeze not in stages:
-        raise TransferlabError(f"{where}: --freeze {config.freeze}: unknown stage for {config.model}; choose from "
-                               f"{', '.join(stages)}, half or all_but_last")
+    try:
+        check_freeze(config.model, config.freeze)
+    except TransferlabError as exc:
+        raise TransferlabError(f"{where}: {exc} (or, in a study, half or all_but_last)") from None
     if config.head_init == "imagenet":
-        if not config.pretrained:
-            raise TransferlabError(f"{where}: head_init imagenet needs pretrained weights, not weights none")
         from .data import resolve_data
         from .heads import resolve_head_map
         from .weights import imagenet_weights
@@ -129,20 +128,17 @@ def _preflight(study: Study, name: str, config: RunConfig) -> None:
 
 def _check_same_config(run: StudyRun) -> None:
     """A run directory left by another configuration is an error, not something to mix in."""
-    saved_path = run.run_dir / "config.json"
+    saved_path = run.run_dir / rundir.CONFIG
     if not saved_path.is_file():
         return
     try:
         saved = json.loads(saved_path.read_text())
     except (OSError, ValueError):
         return
-    expected = json.loads(json.dumps(run.config.to_dict()))
-    defaults = json.loads(json.dumps(RunConfig().to_dict()))  # keys newer than the saved file: their defaults
-    saved = {**defaults, **saved}
-    diff = [f"{k}: {saved[k]!r} -> {v!r}" for k, v in expected.items() if k != "out" and saved[k] != v]
+    diff = rundir.config_differences(saved, run.config)
     if diff:
         raise TransferlabError(f"{run.run_dir}: run with other options ({'; '.join(diff[:4])}); "
-                               "use another --out or delete that folder")
+                               f"use another {opt('out')} or delete that folder")
 
 
 def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[int], quiet: bool = False,

@@ -2,7 +2,8 @@
 
 ``export_model(run_dir)`` writes ``RUN_DIR/model.onnx`` (or ``model.ts``) plus
 ``RUN_DIR/model.json``: class names, preprocessing and the tensor names (one JSON
-serves both formats; ``format`` names the latest export, ``exports`` all of them). The
+serves both formats; ``format``, ``file`` and ``parity`` describe the latest export, ``exports``
+keeps one record per format: its file and its own parity check). The
 model takes a float32 NCHW batch that is already resized, center-cropped and
 normalised, with a dynamic batch dimension, and returns logits.
 
@@ -26,9 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .files import atomic_write, atomic_write_json
 from .images import load_rgb
+from .rundir import RUN_FILES
 
 __all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "Exported", "export_model", "read_metadata",
            "preprocess", "softmax", "onnx_predict"]
@@ -68,12 +70,12 @@ def _export_onnx(net: Any, example: Any, path: str) -> None:
                                         output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False)
         program.save(path)
     except ImportError as exc:
-        raise TransferlabError(f"--format onnx needs onnx and onnxscript ({exc}); "
+        raise TransferlabError(f"{opt('fmt', 'onnx')} needs onnx and onnxscript ({exc}); "
                                "run `pip install 'transferlab[export]'`") from None
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise TransferlabError(f"ONNX export failed ({type(exc).__name__}: {first}); "
-                               "try --format torchscript") from None
+                               f"try {opt('fmt', 'torchscript')}") from None
 
 
 def _export_torchscript(net: Any, example: Any, path: str) -> None:
@@ -116,13 +118,13 @@ def _check_parity(fmt: str, path: str, net: Any, batches: Sequence[Any], toleran
         if got.shape != expected.shape:
             raise TransferlabError(f"{target}: exported {fmt} model gives shape {got.shape} for a batch of "
                                    f"{len(batch)}, PyTorch {expected.shape}; not written (the batch dimension "
-                                   "is not dynamic); try the other --format")
+                                   f"is not dynamic); try the other {opt('fmt')}")
         diff = float(np.abs(got - expected).max())
         worst = max(worst, diff)
         if not diff <= tolerance:
             raise TransferlabError(f"{target}: exported {fmt} model differs from PyTorch by {diff:.2e} (max abs, "
                                    f"batch of {len(batch)}; allowed {tolerance:.0e}); not written; "
-                                   "try the other --format")
+                                   f"try the other {opt('fmt')}")
     return worst
 
 
@@ -134,7 +136,7 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     before it replaces ``out``; a mismatch above ``tolerance`` raises and writes nothing.
     """
     if fmt not in FORMATS:
-        raise TransferlabError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        raise TransferlabError(f"{opt('fmt', fmt)}: choose one of {', '.join(FORMATS)}")
     if len(set(batch_sizes)) < 2 or min(batch_sizes) < 1:
         raise TransferlabError(f"export: batch_sizes {tuple(batch_sizes)} must hold 2 or more different "
                                "positive sizes (to prove the dynamic batch dimension)")
@@ -146,8 +148,13 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
 
     target = Path(out) if out is not None else Path(run_dir) / f"model{FORMATS[fmt]}"
     metadata_path = target.with_suffix(".json")
+    run_files = {(Path(run_dir) / name).resolve() for name in RUN_FILES}
+    for path in (target, metadata_path):
+        if path.resolve() in run_files:
+            raise TransferlabError(f"{opt('out', target)}: {path.name} is one of the run's own files; export "
+                                   "elsewhere")
     if metadata_path == target:
-        raise TransferlabError(f"--out {target}: the metadata goes to {metadata_path}; "
+        raise TransferlabError(f"{opt('out', target)}: the metadata goes to {metadata_path}; "
                                f"give the model file another suffix, e.g. {FORMATS[fmt]}")
     predictor = load(run_dir, device="cpu")
     net = predictor.model.net.eval().to(memory_format=torch.contiguous_format)
@@ -179,12 +186,13 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         "parity": {"max_abs_diff": worst, "tolerance": tolerance, "batch_sizes": list(batch_sizes)},
         "transferlab_version": __version__,
     }
-    metadata["exports"] = {**_previous_exports(metadata_path, metadata), fmt: target.name}
+    record = {"file": target.name, "parity": metadata["parity"]}
+    metadata["exports"] = {**_previous_exports(metadata_path, metadata), fmt: record}
     atomic_write_json(metadata_path, metadata)
     return Exported(target, metadata_path, fmt, worst, tuple(batch_sizes))
 
 
-def _previous_exports(path: Path, metadata: dict[str, Any]) -> dict[str, str]:
+def _previous_exports(path: Path, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Other formats already exported next to this one from the same model (they share the JSON)."""
     try:
         previous = json.loads(path.read_text())
@@ -194,7 +202,8 @@ def _previous_exports(path: Path, metadata: dict[str, Any]) -> dict[str, str]:
     if not isinstance(previous, dict) or any(previous.get(k) != metadata[k] for k in same):
         return {}
     exports = previous.get("exports") or {}
-    return {f: name for f, name in exports.items() if f in FORMATS and (path.parent / str(name)).is_file()}
+    records = {f: r if isinstance(r, dict) else {"file": r} for f, r in exports.items()}  # older files: a name
+    return {f: r for f, r in records.items() if f in FORMATS and (path.parent / str(r.get("file"))).is_file()}
 
 
 # --------------------------------------------------------------------------- ONNX alone (no torch)

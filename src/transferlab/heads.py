@@ -23,9 +23,11 @@ from collections.abc import Sequence
 import torch
 
 from .data import Dataset
-from .errors import TransferlabError
+from .errors import TransferlabError, opt, render
 from .models import TransferModel
 from .transforms import Preprocessing
+
+HEAD_MAP_FORM = "'CLASS=IMAGENET[,IMAGENET...];...'"
 
 __all__ = ["REST", "MEAN", "BUILTIN_HEAD_MAP", "CALIBRATION_IMAGES", "resolve_head_map", "rest_row",
            "init_head_from_imagenet"]
@@ -49,21 +51,21 @@ def _index_of(item: str | int, categories: Sequence[str] | None, rows: int) -> i
     if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
         index = int(item)
         if not 0 <= index < rows:
-            raise TransferlabError(f"--head-map: ImageNet index {index} is out of range 0-{rows - 1}")
+            raise TransferlabError(f"{opt('head_map')}: ImageNet index {index} is out of range 0-{rows - 1}")
         return index
     if categories is None:
-        raise TransferlabError(f"--head-map: {item!r}: these weights carry no class names; give ImageNet "
+        raise TransferlabError(f"{opt('head_map')}: {item!r}: these weights carry no class names; give ImageNet "
                                "indexes instead (e.g. hotdog=934)")
     found = [i for i, c in enumerate(categories) if c == item]
     if not found:
         found = [i for i, c in enumerate(categories) if c.lower() == item.lower()]
     if len(found) > 1:
-        raise TransferlabError(f"--head-map: {item!r} names several ImageNet classes "
+        raise TransferlabError(f"{opt('head_map')}: {item!r} names several ImageNet classes "
                                f"({', '.join(map(str, found))}); give the index")
     if not found:
         close = difflib.get_close_matches(item, categories, n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise TransferlabError(f"--head-map: {item!r} is not an ImageNet class name as the weights' metadata "
+        raise TransferlabError(f"{opt('head_map')}: {item!r} is not an ImageNet class name as the weights' metadata "
                                f"spells it{hint}")
     return found[0]
 
@@ -78,7 +80,7 @@ def resolve_head_map(classes: Sequence[str], head_map: dict[str, list[str | int]
     head_map = head_map or {}
     unknown = sorted(set(head_map) - set(classes))
     if unknown:
-        raise TransferlabError(f"--head-map: {', '.join(map(repr, unknown))} not a class of the dataset "
+        raise TransferlabError(f"{opt('head_map')}: {', '.join(map(repr, unknown))} not a class of the dataset "
                                f"(classes: {', '.join(classes)})")
     builtin_ok = rows == 1000 and (categories is None or categories[934] == "hotdog")
     plan: HeadPlan = []
@@ -88,7 +90,7 @@ def resolve_head_map(classes: Sequence[str], head_map: dict[str, list[str | int]
             items = BUILTIN_HEAD_MAP.get(_normalised(name), []) if builtin_ok else []
         tokens = [i for i in items if isinstance(i, str) and i.lower() in (REST, MEAN)]
         if tokens and len(items) > 1:
-            raise TransferlabError(f"--head-map: {name}={','.join(map(str, items))}: {tokens[0]} stands alone")
+            raise TransferlabError(f"{opt('head_map')}: {name}={','.join(map(str, items))}: {tokens[0]} stands alone")
         if tokens:
             plan.append(tokens[0].lower())
         elif items:
@@ -96,8 +98,9 @@ def resolve_head_map(classes: Sequence[str], head_map: dict[str, list[str | int]
         else:
             plan.append(REST)
     if all(isinstance(p, str) for p in plan):
-        raise TransferlabError(f"--head-init imagenet: no class of the dataset ({', '.join(classes)}) maps to an "
-                               "ImageNet class; add --head-map 'CLASS=IMAGENET[,IMAGENET...];...' (index or name, "
+        raise TransferlabError(f"{opt('head_init', 'imagenet')}: no class of the dataset ({', '.join(classes)}) maps "
+                               f"to an ImageNet class; add {opt('head_map', HEAD_MAP_FORM)} "
+                               "(index or name, "
                                "e.g. 'hotdog=934;not_hotdog=')")
     return plan
 
@@ -151,13 +154,14 @@ def init_head_from_imagenet(model: TransferModel, pretrained_state: dict[str, to
     """
     key_w, key_b = f"{model.head_name}.weight", f"{model.head_name}.bias"
     if key_w not in pretrained_state:
-        raise TransferlabError(f"--head-init imagenet: the weights have no {key_w}; use --head-init xavier")
+        raise TransferlabError(f"{opt('head_init', 'imagenet')}: the weights have no {key_w}; use "
+                               f"{opt('head_init', 'xavier')}")
     weight = pretrained_state[key_w].to(torch.float32)
     bias = pretrained_state.get(key_b, torch.zeros(len(weight))).to(torch.float32)
     head = model.head
     if weight.shape[1] != head.in_features:
-        raise TransferlabError(f"--head-init imagenet: {key_w} has {weight.shape[1]} inputs, the head "
-                               f"{head.in_features}; use --head-init xavier")
+        raise TransferlabError(f"{opt('head_init', 'imagenet')}: {key_w} has {weight.shape[1]} inputs, the head "
+                               f"{head.in_features}; use {opt('head_init', 'xavier')}")
     if categories is not None and len(categories) != len(weight):
         categories = None  # names that do not describe these rows; indexes still work
     plan = resolve_head_map(dataset.classes, head_map, categories, rows=len(weight))
@@ -184,8 +188,8 @@ def init_head_from_imagenet(model: TransferModel, pretrained_state: dict[str, to
             f"{i} {categories[i]}" if categories else str(i) for i in entry)
         log.info("head row for %s: %s", name, what)
     if sum(1 for p in plan if p == REST) > 1:
-        log.warning("--head-init imagenet: several classes are unmapped and start from the same row; "
-                    "map them with --head-map to tell them apart")
+        log.warning("%s: several classes are unmapped and start from the same row; map them with %s to tell them "
+                    "apart", render(opt("head_init", "imagenet")), render(opt("head_map")))
     head.weight.copy_(torch.stack(rows).to(head.weight))
     if head.bias is not None:
         head.bias.copy_(torch.stack(biases).to(head.bias))

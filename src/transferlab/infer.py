@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .models import TransferModel, folded
 from .progress import progress
 from .transforms import Preprocessing, center_crop, normalize
@@ -28,9 +28,10 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TransferlabError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+        raise TransferlabError(f"{opt('device', name)}: not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TransferlabError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise TransferlabError(f"{opt('device', name)}: CUDA is not available on this machine; use "
+                               f"{opt('device', 'cpu')}")
     return device
 
 

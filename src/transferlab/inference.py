@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .config import PRECISIONS
 from .data import IMAGE_EXTENSIONS, resolve_data
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .infer import eval_batch, predict_logits, resolve_device, score
 from .models import TransferModel, create_model, folded
 from .transforms import Preprocessing, decode_one, resize_shorter
@@ -161,7 +161,7 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
     predictor = load(run_dir, device, precision=None)
     ds = resolve_data(data)
     if set(ds.classes) != set(predictor.classes):
-        raise TransferlabError(f"--data {data}: classes {list(ds.classes)} differ from the model's "
+        raise TransferlabError(f"{opt('data', data)}: classes {list(ds.classes)} differ from the model's "
                                f"{list(predictor.classes)}")
     index = {c: i for i, c in enumerate(predictor.classes)}
     labels = torch.tensor([index[ds.classes[y]] for y in ds.test.labels], dtype=torch.long)

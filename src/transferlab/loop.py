@@ -24,7 +24,7 @@ from torch import nn
 
 from . import distributed
 from .batches import Batch
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .infer import autocast
 from .progress import progress
 from .transforms import Preprocessing, normalize
@@ -158,7 +158,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, opti
             [losses.sum().item(), int((logits.argmax(1) == y).sum()), y.numel(), float(stop() if stop else 0)])
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"training diverged: loss is {loss_sum / max(seen, 1)} at {desc} step "
-                                   f"{state.step + 1}; lower --lr or check the data")
+                                   f"{state.step + 1}; lower {opt('lr')} or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

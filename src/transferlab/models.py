@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model, list_models
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 
 __all__ = ["Family", "TransferModel", "create_model", "list_model_names", "family_of", "stage_names",
            "param_groups", "init_head", "folded"]
@@ -219,9 +219,7 @@ class TransferModel(nn.Module):
             return []
         if stage == "body":
             return names
-        if stage not in names:
-            raise TransferlabError(f"--freeze {stage}: unknown stage for {self.model_name}; "
-                                   f"choose from {', '.join(self.stage_names())}")
+        check_freeze(self.model_name, stage, self.stage_names())
         return names[: names.index(stage) + 1]
 
     def freeze(self, stage: str = "body") -> TransferModel:
@@ -286,6 +284,13 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def check_freeze(model: str, freeze: str, stages: list[str] | None = None) -> None:
+    """Raise unless ``freeze`` names a stage of ``model`` (or none/body)."""
+    stages = stages or stage_names(model)
+    if freeze not in stages:
+        raise TransferlabError(f"{opt('freeze', freeze)}: unknown stage for {model}; choose from {', '.join(stages)}")
+
+
 def stage_names(model: str) -> list[str]:
     """Stage names accepted by ``--freeze`` for ``model``."""
     try:
@@ -299,7 +304,7 @@ def create_model(name: str, num_classes: int, weights: dict[str, torch.Tensor] |
     """Build ``name`` with a new ``num_classes`` head; load a pretrained state dict into the body."""
     if name not in list_model_names():
         known = ", ".join(list_model_names())
-        raise TransferlabError(f"--model {name}: unknown model; choose one of: {known}")
+        raise TransferlabError(f"{opt('model', name)}: unknown model; choose one of: {known}")
     kwargs: dict[str, Any] = {}
     if name in ("googlenet", "inception_v3"):
         kwargs = {"aux_logits": False, "init_weights": False}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .models import TransferModel, param_groups
 
 __all__ = ["build_optimizer", "build_scheduler", "fit_head"]
@@ -20,7 +20,7 @@ def build_optimizer(config: RunConfig, model: TransferModel) -> torch.optim.Opti
     groups = param_groups(model, lr, mult, config.weight_decay, decay_1d=config.decay_1d,
                           pretrained=config.pretrained)
     if not groups:
-        raise TransferlabError("--freeze: nothing left to train")
+        raise TransferlabError(f"{opt('freeze', config.freeze)}: nothing left to train")
     for group in groups:
         group["initial_lr"] = group["lr"]
     if config.optimizer == "sgd":

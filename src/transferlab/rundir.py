@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .models import TransferModel
     from .transforms import Preprocessing
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "is_finished", "config_differences",
+__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "RUN_FILES", "is_finished", "config_differences",
            "check_run_dir", "resume_config", "save_model", "write_history", "write_metrics", "write_checkpoint",
            "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear"]
 
@@ -42,6 +42,7 @@ HISTORY = "metrics.jsonl"
 METRICS = "metrics.json"
 MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
+RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG)  # a run's own files; nothing else may write them
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -196,5 +197,5 @@ def position(epoch: int, step: int) -> str:
 
 def clear(run_dir: Path) -> None:
     """Remove a run's own files (not anything else the folder holds), before it is trained again."""
-    for name in (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG):
+    for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)

@@ -109,7 +109,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
                max_pixels: int | None = None, device: str = "auto") -> Any:
     """The FastAPI app for one run directory (the model is loaded once, here)."""
     if not max_upload_mb > 0:
-        raise TransferlabError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+        raise TransferlabError(f"{opt('max_upload_mb')} must be positive, got {max_upload_mb}")
     max_pixels = images.max_pixels() if max_pixels is None else max_pixels
     if max_pixels <= 0:
         raise TransferlabError(f"{opt('max_pixels', max_pixels)}: must be positive")
@@ -128,7 +128,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
 
     predictor = load(run_dir, device=device)
     max_bytes = int(max_upload_mb * 1024 * 1024)
-    too_large = f"the upload is larger than {max_upload_mb:g} MB (--max-upload-mb); send a smaller image"
+    too_large = f"the upload is larger than {max_upload_mb:g} MB ({opt('max_upload_mb')}); send a smaller image"
     page = resources.files("transferlab").joinpath("static/index.html").read_text(encoding="utf-8")
     lock = threading.Lock()  # one prediction at a time: the model is shared and the CPU is small
     decoding = threading.BoundedSemaphore(DECODERS)  # bounds the memory of decoded uploads
@@ -201,8 +201,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise TransferlabError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc}); "
-                               "choose another --port (or --host)") from None
+        raise TransferlabError(f"{opt('host', host)} {opt('port', port)}: cannot listen ({exc.strerror or exc}); "
+                               f"choose another {opt('port')} (or {opt('host')})") from None
     return sock
 
 
@@ -211,7 +211,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           device: str = "auto") -> None:
     """Run the app with uvicorn until interrupted."""
     if not 0 <= port <= 65535:
-        raise TransferlabError(f"--port {port}: choose a port between 1 and 65535 (0 = any free port)")
+        raise TransferlabError(f"{opt('port', port)}: choose a port between 1 and 65535 (0 = any free port)")
     try:
         import uvicorn
     except ImportError:

