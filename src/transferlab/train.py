@@ -23,7 +23,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from .infer import body_features, eval_batch, evaluate, predict_logits, resolve_
 from .loop import EpochState, StopRequest, TrainingDiverged, TrainingInterrupted, deterministic_mode, train_one_epoch
 from .models import TransferModel, create_model, folded, load_body
 from .optim import build_optimizer, build_scheduler, fit_head
+from .results import PreparedData, RunResult
 from .rundir import save_model
 from .transforms import apply_crop, center_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
@@ -62,34 +63,6 @@ __all__ += ["train_one_epoch", "evaluate", "build_optimizer", "build_scheduler",
             "TrainingDiverged", "deterministic_mode", "predict_logits", "use_bf16", "Batch", "RunConfig"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunResult:
-    """What a finished run leaves behind, in memory and in ``run_dir``."""
-
-    run_dir: Path | None
-    config: RunConfig
-    classes: tuple[str, ...]
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    model: TransferModel | None = None
-
-    @property
-    def test_acc(self) -> float:
-        return float(self.metrics["test_acc"])
-
-
-@dataclass
-class PreparedData:
-    """The decoded images of a run: training images (resized), test images (eval crops), labels, cache keys."""
-
-    train_images: list[torch.Tensor]
-    train_labels: torch.Tensor
-    train_key: str
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    test_key: str
 
 
 class Trainer:
