@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -71,6 +74,23 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     data = make_folder(root / "colors", {"train": 8, "val": 3})
     finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
     return root / "run", data
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    """``transferlab ARGS`` in this process (no new interpreter importing torch): exit status, stdout, stderr.
+
+    Tests whose subject is the process itself (signals, kills, a clean interpreter) start a real one.
+    """
+    from transferlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["transferlab", *argv], code, out.getvalue(), err.getvalue())
 
 
 def random_images(n: int, seed: int = 0) -> list[torch.Tensor]:

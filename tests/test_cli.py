@@ -1,10 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import make_folder
+from conftest import make_folder, run_cli
 from safetensors import safe_open
 
 from transferlab import train as T
@@ -12,11 +10,6 @@ from transferlab.config import RunConfig, make_config
 from transferlab.inference import load
 
 TINY = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--quiet"]
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "transferlab", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
 
 
 def assert_one_line_error(proc, *needles):

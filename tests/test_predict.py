@@ -3,12 +3,10 @@
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import make_image
+from conftest import make_image, run_cli
 from PIL import Image
 
 from transferlab import TransferlabError
@@ -21,11 +19,6 @@ from transferlab.transforms import center_crop, normalize
 @pytest.fixture(scope="module")
 def run(tiny_run):
     return tiny_run
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "transferlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_tta_views_are_center_flip_and_four_corners():
