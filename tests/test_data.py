@@ -75,5 +75,5 @@ def test_hotdog_download_checks_sha1_and_extracts(tmp_path, monkeypatch):
 
 def test_hotdog_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path / "home"))
-    with pytest.raises(TransferlabError, match="--data hotdog: cannot download"):
+    with pytest.raises(TransferlabError, match="data='hotdog': cannot download"):
         D.hotdog_root(url="http://127.0.0.1:9/hotdog.zip")

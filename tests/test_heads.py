@@ -67,7 +67,7 @@ def test_builtin_mapping_and_plan():
 
 
 @pytest.mark.parametrize("head_map, classes, needle", [
-    (None, ("red", "blue"), "--head-map"),
+    (None, ("red", "blue"), "head_map="),
     ({"red": ["hot dog"]}, ("red", "blue"), "'hotdog'"),
     ({"red": [1000]}, ("red", "blue"), "out of range 0-999"),
     ({"red": [-3]}, ("red", "blue"), "out of range"),
@@ -75,7 +75,7 @@ def test_builtin_mapping_and_plan():
     ({"red": [1, "rest"]}, ("red", "blue"), "rest stands alone"),
 ])
 def test_mapping_errors_are_clear(head_map, classes, needle):
-    with pytest.raises(TransferlabError, match="--head-map") as info:
+    with pytest.raises(TransferlabError, match="head_map=") as info:
         resolve_head_map(classes, head_map, CATEGORIES)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)

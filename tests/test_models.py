@@ -51,7 +51,7 @@ def test_freeze_up_to_a_stage():
 
 
 def test_unknown_stage_lists_the_choices():
-    with pytest.raises(TransferlabError, match="--freeze layer9.*layer4"):
+    with pytest.raises(TransferlabError, match="freeze='layer9'.*layer4"):
         create_model("resnet18", 2).freeze("layer9")
 
 
@@ -126,5 +126,5 @@ def test_pretrained_body_is_loaded_and_foreign_weights_refused():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(TransferlabError, match="--model resnet9000: unknown model"):
+    with pytest.raises(TransferlabError, match="model='resnet9000': unknown model"):
         create_model("resnet9000", 2)

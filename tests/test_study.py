@@ -47,8 +47,8 @@ def test_symbolic_freeze_follows_the_model_family():
 @pytest.mark.parametrize("text, suffix, needles", [
     ("variants:\n  probe: {frezee: body}\n", ".yaml", ["variant 'probe'", "frezee"]),
     ('{"variants": {"a": {}}, "colour": 1}', ".json", ["unknown study key", "colour"]),
-    ("variants:\n  a: {seed: 3}\n", ".yaml", ["variant 'a'", "seed", "--seeds"]),
-    ("variants:\n  a: {epochs: 0}\n", ".yaml", ["variant 'a'", "--epochs must be positive"]),
+    ("variants:\n  a: {seed: 3}\n", ".yaml", ["variant 'a'", "seed", "seeds="]),
+    ("variants:\n  a: {epochs: 0}\n", ".yaml", ["variant 'a'", "epochs= must be positive"]),
     ("variants:\n  a: {}\ngroups:\n  g: [a, b]\n", ".yaml", ["group 'g'", "no variant named b"]),
     ("variants: [a, b]\n", ".yaml", ["'variants' must map"]),
     ("variants: {a: {}\n", ".yaml", ["not valid YAML"]),
@@ -79,10 +79,10 @@ def test_custom_study_with_symbolic_values(tmp_path):
 
 def test_plan_refuses_what_would_fail_mid_study(colors, tmp_path):
     base = make_config(data=str(colors), **TINY)
-    with pytest.raises(TransferlabError, match="variant head_imagenet.*--head-map"):
+    with pytest.raises(TransferlabError, match="variant head_imagenet.*head_map="):
         experiments.plan_study(load_study("seed"), base, tmp_path, [0])
     bad = study_from_dict({"variants": {"x": {"freeze": "layer9"}}}, "mine.yaml")
-    with pytest.raises(TransferlabError, match="variant x: --freeze layer9.*stage1"):
+    with pytest.raises(TransferlabError, match="variant x: freeze='layer9'.*stage1"):
         experiments.plan_study(bad, base, tmp_path, [0])
 
 
@@ -149,8 +149,9 @@ def test_study_report_and_resume(colors, tmp_path, monkeypatch):
     calls.clear()
     experiments.run_study(study, base, out, [0, 1], quiet=True)
     assert calls == []
-    # an interrupted run (no metrics.json) is redone, the finished ones are skipped
-    (out / "half" / "seed1" / "metrics.json").unlink()
+    # an interrupted run (no model file yet) is redone, the finished ones are skipped
+    for name in ("metrics.json", "model.safetensors"):
+        (out / "half" / "seed1" / name).unlink()
     experiments.run_study(study, base, out, [0, 1], quiet=True)
     assert calls == [str(out / "half" / "seed1")]
     # the same folder with other options is refused, not mixed

@@ -60,7 +60,7 @@ def test_missing_weights_is_one_clear_line(torch_home, monkeypatch):
         W.resolve_weights("resnet18", "imagenet")
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message and str(torch_home) in message
-    assert "--weights PATH" in message and "--model mobilenet_v2" in message and "\n" not in message
+    assert "weights='PATH'" in message and "model='mobilenet_v2'" in message and "\n" not in message
 
 
 def test_named_weights_and_unknown_names(torch_home):
