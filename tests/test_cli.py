@@ -77,18 +77,23 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert_one_line_error(run_cli("predict", tmp_path / "nothing", data), "no trained model")
 
 
-def test_python_api_prediction_matches_cli_model(tmp_path):
+def test_python_api_predicts_like_the_cli(tmp_path):
+    """A model trained by the CLI: `transferlab predict` and `tl.load(run).predict` (paths or PIL) agree."""
     data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
-    result = T.finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(tmp_path / "r")),
-                        quiet=True)
-    predictor = load(tmp_path / "r")
+    run = tmp_path / "r"
+    assert run_cli("train", "--data", data, *TINY, "--epochs", "1", "--out", run).returncode == 0
+    proc = run_cli("predict", run, data / "val")
+    assert proc.returncode == 0, proc.stderr
+    by_cli = {r["path"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    predictor = load(run)
     paths = sorted((data / "val").rglob("*.png"))
     from PIL import Image
 
     by_path = predictor.predict(paths)
     by_pil = predictor.predict([Image.open(p) for p in paths])
-    assert [p["label"] for p in by_path] == [p["label"] for p in by_pil]
-    assert result.model is not None and len(by_path) == 8
+    assert len(by_cli) == len(paths) == 8
+    for path, from_path, from_pil in zip(paths, by_path, by_pil):
+        assert by_cli[str(path)] == {"path": str(path), **from_path} and from_pil == from_path
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -3,7 +3,15 @@ from PIL import Image
 from torchvision.models import EfficientNet_B0_Weights, MobileNet_V2_Weights
 
 from transferlab.data import decode_one
-from transferlab.transforms import Preprocessing, augment, center_crop, normalize, random_resized_crop_box, sample_crop
+from transferlab.transforms import (
+    Preprocessing,
+    apply_crop,
+    augment,
+    center_crop,
+    normalize,
+    random_resized_crop_box,
+    sample_crop,
+)
 
 
 def test_preprocessing_comes_from_the_weights_metadata():
@@ -59,10 +67,21 @@ def test_crops_drawn_inside_the_eval_region_never_leave_it():
 
 
 def test_augment_output_size_and_flip():
-    pre = Preprocessing(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3)
-    image = torch.arange(3 * 36 * 40, dtype=torch.float32).reshape(3, 36, 40).to(torch.uint8)
-    out = [augment(image, pre, (1.0, 1.0), torch.Generator().manual_seed(s)) for s in range(8)]
-    assert all(o.shape == (3, 32, 32) and o.dtype == torch.uint8 for o in out)
+    pre = Preprocessing(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="nearest")
+    ramp = torch.arange(40, dtype=torch.uint8) * 6  # brighter to the right
+    image = ramp.expand(3, 36, 40).contiguous()
+    flips = []
+    for seed in range(12):
+        crop = sample_crop(image, (0.5, 1.0), torch.Generator().manual_seed(seed))
+        out = augment(image, pre, (0.5, 1.0), torch.Generator().manual_seed(seed))
+        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+        top, left, h, w, flip = crop
+        plain = apply_crop(image, (top, left, h, w, False), pre)
+        assert torch.equal(out, plain.flip(-1) if flip else plain)
+        row = out[0, 0].int()
+        assert (row[0] > row[-1]) if flip else (row[0] < row[-1])  # a flipped crop is darker to the right
+        flips.append(flip)
+    assert 0 < sum(flips) < len(flips)  # both outcomes of the coin occur
 
 
 def test_normalize_is_channels_last_float():
