@@ -345,7 +345,7 @@ def malicious_pickle(d: Path) -> list:
 
 
 def _zip(path: Path, members: dict[str, bytes], links: Sequence[str] = ()) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, payload in members.items():
             zf.writestr(name, payload)
         for name in links:
@@ -353,6 +353,44 @@ def _zip(path: Path, members: dict[str, bytes], links: Sequence[str] = ()) -> Pa
             info.external_attr = 0o120777 << 16  # a symbolic link
             zf.writestr(info, "../../../etc/passwd")
     return path
+
+
+def foreign_out(d: Path) -> list:
+    """--out pointing at a folder of the user's own files (a project folder, say)."""
+    (d / "run").mkdir()
+    (d / "run" / "notes.txt").write_text("my notes")
+    (d / "run" / "config.json").write_text('{"mine": true}')
+    return ["--data", good_data(d)]
+
+
+def interrupted_without_resume(d: Path) -> list:
+    _run_dir(d, good_data(d), checkpoint_pt=b"an interrupted run's checkpoint")
+    return ["--data", d / "data"]
+
+
+def config_with_text_epochs(d: Path) -> list:
+    run = _run_dir(d, good_data(d), checkpoint_pt=b"x")
+    values = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**values, "epochs": "3"}))
+    return ["--resume"]
+
+
+def options(*args: object) -> Callable[[Path], list]:
+    def build(d: Path) -> list:
+        return ["--data", good_data(d), *args]
+
+    return build
+
+
+def heic_only_class(d: Path) -> list:
+    (good_data(d) / "train" / "green").mkdir()
+    for i in range(2):
+        (d / "data" / "train" / "green" / f"IMG_{i}.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    return ["--data", d / "data"]
+
+
+def zip_bomb(d: Path) -> Path:
+    return _zip(d / "hotdog.zip", {"hotdog/train/hotdog/a.jpg": _jpeg_bytes(), "hotdog/big.bin": bytes(50_000_000)})
 
 
 def zip_slip(d: Path) -> Path:
@@ -423,6 +461,34 @@ CASES = [
          ("class folders differ", "only in val: ['green']", "rename"), build=classes_differ),
     Case("no val split, too few images to split", "error", ("too few images to split", "provide val/"),
          build=too_few_to_split),
+    # options no run can use
+    Case("--weight-decay nan", "error", ("--weight-decay must be a finite number",), build=options("--weight-decay",
+                                                                                                   "nan")),
+    Case("--warmup-epochs nan", "error", ("--warmup-epochs must be a finite number",),
+         build=options("--warmup-epochs", "nan")),
+    Case("--seed beyond 2**32", "error", ("--seed 1099511627776", "2**32"), build=options("--seed", 2**40)),
+    Case("--device meta", "error", ("--device meta", "use auto, cpu, cuda"), build=options("--device", "meta")),
+    Case("--device mps without MPS", "error", ("--device mps", "use auto, cpu, cuda"),
+         build=options("--device", "mps")),
+    Case("--resize-size below --image-size", "error", ("--resize-size 16", "smaller than", "--image-size 64"),
+         build=options("--resize-size", "16")),
+    Case("--lr above the ceiling", "error", ("--lr 1000000000.0", "above 1", "--force"), build=options("--lr", "1e9")),
+    Case("--probe-lr above the ceiling", "error", ("--probe-lr 1000000000.0", "--force"),
+         build=options("--freeze", "body", "--probe-lr", "1e9")),
+    Case("--image-size 5000", "error", ("--image-size 5000", "over 2048"), build=options("--image-size", "5000")),
+    Case('--data ""', "error", ("--data is empty", "elpv", "hotdog"), build=lambda d: ["--data", ""]),
+    Case("class folder of HEIC photos only", "error", ("train/green", "2 files (2 .heic)", "convert them"),
+         build=heic_only_class),
+    # the run directory belongs to one run
+    Case("--out is a folder of other files", "error", ("not empty and not a run", "notes.txt", "--overwrite"),
+         build=foreign_out, fresh_out=False),
+    Case("--out holds an interrupted run, no --resume", "error",
+         ("an interrupted run is there (checkpoint.pt)", "--resume", "--overwrite"),
+         build=interrupted_without_resume, fresh_out=False),
+    Case('config.json says "epochs": "3", --resume', "error",
+         ("config.json", "--epochs must be a whole number, got '3'"), build=config_with_text_epochs, fresh_out=False),
+    Case("--out under a file", "error", ("cannot create it", "Not a directory"),
+         build=lambda d: ["--data", good_data(d), "--out", "/dev/null/run"]),
     # checkpoints and weights
     Case("corrupt checkpoint, --resume", "error", ("checkpoint.pt", "delete it to start over"),
          build=corrupt_checkpoint, fresh_out=False),
@@ -442,6 +508,7 @@ CASES = [
     # the hotdog download
     Case("zip with ../ paths", "refused", ("../../escaped.txt", "outside"), archive=zip_slip),
     Case("zip with a symlink member", "refused", ("b.jpg", "symbolic link"), archive=zip_link),
+    Case("zip bomb", "refused", ("would unpack to", "zip bomb"), archive=zip_bomb),
 ]
 
 
@@ -566,7 +633,8 @@ def _launch_error(pool: ThreadPoolExecutor, case: Case, d: Path) -> Launched:
     before = snapshot(d / "run")
     assert (before is None) == case.fresh_out
     extra = TINY if case.fresh_out else []  # a resumed run keeps its own options
-    return Launched(d, before, pool.submit(run_train, [*args, *extra, "--out", d / "run", "--quiet"], d,
+    out = [] if "--out" in map(str, args) else ["--out", d / "run"]
+    return Launched(d, before, pool.submit(run_train, [*extra, *args, *out, "--quiet"], d,
                                            case.env, denied))
 
 

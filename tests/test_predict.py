@@ -84,10 +84,11 @@ def test_cli_predicts_folders_recursively_as_json_and_csv(run, tmp_path, capsys)
     proc = run_cli("predict", run_dir, single, nested, "--format", "csv", "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.reader(io.StringIO(proc.stdout)))
-    assert rows[0] == ["path", "label", "blue", "red"]
+    assert rows[0] == ["path", "label", "blue", "red", "error"]
     assert [r[0] for r in rows[1:]] == [str(single), str(nested / "a" / "b" / "deep.jpg"), str(nested / "top.png")]
     for row in rows[1:]:
-        probs = dict(zip(("blue", "red"), map(float, row[2:])))
+        probs = dict(zip(("blue", "red"), map(float, row[2:4])))
+        assert row[4] == ""
         assert row[1] == max(probs, key=probs.get) and sum(probs.values()) == pytest.approx(1, abs=1e-4)
 
     assert main(["predict", str(run_dir), str(data / "val"), "--tta"]) == 0
@@ -108,8 +109,10 @@ def test_cli_predict_errors_are_one_line(run, tmp_path, capsys):
     cases = [(["--batch-size", "0", empty], "--batch-size must be positive"),
              ([empty], "no image files"),
              ([tmp_path / "missing.jpg"], "no such file"),
-             ([broken], "broken.jpg")]
+             ([broken], "1 of 1 images could not be read")]
     for args, needle in cases:
         assert main(["predict", str(run_dir), *map(str, args)]) == 2
-        lines = capsys.readouterr().err.strip().splitlines()
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("transferlab: error: ") and needle in lines[0], lines
+    assert "broken.jpg" in json.loads(captured.out)["error"]  # the bad image's own row

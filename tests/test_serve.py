@@ -14,11 +14,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from transferlab import __version__
+from transferlab import serve as S
 from transferlab import train as T
 from transferlab.cli import main
 from transferlab.config import make_config
 from transferlab.inference import load
-from transferlab.serve import create_app, headline, is_hotdog_model
+from transferlab.serve import create_app, headline, is_hotdog_model, make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -165,12 +166,10 @@ def _browser_or_skip():
 
 
 def _start_server(app):
-    import uvicorn
-
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = make_server(app, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -228,3 +227,40 @@ def test_page_in_headless_chromium(run, tmp_path):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def test_host_header_allow_list_stops_dns_rebinding(run):
+    client = TestClient(create_app(run[0], device="cpu", allowed_hosts=S.LOOPBACK))
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"):
+        assert client.get("/health", headers={"host": host}).status_code == 200, host
+    for host in ("evil.example:8000", "evil.example", "127.0.0.1.evil.example"):
+        assert_error(client.get("/health", headers={"host": host}), 400, "is not served here")
+
+
+def test_slow_headers_are_cut_off_and_a_whole_request_is_answered(run, monkeypatch):
+    monkeypatch.setattr(S, "HEADER_TIMEOUT", 0.5)
+    server, thread, sock = _start_server(create_app(run[0], device="cpu"))
+    port = sock.getsockname()[1]
+    try:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        time.sleep(1.5)
+        assert slow.recv(1024) == b""  # closed by the server
+        slow.close()
+        whole = socket.create_connection(("127.0.0.1", port), timeout=5)
+        whole.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert b"200 OK" in whole.recv(4096)
+        whole.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def test_a_large_upload_is_reduced_while_it_is_decoded(run):
+    buffer = io.BytesIO()
+    Image.effect_noise((3000, 2000), 40).convert("RGB").save(buffer, format="JPEG")
+    image = S.decode_upload(buffer.getvalue(), 10**8, reduce_to=100)
+    assert 100 <= min(image.size) <= 400 and image.mode == "RGB"
+    client = TestClient(create_app(run[0], device="cpu"))
+    assert client.post("/predict", files={"file": ("big.jpg", buffer.getvalue())}).status_code == 200

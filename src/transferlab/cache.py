@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from .errors import TransferlabError, opt, render
-from .files import atomic_write, cache_dir
+from .files import atomic_write, cache_dir, file_digest
+from .images import open_header
 from .progress import progress
 from .transforms import Preprocessing, decode_one
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 _MEMORY: OrderedDict[str, DecodedImages] = OrderedDict()
 _MEMORY_ENTRIES = 4
+CACHE_MB_ENV = "TRANSFERLAB_CACHE_MB"
+DEFAULT_CACHE_MB = 10_000
 
 
 class DecodedImages:
@@ -53,7 +56,7 @@ def cache_key(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool) -> str:
     digest = hashlib.sha256(json.dumps([pre.resize_size, pre.interpolation, skip_bad, 1]).encode())
     for path in paths:
         try:
-            digest.update(hashlib.sha1(Path(path).read_bytes()).digest())
+            digest.update(bytes.fromhex(file_digest(path, "sha1")))  # read in blocks: a huge file costs no memory
         except OSError:  # decoding reports it, with the right advice for the kind of failure
             digest.update(b"unreadable:" + os.fsencode(str(path)))
     return digest.hexdigest()[:32]
@@ -107,9 +110,58 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     except OSError as exc:  # a full or read-only disk costs speed, not the run
         log.warning("could not write cache entry %s (%s)", path, exc.strerror)
+        return
+    evict(path.parent, keep=path)
+
+
+def cache_limit() -> int:
+    """Bytes each cache folder may hold: ``$TRANSFERLAB_CACHE_MB`` (default 10,000 MB)."""
+    value = os.environ.get(CACHE_MB_ENV, "").strip()
+    try:
+        megabytes = float(value) if value else DEFAULT_CACHE_MB
+    except ValueError:
+        megabytes = -1
+    if not megabytes > 0:
+        raise TransferlabError(f"{CACHE_MB_ENV}={value}: expected a positive number of megabytes; fix or unset it")
+    return int(megabytes * 1e6)
+
+
+def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Delete the least recently used entries of a cache folder until it fits ``limit``; the removed files."""
+    limit = cache_limit() if limit is None else limit
+    entries = []
+    for entry in folder.glob("*.safetensors"):
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if entry == keep:
+            continue
+        entry.unlink(missing_ok=True)
+        total -= size
+        removed.append(entry)
+    if removed:
+        log.info("cache %s: removed %d least recently used entries to stay under %.0f MB", folder, len(removed),
+                 limit / 1e6)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache entry as just used (eviction removes the least recently used first)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _load(path: Path, key: str) -> DecodedImages | None:
+    _touch(path)
     entry = _read(path)
     if entry is None:
         return None
@@ -126,6 +178,44 @@ def _save(path: Path, decoded: DecodedImages) -> None:
     _write(path, {str(i): t for i, t in enumerate(decoded.images)}, {"kept": json.dumps(decoded.kept)})
 
 
+def decoded_bytes(paths: Sequence[Path], pre: Preprocessing) -> int:
+    """The memory the decoded images will take (uint8 RGB, shorter side ``resize_size``), from their headers."""
+    total = 0
+    for path in paths:
+        try:
+            with open_header(Path(path)) as img:
+                width, height = img.size
+        except Exception:  # noqa: BLE001 - decoding reports unreadable files
+            continue
+        short, long_ = sorted((max(width, 1), max(height, 1)))
+        total += 3 * pre.resize_size * int(pre.resize_size * long_ / short)
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(paths: Sequence[Path], pre: Preprocessing, share: float = 0.8) -> None:
+    """Refuse, with the numbers, to decode a set that cannot fit in memory (before anything is decoded)."""
+    available = available_memory()
+    if available is None:
+        return
+    need = decoded_bytes(paths, pre)
+    if need > share * available:
+        raise TransferlabError(f"{len(paths)} images decoded at resize {pre.resize_size} px need about "
+                               f"{need / 1e9:.2f} GB of memory and {available / 1e9:.2f} GB are available; lower "
+                               f"{opt('image_size')} / {opt('resize_size')} or use fewer images")
+
+
 def decode(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool = False, desc: str = "decode",
            quiet: bool = False, disk: bool = True) -> DecodedImages:
     """Decoded uint8 CHW images for ``paths``, from memory, from disk, or decoded now (and cached)."""
@@ -136,6 +226,7 @@ def decode(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool = False, de
     path = cache_dir("decoded") / f"{key}.safetensors"
     decoded = _load(path, key) if disk and path.is_file() else None
     if decoded is None:
+        check_memory(paths, pre)
         decoded = _decode_all(paths, pre, skip_bad, desc, quiet)
         decoded.key = key
         if disk:
@@ -156,6 +247,7 @@ def features(key: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.
     path = cache_dir("features") / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
     entry = _read(path) if path.is_file() else None
     if entry is not None and entry[1].get("key") == text and "features" in entry[0]:
+        _touch(path)
         return entry[0]["features"]
     result = compute()
     _write(path, {"features": result}, {"key": text})

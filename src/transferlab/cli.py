@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest image accepted, in pixels (default: $TRANSFERLAB_MAX_PIXELS, else 89478485, the "
                         "limit of every image transferlab reads)")
     p.add_argument("--device", default="auto", help="(default: auto)")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="comma-separated Host names the server answers, or '*' (default: the loopback names when "
+                        "--host is a loopback address, else any)")
 
     p = sub.add_parser("models", help="list models, their freeze stages and where their weights are")
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*' (default: *)")
@@ -300,15 +303,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise TransferlabError(f"no image files in {' '.join(args.images)}")
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.format == "csv" else None
     if writer:
-        writer.writerow(["path", "label", *predictor.classes])
+        writer.writerow(["path", "label", *predictor.classes, "error"])
+    failed = 0
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
-        for path, pred in zip(chunk, predictor.predict(chunk, tta=args.tta, batch_size=args.batch_size)):
+        preds = predictor.predict(chunk, tta=args.tta, batch_size=args.batch_size, errors="report")
+        for path, pred in zip(chunk, preds):
+            failed += "error" in pred
             if writer:
-                writer.writerow([str(path), pred["label"], *(pred["probabilities"][c] for c in predictor.classes)])
+                probs = pred.get("probabilities", {})
+                writer.writerow([str(path), pred.get("label", ""), *(probs.get(c, "") for c in predictor.classes),
+                                 pred.get("error", "")])
             else:
-                print(json.dumps({"path": str(path), **pred}))
+                print(json.dumps({"path": str(path), **pred}, allow_nan=False))
         sys.stdout.flush()
+    if failed:
+        raise TransferlabError(f"{failed} of {len(paths)} images could not be read (their rows say why); the others "
+                               "were predicted")
     return 0
 
 
@@ -326,7 +337,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     serve(args.run_dir, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-          max_pixels=args.max_pixels, device=args.device)
+          max_pixels=args.max_pixels, device=args.device,
+          allowed_hosts=args.allowed_hosts.split(",") if args.allowed_hosts else None)
     return 0
 
 
@@ -394,7 +406,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     config = make_config(args.preset, **{**study.base, **overrides})
     out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"
     seeds = [config.seed + k for k in range(args.seeds)]
-    run_study(study, config, out, seeds, quiet=args.quiet, echo=lambda line: print(line, flush=True))
+    from .loop import TrainingInterrupted
+
+    try:
+        run_study(study, config, out, seeds, quiet=args.quiet, echo=lambda line: print(line, flush=True))
+    except TrainingInterrupted as exc:
+        print(f"transferlab: {exc}; resume with the same `transferlab study` command (finished runs are skipped, "
+              "the interrupted one resumes)", file=sys.stderr, flush=True)
+        return exc.exit_code
     return 0
 
 
@@ -405,15 +424,17 @@ COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "pre
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .progress import setup_logging
+    from .progress import close_bars, setup_logging
 
     setup_logging(quiet=getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
     except TransferlabError as exc:
+        close_bars()
         print(f"transferlab: error: {exc.cli_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        close_bars()
         print("transferlab: interrupted", file=sys.stderr)
         return 130
 

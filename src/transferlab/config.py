@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from .errors import TransferlabError, opt
 
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config"]
 
+LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
+MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
@@ -84,8 +87,28 @@ class RunConfig:
     def pretrained(self) -> bool:
         return self.weights != "none"
 
-    def validate(self) -> RunConfig:
-        """Raise a one-line :class:`TransferlabError` for values no run can use."""
+    def validate(self, force: bool = False) -> RunConfig:
+        """Raise a one-line :class:`TransferlabError` for values no run can use.
+
+        Numbers must be finite numbers of the field's type; ``force`` accepts learning rates
+        above :data:`LR_CEILING`.
+        """
+        self._check_types()
+        if not 0 <= self.seed < 2**32:
+            raise TransferlabError(f"{opt('seed', self.seed)}: must be between 0 and 2**32 - 1")
+        for name in ("lr", "probe_lr"):
+            value = getattr(self, name)
+            if value > LR_CEILING and not force:
+                raise TransferlabError(f"{opt(name, value)}: above {LR_CEILING:g}, where no run of this tool trains; "
+                                       f"lower it, or pass {opt('force')} to try anyway")
+        if self.image_size and self.resize_size and self.resize_size < self.image_size:
+            raise TransferlabError(f"{opt('resize_size', self.resize_size)}: smaller than "
+                                   f"{opt('image_size', self.image_size)}; the crop would be padded with black")
+        for name in ("image_size", "resize_size", "train_image_size"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_IMAGE_SIZE:
+                raise TransferlabError(f"{opt(name, value)}: over {MAX_IMAGE_SIZE} pixels; every image would be "
+                                       "decoded at least that large")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "head_lr_mult": self.head_lr_mult, "probe_lr": self.probe_lr}
         for name, value in positive.items():
@@ -125,6 +148,22 @@ class RunConfig:
                 raise TransferlabError(f"{opt(name)} must be at least 16 pixels, got {value}")
         return self
 
+    def _check_types(self) -> None:
+        """Every field holds a value of its declared kind (a config file may say ``"epochs": "3"``)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _KINDS.get(f.name)
+            if kind is None or (value is None and f.default is None):
+                continue
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, kind)
+            if not ok:
+                what = {float: "a finite number", int: "a whole number", bool: "true or false", str: "text"}[kind]
+                raise TransferlabError(f"{opt(f.name)} must be {what}, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["crop_scale"] = list(self.crop_scale)
@@ -139,7 +178,11 @@ class RunConfig:
                 f"{source}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         values = dict(values)
         if "crop_scale" in values:
-            values["crop_scale"] = tuple(float(v) for v in values["crop_scale"])
+            try:
+                values["crop_scale"] = tuple(float(v) for v in values["crop_scale"])
+            except (TypeError, ValueError):
+                raise TransferlabError(f"{source}: {opt('crop_scale')} must be two numbers, got "
+                                       f"{values['crop_scale']!r}") from None
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -156,6 +199,17 @@ class RunConfig:
             raise TransferlabError(f"{path}: cannot read run config ({exc})") from None
         return cls.from_dict(values, source=str(path))
 
+
+# The kind of value of each scalar field (checked by RunConfig.validate).
+_KINDS: dict[str, type] = {
+    **{name: float for name in ("lr", "head_lr_mult", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+                                "probe_lr", "val_fraction")},
+    **{name: int for name in ("epochs", "batch_size", "head_warmup_epochs", "image_size", "resize_size",
+                              "train_image_size", "probe_views", "checkpoint_every", "seed")},
+    **{name: bool for name in ("decay_1d", "feature_cache", "skip_bad_images", "deterministic")},
+    **{name: str for name in ("data", "model", "weights", "freeze", "optimizer", "schedule", "loss_reduction",
+                              "head_init", "crop_region", "bn_stats", "precision", "device")},
+}
 
 # Presets are plain overrides of the defaults; explicit options win over them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -182,4 +236,4 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     values: dict[str, Any] = dict(PRESETS[name])
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["preset"] = name
-    return RunConfig.from_dict(values).validate()
+    return RunConfig.from_dict(values).validate(force=True)  # the ceilings are checked where the run starts

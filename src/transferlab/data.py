@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import TransferlabError, opt
-from .files import cache_dir, file_digest
+from .files import cache_dir, download_timeout, file_digest
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to_tensor
 from .transforms import decode_one
 
@@ -26,7 +26,14 @@ __all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXEL
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Photo formats Pillow reads (AVIF since Pillow 11.3); other files in a class folder are counted and reported.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif", ".webp", ".tif",
+                              ".tiff", ".avif", ".ico", ".qoi", ".tga", ".pnm", ".ppm", ".pgm", ".pbm"})
+# Photo formats transferlab cannot read here: reported when found, so they are not dropped silently.
+UNREAD_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
+                                     ".raf", ".raw", ".svg", ".jp2", ".j2k", ".psd", ".eps", ".pdf"})
+MAX_EXTRACT_BYTES = 4 << 30  # the most a dataset archive may unpack to
+MAX_EXTRACT_RATIO = 100  # and at most this many times its own size (a zip bomb is far above)
 # Skipped while scanning, like every name that starts with "." (.DS_Store, ._x.jpg, .ipynb_checkpoints).
 IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX"})
 HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
@@ -90,12 +97,13 @@ def _is_file_or_link(entry: os.DirEntry[str]) -> bool:
         return True
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, others: dict[str, int] | None = None) -> list[Path]:
     """Image files under ``folder``, recursively; folder links are followed, each real folder once.
 
     A folder link that points back at the folder itself or one of its parents (a loop) is
     skipped with a warning. An image name that cannot be resolved (a broken link or a file
     link loop) is kept, so that decoding reports it (or ``--skip-bad-images`` drops it).
+    ``others`` counts the photos passed over (:data:`UNREAD_PHOTO_EXTENSIONS`), by extension.
     """
     top = folder.resolve()
     seen: set[tuple[int, int]] = set()
@@ -127,6 +135,8 @@ def _image_files(folder: Path) -> list[Path]:
                     found.append(path)
                 else:
                     log.warning("ignoring %s: not a regular file", path)
+            elif others is not None and path.suffix.lower() in UNREAD_PHOTO_EXTENSIONS:
+                others[path.suffix.lower()] = others.get(path.suffix.lower(), 0) + 1
     return sorted(found)
 
 
@@ -139,14 +149,29 @@ def scan_folder(root: Path) -> tuple[tuple[str, ...], Split]:
         raise TransferlabError(f"{root}: no class folders; expected {root}/<class name>/<image files>")
     paths: list[Path] = []
     labels: list[int] = []
+    skipped: dict[str, int] = {}
     for label, name in enumerate(classes):
-        files = _image_files(root / name)
+        others: dict[str, int] = {}
+        files = _image_files(root / name, others)
         if not files:
+            found = f"; it holds {_counts(others)}, which transferlab does not read" if others else ""
             raise TransferlabError(f"{root / name}: class folder has no images "
-                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove it")
+                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))}){found}; convert them to JPEG or PNG, "
+                                   "add images, or remove the folder")
+        for suffix, n in others.items():
+            skipped[suffix] = skipped.get(suffix, 0) + n
         paths.extend(files)
         labels.extend([label] * len(files))
+    if skipped:
+        log.warning("%s: ignoring %s that transferlab cannot read; convert them to JPEG or PNG", root,
+                    _counts(skipped))
     return classes, Split(tuple(paths), tuple(labels))
+
+
+def _counts(by_suffix: dict[str, int]) -> str:
+    total = sum(by_suffix.values())
+    detail = ", ".join(f"{n} {suffix}" for suffix, n in sorted(by_suffix.items(), key=lambda kv: -kv[1]))
+    return f"{total} file{'s' if total != 1 else ''} ({detail})"
 
 
 def stratified_split(strata: Sequence[object], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -197,6 +222,8 @@ def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Datas
 
 def resolve_data(spec: str, seed: int = 0, val_fraction: float = 0.25) -> Dataset:
     """``elpv``, ``hotdog`` or an ImageFolder directory -> :class:`Dataset`."""
+    if not str(spec).strip():
+        raise TransferlabError(f"{opt('data')} is empty; give DIR (an ImageFolder root), elpv or hotdog")
     if spec == "elpv":
         return _from_folder(elpv_root(), "elpv", seed, val_fraction)
     if spec == "hotdog":
@@ -258,6 +285,10 @@ def safe_extract(archive: Path, target: Path) -> None:
     """Extract a zip, refusing members that would land outside ``target`` (or are links)."""
     target = target.resolve()
     with zipfile.ZipFile(archive) as zf:
+        total = sum(info.file_size for info in zf.infolist())
+        if total > min(MAX_EXTRACT_BYTES, MAX_EXTRACT_RATIO * max(1, archive.stat().st_size)):
+            raise TransferlabError(f"{archive}: would unpack to {total / 1e9:.1f} GB from "
+                                   f"{archive.stat().st_size / 1e6:.1f} MB; refusing a possible zip bomb")
         for info in zf.infolist():
             dest = (target / info.filename).resolve()
             if dest != target and target not in dest.parents:
@@ -273,10 +304,16 @@ def hotdog_root(url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1) -> Path:
     target = cache_dir("datasets") / "hotdog"
     if not target.is_dir():
         archive = cache_dir("downloads") / "hotdog.zip"
-        if not (archive.is_file() and file_digest(archive, "sha1") == sha1):
+        present = archive.is_file()
+        if not (present and file_digest(archive, "sha1") == sha1):
             try:
-                torch.hub.download_url_to_file(url, str(archive), progress=False)
+                with download_timeout():
+                    torch.hub.download_url_to_file(url, str(archive), progress=False)
             except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP errors
+                if present:
+                    raise TransferlabError(f"{opt('data', 'hotdog')}: {archive} is there but its SHA-1 is not "
+                                           f"{sha1} (a partial or another file), and a new download failed "
+                                           f"({type(exc).__name__}); replace it with the right file") from None
                 raise TransferlabError(f"{opt('data', 'hotdog')}: cannot download {url} ({type(exc).__name__}); "
                                        f"put hotdog.zip at {archive}, or use {opt('data', 'DIR')}") from None
             if file_digest(archive, "sha1") != sha1:

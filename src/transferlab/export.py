@@ -30,7 +30,7 @@ from PIL import Image
 from .errors import TransferlabError, opt
 from .files import atomic_write, atomic_write_json
 from .images import load_rgb
-from .rundir import RUN_FILES
+from .rundir import RUN_FILES, locked
 
 __all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "Exported", "export_model", "read_metadata",
            "preprocess", "softmax", "onnx_predict"]
@@ -148,6 +148,10 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
 
     target = Path(out) if out is not None else Path(run_dir) / f"model{FORMATS[fmt]}"
     metadata_path = target.with_suffix(".json")
+    for path in (target, metadata_path):
+        if path.is_dir():
+            raise TransferlabError(f"{opt('out', target)}: {path} is a folder; give a file name, e.g. "
+                                   f"{Path(path) / ('model' + FORMATS[fmt])}")
     run_files = {(Path(run_dir) / name).resolve() for name in RUN_FILES}
     for path in (target, metadata_path):
         if path.resolve() in run_files:
@@ -157,39 +161,40 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         raise TransferlabError(f"{opt('out', target)}: the metadata goes to {metadata_path}; "
                                f"give the model file another suffix, e.g. {FORMATS[fmt]}")
     predictor = load(run_dir, device="cpu")
-    net = predictor.model.net.eval().to(memory_format=torch.contiguous_format)
-    pre = predictor.pre
-    generator = torch.Generator().manual_seed(0)
+    with locked(Path(run_dir)):  # one process writes into a run directory at a time
+        net = predictor.model.net.eval().to(memory_format=torch.contiguous_format)
+        pre = predictor.pre
+        generator = torch.Generator().manual_seed(0)
 
-    def images(n: int) -> torch.Tensor:
-        pixels = torch.randint(0, 256, (n, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8, generator=generator)
-        return normalize(pixels, pre, channels_last=False)
+        def images(n: int) -> torch.Tensor:
+            pixels = torch.randint(0, 256, (n, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8, generator=generator)
+            return normalize(pixels, pre, channels_last=False)
 
-    example = images(2)  # not 1: the exporters may specialise a dimension of size 1
-    batches = [images(n) for n in batch_sizes]
-    worst = 0.0
+        example = images(2)  # not 1: the exporters may specialise a dimension of size 1
+        batches = [images(n) for n in batch_sizes]
+        worst = 0.0
 
-    def write(tmp: str) -> None:
-        nonlocal worst
-        (_export_onnx if fmt == "onnx" else _export_torchscript)(net, example, tmp)
-        worst = _check_parity(fmt, tmp, net, batches, tolerance, target)
+        def write(tmp: str) -> None:
+            nonlocal worst
+            (_export_onnx if fmt == "onnx" else _export_torchscript)(net, example, tmp)
+            worst = _check_parity(fmt, tmp, net, batches, tolerance, target)
 
-    atomic_write(target, write)
-    metadata = {
-        "format": fmt, "file": target.name, "model": predictor.model_name,
-        "class_names": list(predictor.classes), "mean": list(pre.mean), "std": list(pre.std),
-        "crop_size": pre.crop_size, "resize_size": pre.resize_size, "interpolation": pre.interpolation,
-        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "input": "float32 RGB batch, NCHW, (pixel / 255 - mean) / std, after resizing the shorter side to "
-                 "resize_size and center-cropping to crop_size",
-        "input_shape": ["batch", 3, pre.crop_size, pre.crop_size], "output": "logits; softmax gives probabilities",
-        "parity": {"max_abs_diff": worst, "tolerance": tolerance, "batch_sizes": list(batch_sizes)},
-        "transferlab_version": __version__,
-    }
-    record = {"file": target.name, "parity": metadata["parity"]}
-    metadata["exports"] = {**_previous_exports(metadata_path, metadata), fmt: record}
-    atomic_write_json(metadata_path, metadata)
-    return Exported(target, metadata_path, fmt, worst, tuple(batch_sizes))
+        atomic_write(target, write)
+        metadata = {
+            "format": fmt, "file": target.name, "model": predictor.model_name,
+            "class_names": list(predictor.classes), "mean": list(pre.mean), "std": list(pre.std),
+            "crop_size": pre.crop_size, "resize_size": pre.resize_size, "interpolation": pre.interpolation,
+            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "input": "float32 RGB batch, NCHW, (pixel / 255 - mean) / std, after resizing the shorter side to "
+                     "resize_size and center-cropping to crop_size",
+            "input_shape": ["batch", 3, pre.crop_size, pre.crop_size], "output": "logits; softmax gives probabilities",
+            "parity": {"max_abs_diff": worst, "tolerance": tolerance, "batch_sizes": list(batch_sizes)},
+            "transferlab_version": __version__,
+        }
+        record = {"file": target.name, "parity": metadata["parity"]}
+        metadata["exports"] = {**_previous_exports(metadata_path, metadata), fmt: record}
+        atomic_write_json(metadata_path, metadata)
+        return Exported(target, metadata_path, fmt, worst, tuple(batch_sizes))
 
 
 def _previous_exports(path: Path, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:

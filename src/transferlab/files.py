@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
-           "CACHE_KINDS", "cache_path", "cache_usage", "clear_cache"]
+           "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache"]
 
 # What transferlab keeps on disk, by kind (README, "Caches"). `weights` is torch's own hub cache,
 # which other programs share: it is cleared only when asked for by name.
@@ -55,6 +57,20 @@ def cache_dir(*parts: str) -> Path:
     path = _home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+DOWNLOAD_TIMEOUT = 60.0  # seconds a download may wait on the network for any one read
+
+
+@contextmanager
+def download_timeout(seconds: float = DOWNLOAD_TIMEOUT) -> Iterator[None]:
+    """Give sockets opened inside (urllib's downloads, which take no timeout) a read timeout."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def torch_hub_dir() -> Path:

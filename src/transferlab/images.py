@@ -25,7 +25,8 @@ from .errors import TransferlabError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS", "ImageError", "ImageSource", "max_pixels", "to_rgb", "load_rgb",
+__all__ = ["MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS", "ImageError", "ImageSource", "max_pixels", "open_header", "to_rgb",
+           "load_rgb",
            "to_tensor"]
 
 MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"
@@ -60,7 +61,7 @@ def max_pixels() -> int:
 _HEADER_LOCK = threading.Lock()
 
 
-def _open_header(source: Path | bytes) -> Image.Image:
+def open_header(source: Path | bytes) -> Image.Image:
     """``Image.open`` (reads the header only) with Pillow's own bomb check off: :func:`load_rgb` applies
     the limit itself, so no Pillow warning line precedes its error. The lock keeps decoding threads
     from racing on Pillow's global."""
@@ -106,11 +107,15 @@ def _unusable(name: str, exc: BaseException, advice: str) -> ImageError:
     return ImageError(f"{name}: cannot decode ({reason}); the file is truncated or damaged; {advice}", "damaged")
 
 
-def load_rgb(source: ImageSource, limit: int | None = None, name: str | None = None) -> Image.Image:
+def load_rgb(source: ImageSource, limit: int | None = None, name: str | None = None,
+             reduce_to: int | None = None) -> Image.Image:
     """Decode a file, bytes or PIL image fully as 8-bit RGB, or raise a one-line :class:`ImageError`.
 
     ``limit``: the most pixels accepted (default :func:`max_pixels`); a 1x1 image is fine.
     ``name`` names the image in messages (default: its path, or "the image").
+    ``reduce_to``: shrink an image whose shorter side is over twice that many pixels while
+    decoding (JPEG decodes at a reduced scale; others are reduced right after), so a large
+    upload costs little memory; the result is no longer pixel-identical to a full decode.
     """
     limit = max_pixels() if limit is None else limit
     if isinstance(source, Image.Image):
@@ -127,12 +132,16 @@ def load_rgb(source: ImageSource, limit: int | None = None, name: str | None = N
             size = source.stat().st_size
         if size == 0:
             raise ImageError(f"{name}: empty file (0 bytes); {advice}", "empty")
-        with _open_header(source) as img:
+        with open_header(source) as img:
             width, height = img.size
             if width * height > limit:
                 raise ImageError(f"{name}: {width}x{height} = {width * height} pixels is over the limit of "
                                  f"{limit}; {too_large}", "too_large")
+            if reduce_to and min(width, height) > 2 * reduce_to:
+                img.draft("RGB", (2 * reduce_to, 2 * reduce_to))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             img.load()  # Pillow is lazy: decode everything here, so truncated data fails inside this try
+            if reduce_to and min(img.size) > 2 * reduce_to:
+                img = img.reduce(min(img.size) // (2 * reduce_to))
             return to_rgb(img)
     except TransferlabError:
         raise

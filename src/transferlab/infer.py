@@ -23,18 +23,22 @@ __all__ = ["CPU_INFERENCE_BATCH", "resolve_device", "cpu_has_amx", "use_bf16", "
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``: the devices runs are made for."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TransferlabError(f"{opt('device', name)}: not a device (use auto, cpu, cuda or cuda:N)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise TransferlabError(f"{opt('device', name)}: not a device transferlab runs on; use auto, cpu, cuda or "
+                               "cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TransferlabError(f"{opt('device', name)}: CUDA is not available on this machine; use "
                                f"{opt('device', 'cpu')}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TransferlabError(f"{opt('device', name)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 from .config import PRECISIONS
 from .data import IMAGE_EXTENSIONS, resolve_data
 from .errors import TransferlabError, opt
+from .images import ImageError
 from .infer import eval_batch, predict_logits, resolve_device, score
 from .models import TransferModel, create_model, folded
 from .transforms import Preprocessing, decode_one, resize_shorter
@@ -70,36 +71,64 @@ class Predictor:
         raise TransferlabError(f"predict: got {type(item).__name__}; give image paths, PIL images or "
                                "uint8 RGB tensors shaped (3, H, W) or (N, 3, H, W)")
 
-    def _decode(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:
+    def _decode(self, images: Sequence[ImageInput], report: bool = False) -> list[torch.Tensor | ImageError]:
+        """Decoded inputs; with ``report`` an image that cannot be decoded is returned as its error."""
+        def one(item: ImageInput) -> torch.Tensor | ImageError:
+            try:
+                return self._tensor(item)
+            except ImageError as exc:
+                if not report:
+                    raise
+                return exc
+
         if len(images) < 2:
-            return [self._tensor(item) for item in images]
+            return [one(item) for item in images]
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            return list(pool.map(self._tensor, images))
+            return list(pool.map(one, images))
+
+    def _probabilities(self, images: ImageInput | Sequence[ImageInput], tta: bool, batch_size: int,
+                       report: bool) -> list[torch.Tensor | ImageError]:
+        if batch_size <= 0:
+            raise TransferlabError(f"predict: batch_size must be positive, got {batch_size}")
+        items = _as_list(images)
+        out: list[torch.Tensor | ImageError] = []
+        for start in range(0, len(items), batch_size):
+            decoded = self._decode(items[start:start + batch_size], report)
+            good = [d for d in decoded if isinstance(d, torch.Tensor)]
+            if not good:
+                out.extend(decoded)
+                continue
+            if tta:
+                views = torch.cat([tta_views(img, self.pre.crop_size) for img in good])
+                probs = self._logits(views, None).softmax(1).view(len(good), len(TTA_VIEWS), -1).mean(1)
+            else:
+                probs = self._logits(eval_batch(good, self.pre), None).softmax(1)
+            if not torch.isfinite(probs).all():
+                raise TransferlabError(f"{self.model_name or 'the model'} gives non-finite probabilities (NaN or "
+                                       "inf); its weights are damaged: train it again")
+            rows = iter(probs)
+            out.extend(d if isinstance(d, ImageError) else next(rows) for d in decoded)
+        return out
 
     def predict_proba(self, images: ImageInput | Sequence[ImageInput], tta: bool = False,
                       batch_size: int = 32) -> torch.Tensor:
         """Softmax probabilities, shape (N, classes); with ``tta`` averaged over :data:`TTA_VIEWS`."""
-        if batch_size <= 0:
-            raise TransferlabError(f"predict: batch_size must be positive, got {batch_size}")
-        items = _as_list(images)
-        out = []
-        for start in range(0, len(items), batch_size):
-            decoded = self._decode(items[start:start + batch_size])
-            if tta:
-                views = torch.cat([tta_views(img, self.pre.crop_size) for img in decoded])
-                probs = self._logits(views, None).softmax(1)
-                out.append(probs.view(len(decoded), len(TTA_VIEWS), -1).mean(1))
-            else:
-                batch = eval_batch(decoded, self.pre)
-                out.append(self._logits(batch, None).softmax(1))
-        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+        rows = self._probabilities(images, tta, batch_size, report=False)
+        return torch.stack(rows) if rows else torch.empty(0, len(self.classes))
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], tta: bool = False,
-                batch_size: int = 32) -> list[dict[str, Any]]:
-        """One dict per image: ``label`` and ``probabilities`` by class name (a single image gives a list of one)."""
-        probs = self.predict_proba(images, tta=tta, batch_size=batch_size)
-        return [{"label": self.classes[int(p.argmax())],
-                 "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p)}} for p in probs]
+    def predict(self, images: ImageInput | Sequence[ImageInput], tta: bool = False, batch_size: int = 32,
+                errors: str = "raise") -> list[dict[str, Any]]:
+        """One dict per image: ``label`` and ``probabilities`` by class name (a single image gives a list of one).
+
+        ``errors="report"``: an image that cannot be decoded gives ``{"error": message}`` in its
+        place and the others are predicted; ``"raise"`` (the default) stops at the first one.
+        """
+        if errors not in ("raise", "report"):
+            raise TransferlabError(f"{opt('errors', errors)}: choose raise or report")
+        return [{"error": str(row)} if isinstance(row, ImageError) else
+                {"label": self.classes[int(row.argmax())],
+                 "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, row)}}
+                for row in self._probabilities(images, tta, batch_size, report=errors == "report")]
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -132,13 +161,37 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
         pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
         model_name = meta["model"]
         precision = precision or json.loads(meta.get("config", "{}")).get("precision", "fp32")
+        _check_metadata(classes, pre, precision)
     except Exception as exc:  # noqa: BLE001
-        raise TransferlabError(f"{path}: not a transferlab model file ({exc})") from None
-    model = create_model(model_name, len(classes))
-    model.net.load_state_dict(load_state_dict(path))
+        reason = str(exc) if isinstance(exc, TransferlabError) else f"{type(exc).__name__}: {exc}"
+        raise TransferlabError(f"{path}: not a transferlab model file ({reason}); train the run again") from None
+    try:
+        model = create_model(model_name, len(classes))
+    except TransferlabError as exc:
+        raise TransferlabError(f"{path}: made for a model this transferlab does not know ({exc})") from None
+    state = load_state_dict(path)
+    try:
+        model.net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise TransferlabError(f"{path}: its tensors do not fit {model_name} with {len(classes)} classes ({first}); "
+                               "the file is damaged or was edited: train the run again") from None
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise TransferlabError(f"{path}: holds non-finite weights (NaN or inf); train the run again")
     dev = resolve_device(device)
     return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev, model_name,
                      precision)
+
+
+def _check_metadata(classes: tuple[str, ...], pre: Preprocessing, precision: str) -> None:
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
+        raise TransferlabError(f"class_names {list(classes)!r} are not two or more distinct names")
+    if not (0 < pre.crop_size <= pre.resize_size <= 4096) or len(pre.mean) != 3 or len(pre.std) != 3 \
+            or not all(s > 0 for s in pre.std):
+        raise TransferlabError(f"preprocessing {pre.to_dict()} is not usable")
+    pre.mode  # noqa: B018 - an unknown interpolation raises ValueError
+    if precision not in PRECISIONS:
+        raise TransferlabError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Path]:

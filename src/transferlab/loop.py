@@ -30,7 +30,7 @@ from .progress import progress
 from .transforms import Preprocessing, normalize
 
 __all__ = ["EpochState", "StopRequest", "TrainingInterrupted", "TrainingDiverged", "deterministic_mode",
-           "train_one_epoch"]
+           "train_one_epoch", "LOSS_CEILING", "check_loss", "optimizer_step"]
 
 log = logging.getLogger("transferlab.train")
 
@@ -127,12 +127,33 @@ class EpochState:
     seconds: float = 0.0
 
 
+LOSS_CEILING = 1e4  # a mean cross-entropy above it means the run has diverged (a sane one stays below ~10)
+
+
+def check_loss(mean_loss: float, where: str, lr_name: str = "lr") -> None:
+    """Raise :class:`TrainingDiverged` for a loss that is not finite or beyond :data:`LOSS_CEILING`."""
+    if not (math.isfinite(mean_loss) and mean_loss <= LOSS_CEILING):
+        raise TrainingDiverged(f"training diverged: loss is {mean_loss:.4g} at {where}; lower {opt(lr_name)} or "
+                               "check the data")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, where: str, lr_name: str = "lr") -> None:
+    """``optimizer.step()``; an update too large for float32 is a divergence, not a crash."""
+    try:
+        optimizer.step()
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        raise TrainingDiverged(f"training diverged: the update overflowed float32 at {where}; lower "
+                               f"{opt(lr_name)}") from None
+
+
 def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, optimizer: torch.optim.Optimizer,
                     scheduler: Any, loss_fn: nn.Module, pre: Preprocessing | None, device: torch.device,
                     desc: str = "train", quiet: bool = False, reduction: str = "mean", world_size: int = 1,
                     state: EpochState | None = None, stop: Callable[[], bool] | None = None,
                     after_step: Callable[[EpochState, bool], None] | None = None,
-                    precision: str = "auto") -> dict[str, float]:
+                    precision: str = "auto", lr_name: str = "lr") -> dict[str, float]:
     """One pass over the training batches; returns mean loss, accuracy and images/s over the global batches.
 
     ``pre`` normalises uint8 images (None: the inputs are cached features). ``loss_fn``
@@ -156,12 +177,11 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, opti
         loss = losses.sum() * (world_size / batch_total if reduction == "mean" else world_size)
         loss_sum, correct, seen, stopping = distributed.all_reduce_sum(
             [losses.sum().item(), int((logits.argmax(1) == y).sum()), y.numel(), float(stop() if stop else 0)])
-        if not math.isfinite(loss_sum):
-            raise TrainingDiverged(f"training diverged: loss is {loss_sum / max(seen, 1)} at {desc} step "
-                                   f"{state.step + 1}; lower {opt('lr')} or check the data")
+        where = f"{desc} step {state.step + 1}"
+        check_loss(loss_sum / max(seen, 1), where, lr_name)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, where, lr_name)
         scheduler.step()
         state.step += 1
         state.loss_sum += loss_sum

@@ -9,6 +9,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import TransferlabError, opt
+from .loop import check_loss, optimizer_step
 from .models import TransferModel, param_groups
 
 __all__ = ["build_optimizer", "build_scheduler", "fit_head"]
@@ -52,17 +53,19 @@ def fit_head(model: TransferModel, features: torch.Tensor, labels: torch.Tensor,
     """Train only the classifier on cached body features (a linear probe)."""
     head = model.head
     generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(features) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps))
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     device = head.weight.device
-    for _ in range(epochs):
-        for idx in torch.randperm(len(features), generator=generator).split(batch_size):
+    for epoch in range(epochs):
+        for step, idx in enumerate(torch.randperm(len(features), generator=generator).split(batch_size)):
             loss = loss_fn(head(features[idx].to(device)), labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
+            where = f"head warm-up epoch {epoch + 1} step {step + 1}"
+            check_loss(loss.item(), where, "probe_lr")
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            optimizer_step(optimizer, where, "probe_lr")
             sched.step()
 
 

@@ -9,9 +9,10 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["progress", "setup_logging"]
+__all__ = ["progress", "close_bars", "setup_logging"]
 
 T = TypeVar("T")
+_OPEN: set[tqdm] = set()  # bars being drawn
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", quiet: bool = False,
@@ -20,8 +21,21 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", quiet
     if quiet:
         yield from items
         return
-    yield from tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                    file=sys.stderr, mininterval=0.5)
+    bar = tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
+               mininterval=0.5)
+    _OPEN.add(bar)
+    try:
+        yield from bar
+    finally:
+        _OPEN.discard(bar)
+        bar.close()
+
+
+def close_bars() -> None:
+    """Close every bar still drawn (an error stopped its loop), so the next line starts on its own line."""
+    for bar in list(_OPEN):
+        bar.close()
+    _OPEN.clear()
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -10,14 +10,20 @@ command line and studies alike:
 - a finished run (its model file exists) is never trained again unless ``overwrite``;
 - ``resume`` continues an unfinished run only with the options it was started with, unless
   ``force``;
-- without ``resume``, an interrupted run's checkpoint is never thrown away unless ``overwrite``.
+- without ``resume``, an interrupted run's checkpoint is never thrown away unless ``overwrite``;
+- a folder holding anything else is not a run directory: it is refused unless ``overwrite``
+  (which replaces the run's own files and leaves the others);
+- one process at a time writes into a run directory (:func:`locked`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +41,15 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "RUN_FILES", "is_finished", "config_differences",
            "check_run_dir", "resume_config", "save_model", "write_history", "write_metrics", "write_checkpoint",
-           "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear"]
+           "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
+           "foreign_files", "writing", "locked", "discard_unstarted", "LOCK"]
 
 CONFIG = "config.json"
 HISTORY = "metrics.jsonl"
 METRICS = "metrics.json"
 MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
 RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG)  # a run's own files; nothing else may write them
 
 
@@ -83,6 +91,11 @@ def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, 
                                f"{opt('out')}, or pass {opt('overwrite')} to train it again")
     if overwrite:
         return
+    foreign = foreign_files(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise TransferlabError(f"{opt('out', run_dir)}: not empty and not a run ({shown}); choose a new or empty "
+                               f"folder, or pass {opt('overwrite')} to write the run's files there anyway")
     if not resume and (run_dir / CHECKPOINT).is_file():
         raise TransferlabError(f"{opt('out', run_dir)}: an interrupted run is there ({CHECKPOINT}); pass "
                                f"{opt('resume')} to continue it, or {opt('overwrite')} to start over")
@@ -101,7 +114,12 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
     if saved is None:
         raise TransferlabError(f"{opt('resume')}: no run to resume in {run_dir} (no {CONFIG}); check "
                                f"{opt('out')}, or give {opt('data')} to start a new run there")
-    return RunConfig.from_dict({**saved, **overrides, "out": str(run_dir)}, source=str(run_dir / CONFIG)).validate()
+    path = run_dir / CONFIG
+    try:
+        saved_config = RunConfig.from_dict(saved, source=str(path)).validate(force=True)
+    except TransferlabError as exc:
+        raise TransferlabError(f"{path}: {exc}; fix the file, or start a new run elsewhere") from None
+    return RunConfig.from_dict({**saved_config.to_dict(), **overrides, "out": str(run_dir)}).validate(force=True)
 
 
 # --------------------------------------------------------------------------- files
@@ -198,4 +216,74 @@ def position(epoch: int, step: int) -> str:
 def clear(run_dir: Path) -> None:
     """Remove a run's own files (not anything else the folder holds), before it is trained again."""
     for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Names in ``run_dir`` that no run writes (a run directory holds one run and nothing else)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(name for name in os.listdir(run_dir)
+                  if name not in RUN_FILES and name != LOCK and not (name.startswith(".") and name.endswith(".tmp")))
+
+
+@contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Turn a failed write into the run directory (read-only, disk full) into one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise TransferlabError(f"{opt('out', run_dir)}: cannot write ({exc.strerror or exc}); free space, fix the "
+                               f"permissions, or choose another {opt('out')}") from None
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/.lock`` (an exclusive ``flock``) while a run, study variant or export writes into ``run_dir``.
+
+    A second process is refused with the holder's PID. The lock file is removed on release
+    (the inode is checked after locking, so a process that opened a removed file tries again).
+    """
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferlabError(f"{opt('out', run_dir)}: cannot create it ({exc.strerror or exc}); choose another "
+                               f"{opt('out')}") from None
+    path = run_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise TransferlabError(f"{opt('out', run_dir)}: in use by PID {holder} (another transferlab process); "
+                                   f"wait for it, or choose another {opt('out')}") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            try:
+                run_dir.rmdir()  # only if the run left nothing
+            except OSError:
+                pass
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Remove what a run that failed before its first checkpoint wrote (it cannot be resumed)."""
+    if (run_dir / CHECKPOINT).exists() or is_finished(run_dir):
+        return
+    for name in (CONFIG, HISTORY):
         (run_dir / name).unlink(missing_ok=True)

@@ -8,10 +8,14 @@ limits, 415 for a file that is no image, 400 for a broken request or image.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
 # and ``Request`` is imported inside create_app (so that a missing extra is a one-line error).
+import asyncio
 import logging
 import re
 import socket
 import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,13 +27,16 @@ from .errors import TransferlabError, opt
 from .images import ImageError, load_rgb
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "ApiError", "is_hotdog_model", "headline", "decode_upload",
-           "create_app", "serve"]
+           "create_app", "make_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DECODERS = 2  # uploads decoded at once
 UPLOAD_STATUS = {"not_image": 415, "too_large": 413}  # other unusable uploads: 400
+HEADER_TIMEOUT = 10.0  # seconds for a new connection's request headers to arrive
+BODY_TIMEOUT = 60.0  # seconds for a request body (the upload) to arrive
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MULTIPART_SLACK = 64 * 1024  # room for multipart headers and boundaries around the file itself
 PAGE_HEADERS = {
     # the page is self-contained: nothing may load from elsewhere
@@ -65,22 +72,24 @@ def headline(label: str, classes: tuple[str, ...] | list[str]) -> str:
     return "Hot dog!" if _hotdog_key(label) == "hotdog" else "Not hot dog!"
 
 
-def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+def decode_upload(data: bytes, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
     """Uploaded bytes -> RGB image (:func:`~transferlab.images.load_rgb`); :class:`ApiError` if they are not a
-    whole image within ``max_pixels``."""
+    whole image within ``max_pixels``. ``reduce_to``: large images are shrunk while decoding."""
     try:
-        return load_rgb(data, limit=max_pixels, name="the upload")
+        return load_rgb(data, limit=max_pixels, name="the upload", reduce_to=reduce_to)
     except ImageError as exc:
         raise ApiError(UPLOAD_STATUS.get(exc.kind, 400), str(exc)) from None
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before or while they arrive."""
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before or while they arrive, and
+    bodies that take longer than ``seconds`` to arrive with 408."""
 
-    def __init__(self, app: Any, limit: int, message: str) -> None:
+    def __init__(self, app: Any, limit: int, message: str, seconds: float = BODY_TIMEOUT) -> None:
         self.app = app
         self.limit = limit
         self.message = message
+        self.seconds = seconds
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -92,11 +101,17 @@ class _BodyLimit:
 
             await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
             return
-        received = 0
+        received, deadline, complete = 0, time.monotonic() + self.seconds, False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the upload did not arrive within {self.seconds:g} s; send it again") from None
+            complete = not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise ApiError(413, self.message)
@@ -106,8 +121,12 @@ class _BodyLimit:
 
 
 def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_pixels: int | None = None, device: str = "auto") -> Any:
-    """The FastAPI app for one run directory (the model is loaded once, here)."""
+               max_pixels: int | None = None, device: str = "auto",
+               allowed_hosts: Sequence[str] | None = None) -> Any:
+    """The FastAPI app for one run directory (the model is loaded once, here).
+
+    ``allowed_hosts``: the Host header names (port aside) a request may carry; None accepts any.
+    """
     if not max_upload_mb > 0:
         raise TransferlabError(f"{opt('max_upload_mb')} must be positive, got {max_upload_mb}")
     max_pixels = images.max_pixels() if max_pixels is None else max_pixels
@@ -131,7 +150,9 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     too_large = f"the upload is larger than {max_upload_mb:g} MB ({opt('max_upload_mb')}); send a smaller image"
     page = resources.files("transferlab").joinpath("static/index.html").read_text(encoding="utf-8")
     lock = threading.Lock()  # one prediction at a time: the model is shared and the CPU is small
-    decoding = threading.BoundedSemaphore(DECODERS)  # bounds the memory of decoded uploads
+    # Uploads are decoded in a pool of their own, DECODERS at a time: that bounds the memory of decoding, and
+    # so does keeping it to DECODERS threads (glibc keeps per-thread heaps, which decoded images would fill).
+    decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="decode")
     info = {"model": predictor.model_name, "class_names": list(predictor.classes), "transferlab_version": __version__,
             "preprocessing": predictor.pre.to_dict(),
             "hotdog": is_hotdog_model(predictor.classes),
@@ -139,6 +160,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
 
     app = FastAPI(title="transferlab", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, limit=max_bytes + MULTIPART_SLACK, message=too_large)
+    if allowed_hosts is not None:
+        app.add_middleware(_HostCheck, allowed=allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -169,9 +192,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     async def get_info() -> dict[str, Any]:
         return info
 
-    def predict_image(data: bytes) -> dict[str, Any]:
-        with decoding:
-            image = decode_upload(data, max_pixels)
+    def predict_image(image: Image.Image) -> dict[str, Any]:
         with lock:
             result = predictor.predict([image])[0]
         return {**result, "headline": headline(result["label"], predictor.classes)}
@@ -187,9 +208,64 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
             data = await upload.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise ApiError(413, too_large)
-        return await run_in_threadpool(predict_image, data)
+        # an upload over twice the model's resize is reduced while it is decoded
+        image = await asyncio.get_running_loop().run_in_executor(decoders, decode_upload, data, max_pixels,
+                                                                 predictor.pre.resize_size)
+        return await run_in_threadpool(predict_image, image)
 
     return app
+
+
+class _HostCheck:
+    """ASGI middleware: answer 400 to a Host header not in ``allowed`` (a page on another site that rebinds its
+    DNS name to 127.0.0.1 sends its own name). Starlette's TrustedHostMiddleware cuts ``[::1]:8000`` at the
+    first colon, so IPv6 literals need this small check of our own."""
+
+    def __init__(self, app: Any, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = {h.strip("[]").lower() for h in allowed}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+            if ":" in host and not host.startswith("[") and host.count(":") > 1:
+                name = host  # a bare IPv6 literal without a port
+            if name not in self.allowed:
+                from fastapi.responses import JSONResponse
+
+                await JSONResponse({"error": f"host {host!r} is not served here (--allowed-hosts)"},
+                                   status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _protocol() -> type:
+    """uvicorn's HTTP protocol with a deadline for a new connection's request headers: uvicorn has none, so a
+    client that sends its headers a byte at a time would hold a connection for ever (a "slowloris")."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is None:  # no whole request yet
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
+
+
+def make_server(app: Any, log_level: str = "info") -> Any:
+    """The uvicorn server for ``app``: a deadline for request headers, and at most 256 connections at once."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, http=_protocol(), limit_concurrency=256))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -208,17 +284,23 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = None,
-          device: str = "auto") -> None:
-    """Run the app with uvicorn until interrupted."""
+          device: str = "auto", allowed_hosts: Sequence[str] | None = None) -> None:
+    """Run the app with uvicorn until interrupted.
+
+    ``allowed_hosts`` defaults to the loopback names when listening on a loopback address, else any.
+    """
+    if allowed_hosts is None and host in LOOPBACK:
+        allowed_hosts = LOOPBACK
     if not 0 <= port <= 65535:
         raise TransferlabError(f"{opt('port', port)}: choose a port between 1 and 65535 (0 = any free port)")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, used by make_server
     except ImportError:
         raise TransferlabError("serve needs uvicorn; run `pip install 'transferlab[serve]'`") from None
     sock = _listen(host, port)  # first, so that a busy port fails before the model loads
     try:
-        app = create_app(run_dir, max_upload_mb=max_upload_mb, max_pixels=max_pixels, device=device)
+        app = create_app(run_dir, max_upload_mb=max_upload_mb, max_pixels=max_pixels, device=device,
+                         allowed_hosts=allowed_hosts)
     except BaseException:
         sock.close()
         raise
@@ -227,7 +309,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         log.warning("listening on %s: anyone who can reach this machine can use the model", host)
     shown = f"[{host}]" if ":" in host else host
     print(f"transferlab: serving {run_dir} on http://{shown}:{bound}/ (Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    server = make_server(app)
     try:
         server.run(sockets=[sock])
     finally:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import cache, distributed, rundir
+from . import distributed, rundir
 from .batches import (
     Batch,
     global_batches,
@@ -45,6 +45,7 @@ from .cache import decode
 from .config import RunConfig
 from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError, opt
+from .features import run_features
 from .files import file_digest
 from .infer import body_features, eval_batch, evaluate, predict_logits, resolve_device, score, use_bf16
 from .loop import EpochState, StopRequest, TrainingDiverged, TrainingInterrupted, deterministic_mode, train_one_epoch
@@ -80,7 +81,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, quiet: bool = False, resume: bool = False,
                  dataset: Dataset | None = None, force: bool = False, overwrite: bool = False) -> None:
-        self.config = config.validate()
+        self.config = config.validate(force=force)
         self.dist = distributed.context()
         self.quiet = quiet or not self.dist.is_main
         self.resume = resume
@@ -99,6 +100,9 @@ class Trainer:
         self.dataset = dataset or resolve_data(config.data, config.seed, config.val_fraction)
         self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
         self.pre = self.weights.preprocessing.with_sizes(config.image_size, config.resize_size)
+        if self.pre.resize_size < self.pre.crop_size:
+            raise TransferlabError(f"{opt('resize_size', self.pre.resize_size)}: smaller than the crop "
+                                   f"({opt('image_size', self.pre.crop_size)}); the crop would be padded with black")
         self.train_pre = replace(self.pre, crop_size=config.train_image_size or self.pre.crop_size)
         # training crops come from inside the eval crop's square, or from the whole image
         self.crop_region = self.pre.crop_size if config.crop_region == "center" else None
@@ -168,26 +172,10 @@ class Trainer:
 
     def _features(self, model: TransferModel, crop: Callable[[int], torch.Tensor], n: int,
                   key: dict[str, Any]) -> torch.Tensor:
-        """Body features of ``crop(i)`` for every i < n; each process computes its shard.
-
-        One process reads and writes the disk cache of features (``feature_cache``) under ``key``
-        plus the body's weights and the numeric precision.
-        """
-        def compute() -> torch.Tensor:
-            index = distributed.shard(n, self.dist)
-            if not index:
-                local = torch.empty(0, model.head.in_features)
-            else:
-                local = body_features(model, torch.stack([crop(i) for i in index]), self.pre, self.device,
-                                      quiet=self.quiet, precision=self.config.precision)
-            return distributed.gather_rows(local, index, n)
-
-        if not self.config.feature_cache or self.dist.enabled or self.weights.path is None:
-            return compute()
-        bf16 = use_bf16(self.device, self.config.precision)
-        return cache.features({**key, "model": self.config.model, "weights": self.weights_digest,
-                               "preprocessing": self.pre.to_dict(), "device": self.device.type, "bf16": bf16,
-                               "torch": torch.__version__.split("+")[0], "n": n}, compute)
+        """Body features of ``crop(i)`` for every i < n (see :func:`~transferlab.features.run_features`)."""
+        use_cache = self.config.feature_cache and not self.dist.enabled and self.weights.path is not None
+        return run_features(model, crop, n, self.pre, self.device, self.dist, self.config.precision, self.quiet,
+                            {**key, "model": self.config.model, "weights": self.weights_digest} if use_cache else None)
 
     @functools.cached_property
     def weights_digest(self) -> str:
@@ -254,6 +242,19 @@ class Trainer:
 
     # -- the run
     def fit(self) -> RunResult:
+        """Train and return the result; with ``out``, holding the run directory's lock throughout."""
+        if not (self.run_dir and self.dist.is_main):
+            return self._fit_in_group()
+        with rundir.locked(self.run_dir):
+            fresh = not (self.run_dir / rundir.CONFIG).exists()
+            try:
+                return self._fit_in_group()
+            except BaseException:
+                if fresh:  # failed before its first checkpoint: nothing to resume, so nothing is kept
+                    rundir.discard_unstarted(self.run_dir)
+                raise
+
+    def _fit_in_group(self) -> RunResult:
         joined = False
         try:
             if self.config.deterministic:
@@ -295,10 +296,11 @@ class Trainer:
         resumed = False
         if self.run_dir:
             if self.dist.is_main:
-                if self.overwrite:
-                    rundir.clear(self.run_dir)
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                cfg.save(self.run_dir / rundir.CONFIG)
+                with rundir.writing(self.run_dir):
+                    if self.overwrite:
+                        rundir.clear(self.run_dir)
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    cfg.save(self.run_dir / rundir.CONFIG)
             resumed = self._maybe_resume(model, optimizer, scheduler)
         if not resumed:
             if cfg.head_init == "imagenet":
@@ -347,7 +349,8 @@ class Trainer:
         if self.warmup_acc is not None:
             metrics["head_warmup_acc"] = self.warmup_acc
         if self.run_dir and self.dist.is_main:
-            rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics)
+            with rundir.writing(self.run_dir):
+                rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics)
         return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model)
 
     def _train_epoch(self, net: nn.Module, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -377,7 +380,8 @@ class Trainer:
             stats = train_one_epoch(net, batches, steps, optimizer, scheduler, loss_fn,
                                     None if self.probe else self.train_pre, self.device, desc=desc, quiet=self.quiet,
                                     reduction=cfg.loss_reduction, world_size=world, state=state, stop=stop,
-                                    after_step=after_step, precision=cfg.precision)
+                                    after_step=after_step, precision=cfg.precision,
+                                    lr_name="probe_lr" if self.probe else "lr")
         except TrainingDiverged as exc:
             path = self.run_dir / rundir.CHECKPOINT if self.run_dir else None
             kept = (f"the last good checkpoint (at {self.last_checkpoint}) is kept in {path}"
@@ -410,7 +414,8 @@ class Trainer:
     def _write_history(self) -> None:
         if not self.dist.is_main:
             return
-        rundir.write_history(self.run_dir, self.history)
+        with rundir.writing(self.run_dir):
+            rundir.write_history(self.run_dir, self.history)
 
     def _checkpoint(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
                     epoch: int, step: int = 0) -> None:
@@ -431,7 +436,8 @@ class Trainer:
                  "zero_shot": self.zero_shot, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
                  "world_size": self.dist.world_size, "threads": self.threads, "rng": rng,
                  "torch_rng": rng[0]["torch"]}
-        rundir.write_checkpoint(self.run_dir, state)
+        with rundir.writing(self.run_dir):
+            rundir.write_checkpoint(self.run_dir, state)
 
     def _maybe_resume(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> bool:
         """Load the latest checkpoint into the model, optimizer, scheduler and this trainer; False if none."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import TransferlabError, opt
-from .files import file_digest, torch_hub_dir
+from .files import download_timeout, file_digest, torch_hub_dir
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that `transferlab models` starts fast
     import torch
@@ -109,7 +109,8 @@ def download(url: str, dst: Path, hash_prefix: str | None) -> Path:
     import torch
 
     # torch.hub writes to a temporary file, checks the sha256 prefix, then renames.
-    torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix, progress=False)
+    with download_timeout():
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=hash_prefix, progress=False)
     return dst
 
 

@@ -1,0 +1,40 @@
+"""Body features of a run's images (linear probe, head warm-up): sharded over processes, cached on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import cache, distributed
+from .infer import body_features, use_bf16
+from .models import TransferModel
+from .transforms import Preprocessing
+
+__all__ = ["run_features"]
+
+
+def run_features(model: TransferModel, crop: Callable[[int], torch.Tensor], n: int, pre: Preprocessing,
+                 device: torch.device, dist: distributed.Context, precision: str, quiet: bool,
+                 key: dict[str, Any] | None) -> torch.Tensor:
+    """Body features of ``crop(i)`` for every i < n; each process computes its shard.
+
+    With a ``key`` (what the crops depend on, plus the model and its weights' digest) the result
+    is read from, or written to, the disk cache of features, keyed also by the preprocessing and
+    the numeric precision; None computes without the cache.
+    """
+    def compute() -> torch.Tensor:
+        index = distributed.shard(n, dist)
+        if not index:
+            local = torch.empty(0, model.head.in_features)
+        else:
+            local = body_features(model, torch.stack([crop(i) for i in index]), pre, device, quiet=quiet,
+                                  precision=precision)
+        return distributed.gather_rows(local, index, n)
+
+    if key is None:
+        return compute()
+    bf16 = use_bf16(device, precision)
+    return cache.features({**key, "preprocessing": pre.to_dict(), "device": device.type, "bf16": bf16,
+                           "torch": torch.__version__.split("+")[0], "n": n}, compute)
