@@ -119,6 +119,16 @@ def png_as_jpg(folder: Path) -> Path:
     return folder / "photo.jpg"
 
 
+def avif_photo(folder: Path) -> Path:
+    Image.fromarray(_noise((200, 40, 40))).save(folder / "photo.avif")
+    return folder / "photo.avif"
+
+
+def ico_icon(folder: Path) -> Path:
+    Image.fromarray(_noise((200, 40, 40))).save(folder / "icon.ico", sizes=[(72, 64)])
+    return folder / "icon.ico"
+
+
 def cmyk_jpeg(folder: Path) -> Path:
     Image.fromarray(_noise((200, 40, 40))).convert("CMYK").save(folder / "cmyk.jpg")
     return folder / "cmyk.jpg"
@@ -441,6 +451,8 @@ CASES = [
     # images that load: content decides the format, modes are converted, EXIF rotation applied
     Case("PNG saved as .jpg", "loads", image=png_as_jpg, check=_reddish),
     Case("CMYK JPEG", "loads", image=cmyk_jpeg, check=_reddish),
+    Case("AVIF photo", "loads", image=avif_photo, check=_reddish),
+    Case(".ico icon", "loads", image=ico_icon, check=_reddish),
     Case("16-bit grey PNG", "loads", image=gray16_png, check=_check_gray16),
     Case("RGBA PNG", "loads", image=rgba_png, check=_check_rgba),
     Case("palette PNG", "loads", image=palette_png, check=_reddish),

@@ -6,7 +6,7 @@ from conftest import make_folder, make_image
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
-from transferlab import batches, cache, infer, train
+from transferlab import batches, cache, features, infer, train
 from transferlab.config import RunConfig
 from transferlab.data import decode_one, resolve_data
 from transferlab.models import create_model, folded
@@ -150,7 +150,7 @@ def test_probe_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     def no_body(*args, **kwargs):
         raise AssertionError("the body ran although its features were cached")
 
-    monkeypatch.setattr(train, "body_features", no_body)
+    monkeypatch.setattr(features, "body_features", no_body)
     second = train.Trainer(config, quiet=True).fit()
     assert second.history == [{**row, "wall_s": r2["wall_s"]} for row, r2 in zip(first.history, second.history)]
     # other crops, or no cache at all, run the body again

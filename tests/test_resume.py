@@ -111,7 +111,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "transferlab", "train", "--data", str(data), *RUN, "--lr", "1e30",
-                           "--out", str(run)], capture_output=True, text=True, timeout=600, env=ENV)
+                           "--force", "--out", str(run)], capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("transferlab: error: training diverged: loss is nan"), lines

@@ -177,3 +177,87 @@ def test_hotdog_zip_with_a_wrong_sha1_is_named_as_such(tmp_path, monkeypatch):
     archive.write_bytes(b"half a download")
     with pytest.raises(TransferlabError, match=r"hotdog.zip is there but its SHA-1 is not .* replace it"):
         D.hotdog_root(url="http://127.0.0.1:9/hotdog.zip")
+
+
+def test_an_error_after_a_progress_bar_starts_its_own_line(data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "train" / "red" / "zz_cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # decodes last, badly
+    proc = run_cli("train", "--data", copy, "--image-size", "64", "--out", tmp_path / "run")  # not --quiet: bars
+    assert proc.returncode == 2, proc.stderr
+    index = proc.stderr.index("transferlab: error: ")
+    assert index == 0 or proc.stderr[index - 1] == "\n", repr(proc.stderr[max(0, index - 80):index + 20])
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
+    import errno
+
+    from transferlab import train
+
+    real, calls = rundir.write_checkpoint, []
+
+    def fill_up(run_dir, state):
+        calls.append(state["epoch"])
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(run_dir, state)
+
+    monkeypatch.setattr(train.rundir, "write_checkpoint", fill_up)
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", data, "--image-size", "64", "--batch-size", "8", "--epochs", "3",
+                   "--head-warmup-epochs", "0", "--out", run, "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"transferlab: error: --out {run}: cannot write (No space left on device); free space, fix the permissions, "
+        "or choose another --out"]
+    assert torch.load(run / rundir.CHECKPOINT, weights_only=True)["epoch"] == 1  # the last good one
+
+
+def test_a_stalled_download_times_out(tmp_path, monkeypatch):
+    import socket
+
+    from transferlab import data as D
+    from transferlab import files
+
+    monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path))
+    monkeypatch.setattr(files, "DOWNLOAD_TIMEOUT", 1.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    try:
+        start = time.monotonic()
+        with pytest.raises(TransferlabError, match="cannot download"):
+            D.hotdog_root(url=f"http://127.0.0.1:{silent.getsockname()[1]}/hotdog.zip")
+        assert time.monotonic() - start < 30
+    finally:
+        silent.close()
+
+
+def test_partial_cache_entries_of_killed_processes_are_removed(tmp_path):
+    stale, fresh = tmp_path / ".a.safetensors.x.tmp", tmp_path / ".b.safetensors.y.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * cache.STALE_PARTIAL_S,) * 2)
+    cache.evict(tmp_path, limit=10**9)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_evaluate_scores_exactly_the_runs_own_test_split(tmp_path, one_thread):
+    from transferlab.data import resolve_data
+
+    data = make_folder(tmp_path / "bare", {"train": 8})  # no val/ or test/: the run splits it, with its seed
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", data, "--seed", "3", "--image-size", "64", "--batch-size", "8", "--epochs", "1",
+                   "--head-warmup-epochs", "0", "--out", run, "--quiet").returncode == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    own = resolve_data(str(data), seed=3).test_files()
+    assert metrics["test_split"]["files"] == own != resolve_data(str(data), seed=0).test_files()
+    proc = run_cli("evaluate", run, "--data", data, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == len(own) and report["accuracy"] == pytest.approx(metrics["test_acc"])
+    (data / own[0]).unlink()  # the data changed since the run
+    proc = run_cli("evaluate", run, "--data", data, "--quiet")
+    assert proc.returncode == 2 and "its test split is not the run's" in proc.stderr, proc.stderr

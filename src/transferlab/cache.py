@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ _MEMORY: OrderedDict[str, DecodedImages] = OrderedDict()
 _MEMORY_ENTRIES = 4
 CACHE_MB_ENV = "TRANSFERLAB_CACHE_MB"
 DEFAULT_CACHE_MB = 10_000
+STALE_PARTIAL_S = 3600  # a partial entry this old belongs to no running process
 
 
 class DecodedImages:
@@ -129,6 +131,12 @@ def cache_limit() -> int:
 def evict(folder: Path, keep: Path | None = None, limit: int | None = None) -> list[Path]:
     """Delete the least recently used entries of a cache folder until it fits ``limit``; the removed files."""
     limit = cache_limit() if limit is None else limit
+    for partial in folder.glob(".*.tmp"):  # left by a process killed while writing
+        try:
+            if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
+                partial.unlink()
+        except OSError:
+            pass
     entries = []
     for entry in folder.glob("*.safetensors"):
         try:

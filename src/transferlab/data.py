@@ -21,7 +21,8 @@ from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to
 from .transforms import decode_one
 
 __all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "Split", "Dataset",
-           "resolve_data", "scan_folder", "stratified_split", "max_pixels", "load_rgb", "to_tensor", "decode_one",
+           "resolve_data", "scan_folder", "stratified_split", "split_difference", "max_pixels", "load_rgb",
+           "to_tensor", "decode_one",
            "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL", "HOTDOG_SHA1"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,30 @@ class Dataset:
     def describe(self) -> str:
         return (f"{self.name}: {len(self.classes)} classes ({', '.join(self.classes)}), "
                 f"{len(self.train)} train / {len(self.test)} test images ({self.test_source})")
+
+    def test_files(self) -> list[str]:
+        """The test split's files, relative to the dataset's root (what a run records of its test split)."""
+        return sorted(_relative(p, self.root) for p in self.test.paths)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:  # a file reached through a folder link outside the root
+        return str(path)
+
+
+def split_difference(recorded: list[str], found: list[str]) -> str | None:
+    """What differs between a recorded list of test files and the one found now (None: the same)."""
+    missing, extra = sorted(set(recorded) - set(found)), sorted(set(found) - set(recorded))
+    if not missing and not extra:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the run's {len(recorded)} test files are not in it (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} files are in it that the run did not test on (e.g. {extra[0]})")
+    return "; ".join(parts)
 
 
 def _ignored(name: str) -> bool:

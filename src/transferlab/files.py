@@ -63,10 +63,11 @@ DOWNLOAD_TIMEOUT = 60.0  # seconds a download may wait on the network for any on
 
 
 @contextmanager
-def download_timeout(seconds: float = DOWNLOAD_TIMEOUT) -> Iterator[None]:
-    """Give sockets opened inside (urllib's downloads, which take no timeout) a read timeout."""
+def download_timeout(seconds: float | None = None) -> Iterator[None]:
+    """Give sockets opened inside (urllib's downloads, which take no timeout) a read timeout
+    (default :data:`DOWNLOAD_TIMEOUT`)."""
     previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT if seconds is None else seconds)
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .config import PRECISIONS
-from .data import IMAGE_EXTENSIONS, resolve_data
+from .data import IMAGE_EXTENSIONS, resolve_data, split_difference
 from .errors import TransferlabError, opt
 from .images import ImageError
 from .infer import eval_batch, predict_logits, resolve_device, score
@@ -183,6 +183,18 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
                      precision)
 
 
+def _run_split(run_dir: Path) -> tuple[int, float, list[str] | None]:
+    """The seed and test fraction a run split its data with, and its recorded test files (None: not recorded)."""
+    from .config import RunConfig
+
+    config = RunConfig.load(run_dir / "config.json") if (run_dir / "config.json").is_file() else RunConfig()
+    try:
+        recorded = json.loads((run_dir / "metrics.json").read_text()).get("test_split", {}).get("files")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return config.seed, config.val_fraction, recorded
+
+
 def _check_metadata(classes: tuple[str, ...], pre: Preprocessing, precision: str) -> None:
     if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
         raise TransferlabError(f"class_names {list(classes)!r} are not two or more distinct names")
@@ -210,9 +222,20 @@ def expand_paths(items: Iterable[str | Path]) -> list[Path]:
 
 
 def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and confusion matrix of a run on a dataset's test split (at its precision)."""
+    """Accuracy, per-class accuracy and confusion matrix of a run on a dataset's test split (at its precision).
+
+    The split is the run's own: a folder without ``val/`` or ``test/`` is split with the run's seed
+    and fraction, and the test files must be the ones the run recorded (else the differences are
+    named and nothing is scored).
+    """
     predictor = load(run_dir, device, precision=None)
-    ds = resolve_data(data)
+    seed, fraction, recorded = _run_split(Path(run_dir))
+    ds = resolve_data(data, seed, fraction)
+    if recorded is not None:
+        difference = split_difference(recorded, ds.test_files())
+        if difference:
+            raise TransferlabError(f"{opt('data', data)}: its test split is not the run's ({difference}); give the "
+                                   "data the run was trained on")
     if set(ds.classes) != set(predictor.classes):
         raise TransferlabError(f"{opt('data', data)}: classes {list(ds.classes)} differ from the model's "
                                f"{list(predictor.classes)}")

@@ -17,12 +17,13 @@ _OPEN: set[tqdm] = set()  # bars being drawn
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", quiet: bool = False,
              unit: str = "it") -> Iterator[T]:
-    """Wrap ``items`` in a progress bar on stderr unless ``quiet``."""
+    """Wrap ``items`` in a progress bar on stderr unless ``quiet`` (or stderr is not a terminal)."""
     if quiet:
         yield from items
         return
+    # disable=None: no bar when stderr is not a terminal, so logs and pipes get whole lines only
     bar = tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.5)
+               mininterval=0.5, disable=None)
     _OPEN.add(bar)
     try:
         yield from bar

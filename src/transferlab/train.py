@@ -31,16 +31,7 @@ import torch
 from torch import nn
 
 from . import distributed, rundir
-from .batches import (
-    Batch,
-    global_batches,
-    prefetch_batches,
-    probe_batches,
-    process_seed,
-    train_batches,
-    view_crops,
-    view_seed,
-)
+from .batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches, view_crops, view_seed
 from .cache import decode
 from .config import RunConfig
 from .data import Dataset, Split, resolve_data
@@ -61,7 +52,7 @@ __all__ = ["RunResult", "Trainer", "PreparedData", "finetune"]
 __all__ += ["train_one_epoch", "evaluate", "build_optimizer", "build_scheduler", "resolve_device", "save_model",
             "eval_batch", "train_batches", "prefetch_batches", "fit_head", "score", "body_features",
             "global_batches", "probe_batches", "EpochState", "StopRequest", "TrainingInterrupted",
-            "TrainingDiverged", "deterministic_mode", "predict_logits", "use_bf16", "Batch", "RunConfig"]
+            "TrainingDiverged", "deterministic_mode", "predict_logits", "use_bf16", "RunConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +334,8 @@ class Trainer:
             "preprocessing": self.pre.to_dict(), "train_crop_size": self.train_pre.crop_size,
             "device": str(self.device), "train_images": n_train,
             "test_images": len(self.data.test_labels), "probe": self.probe, "processes": self.dist.world_size,
+            "test_split": {"source": self.dataset.test_source, "seed": cfg.seed, "fraction": cfg.val_fraction,
+                           "files": self.dataset.test_files()},
         }
         if self.zero_shot is not None:
             metrics["zero_shot_acc"] = self.zero_shot
