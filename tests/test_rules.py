@@ -204,3 +204,19 @@ def test_a_checkpoint_written_before_the_split_resumes_bit_identical(tmp_path):
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     a, b = (json.loads((tmp_path / r / rundir.METRICS).read_text()) for r in ("full", "part"))
     assert a["test_acc"] == b["test_acc"] and a["test_loss"] == b["test_loss"]
+
+
+def test_reprs_are_short(data, tiny_run, one_thread):
+    """A notebook shows these objects in a few lines, never a model tree or a file list."""
+    from transferlab import resolve_data
+
+    config = make_config(data=str(data), **TINY)
+    result = finetune(config, quiet=True)
+    ds = resolve_data(str(data))
+    for obj in (result, load(tiny_run[0]), ds, ds.train, config):
+        text = repr(obj)
+        assert len(text) < 400 and "\n" not in text, text
+    assert repr(config) == (f"RunConfig(data={str(data)!r}, epochs=1, batch_size=8, head_warmup_epochs=0, "
+                            "image_size=64, preset='default')")
+    assert repr(ds.train) == "Split(8 images)" and "4 test images" in repr(ds)
+    assert repr(result).startswith("RunResult(model='mobilenet_v2'") and "test_acc=" in repr(result)

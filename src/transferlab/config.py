@@ -83,6 +83,12 @@ class RunConfig:
     out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """The options that differ from the defaults (``to_dict()`` has them all)."""
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != _default(f)]
+        return f"RunConfig({', '.join(changed)})"
+
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
@@ -198,6 +204,10 @@ class RunConfig:
         except (OSError, ValueError) as exc:
             raise TransferlabError(f"{path}: cannot read run config ({exc})") from None
         return cls.from_dict(values, source=str(path))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 # The kind of value of each scalar field (checked by RunConfig.validate).

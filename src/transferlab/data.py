@@ -54,6 +54,9 @@ class Split:
     def subset(self, indices: Sequence[int]) -> Split:
         return Split(tuple(self.paths[i] for i in indices), tuple(self.labels[i] for i in indices))
 
+    def __repr__(self) -> str:
+        return f"Split({len(self)} images)"
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -65,6 +68,9 @@ class Dataset:
     train: Split
     test: Split
     test_source: str  # "val", "test" or "split"
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.describe()}; root {self.root})"
 
     def describe(self) -> str:
         return (f"{self.name}: {len(self.classes)} classes ({', '.join(self.classes)}), "

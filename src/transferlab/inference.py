@@ -59,6 +59,10 @@ class Predictor:
     def __post_init__(self) -> None:
         self._folded = folded(self.model)
 
+    def __repr__(self) -> str:
+        return (f"Predictor(model={self.model_name!r}, classes={self.classes!r}, crop={self.pre.crop_size}, "
+                f"device={str(self.device)!r}, precision={self.precision!r})")
+
     def _logits(self, images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         return predict_logits(self._folded, images, self.pre, self.device, batch_size, precision=self.precision)
 

@@ -27,6 +27,13 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     model: TransferModel | None = None
 
+    def __repr__(self) -> str:
+        acc = self.metrics.get("test_acc")
+        shown = f"{acc:.4f}" if isinstance(acc, float) else acc
+        where = str(self.run_dir) if self.run_dir else None
+        return (f"RunResult(model={self.config.model!r}, data={self.config.data!r}, test_acc={shown}, "
+                f"epochs={len(self.history)}, classes={len(self.classes)}, run_dir={where!r})")
+
     @property
     def test_acc(self) -> float:
         return float(self.metrics["test_acc"])
