@@ -167,16 +167,21 @@ def stop_server(server: subprocess.Popen[bytes], grace: float = 10.0) -> int:
 # --- memory --------------------------------------------------------------------------------------------------------
 
 
-def proc_status_kib(pid: int, key: str) -> int | None:
-    """A ``kB`` field (VmRSS, VmHWM) of /proc/<pid>/status; None once the process is gone."""
+def kib_field(path: str, key: str) -> int | None:
+    """A ``kB`` field of a /proc file (/proc/meminfo, /proc/<pid>/status); None when it cannot be read."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
+        with open(path) as fh:
+            for line in fh:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None
     return None
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` field (VmRSS, VmHWM) of /proc/<pid>/status; None once the process is gone."""
+    return kib_field(f"/proc/{pid}/status", key)
 
 
 class RssSampler:
@@ -316,18 +321,6 @@ def versus_small(results: list[dict[str, Any]]) -> dict[str, dict[str, float | N
     } for r in results if r is not reference}
 
 
-def meminfo_kib(key: str) -> int | None:
-    """A ``kB`` field of /proc/meminfo."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def machine() -> dict[str, Any]:
     """The facts that make numbers from two machines comparable."""
     def version(package: str) -> str | None:
@@ -336,7 +329,7 @@ def machine() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    total_kib = meminfo_kib("MemTotal")
+    total_kib = kib_field("/proc/meminfo", "MemTotal")
     return {"cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "torch": version("torch"), "transferlab": version("transferlab"),
             "pillow": version("pillow"), "platform": platform.platform(),

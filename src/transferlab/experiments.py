@@ -128,14 +128,7 @@ def _preflight(study: Study, name: str, config: RunConfig) -> None:
 
 def _check_same_config(run: StudyRun) -> None:
     """A run directory left by another configuration is an error, not something to mix in."""
-    saved_path = run.run_dir / rundir.CONFIG
-    if not saved_path.is_file():
-        return
-    try:
-        saved = json.loads(saved_path.read_text())
-    except (OSError, ValueError):
-        return
-    diff = rundir.config_differences(saved, run.config)
+    diff = rundir.saved_differences(run.run_dir, run.config)
     if diff:
         raise TransferlabError(f"{run.run_dir}: run with other options ({'; '.join(diff[:4])}); "
                                f"use another {opt('out')} or delete that folder")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from . import rundir
 from .config import PRECISIONS
 from .data import IMAGE_EXTENSIONS, resolve_data, split_difference
 from .errors import TransferlabError, opt
@@ -153,7 +154,7 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
     """
     if precision is not None and precision not in PRECISIONS:
         raise TransferlabError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    path = Path(run_dir) / "model.safetensors"
+    path = Path(run_dir) / rundir.MODEL
     if not path.is_file():
         raise TransferlabError(f"{path}: no trained model here; is {run_dir} a finished run directory?")
     from safetensors import safe_open
@@ -191,9 +192,9 @@ def _run_split(run_dir: Path) -> tuple[int, float, list[str] | None]:
     """The seed and test fraction a run split its data with, and its recorded test files (None: not recorded)."""
     from .config import RunConfig
 
-    config = RunConfig.load(run_dir / "config.json") if (run_dir / "config.json").is_file() else RunConfig()
+    config = RunConfig.load(run_dir / rundir.CONFIG) if (run_dir / rundir.CONFIG).is_file() else RunConfig()
     try:
-        recorded = json.loads((run_dir / "metrics.json").read_text()).get("test_split", {}).get("files")
+        recorded = json.loads((run_dir / rundir.METRICS).read_text()).get("test_split", {}).get("files")
     except (OSError, ValueError, AttributeError):
         recorded = None
     return config.seed, config.val_fraction, recorded

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .figures import plot_accuracy, plot_confusion, plot_curves, plot_group, plot_mistakes, pm, pyplot
 from .files import atomic_write, atomic_write_json, atomic_write_text
 
@@ -111,7 +112,7 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
         rows = []
         for entry in planned:
             run_dir = out / entry["run_dir"]
-            metrics = _read_json(run_dir / "metrics.json")
+            metrics = _read_json(run_dir / rundir.METRICS)
             if not metrics:
                 continue
             classes = classes or metrics.get("class_names")
@@ -191,7 +192,7 @@ def _mistakes(run_dir: Path) -> list[dict[str, Any]]:
     from .data import resolve_data
     from .inference import load
 
-    config = RunConfig.load(run_dir / "config.json")
+    config = RunConfig.load(run_dir / rundir.CONFIG)
     dataset = resolve_data(config.data, config.seed, config.val_fraction)
     predictor = load(run_dir, device="cpu")
     index = {c: i for i, c in enumerate(predictor.classes)}

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .transforms import Preprocessing
 
 __all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "RUN_FILES", "is_finished", "config_differences",
+           "saved_differences",
            "check_run_dir", "resume_config", "save_model", "write_history", "write_metrics", "write_checkpoint",
            "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
            "foreign_files", "writing", "locked", "discard_unstarted", "LOCK"]
@@ -82,6 +83,12 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     return values
 
 
+def saved_differences(run_dir: Path, config: RunConfig) -> list[str]:
+    """How ``config`` differs from the config saved in ``run_dir`` (nothing when none is saved)."""
+    saved = _saved_config(run_dir)
+    return config_differences(saved, config) if saved is not None else []
+
+
 def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, force: bool = False,
                   overwrite: bool = False) -> None:
     """Refuse, with one line, to start ``config`` in ``run_dir`` where that would lose or mix up a run."""
@@ -99,9 +106,8 @@ def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, 
     if not resume and (run_dir / CHECKPOINT).is_file():
         raise TransferlabError(f"{opt('out', run_dir)}: an interrupted run is there ({CHECKPOINT}); pass "
                                f"{opt('resume')} to continue it, or {opt('overwrite')} to start over")
-    saved = _saved_config(run_dir) if resume else None
-    if saved is not None and not force:
-        diff = config_differences(saved, config)
+    if resume and not force:
+        diff = saved_differences(run_dir, config)
         if diff:
             raise TransferlabError(f"{opt('resume')}: options differ from {run_dir / CONFIG} ({'; '.join(diff)}); "
                                    f"drop them, or pass {opt('force')} to accept")

@@ -114,10 +114,6 @@ def download(url: str, dst: Path, hash_prefix: str | None) -> Path:
     return dst
 
 
-def _find_local(weights: Any, rejected: list[Path] | None = None) -> tuple[Path, str] | None:
-    return find_local_file(Path(weights.url).name, rejected)
-
-
 def find_local_file(file_name: str, rejected: list[Path] | None = None) -> tuple[Path, str] | None:
     """A verified local copy of a weights file: (path, "hub-cache" or "package:NAME"), or None."""
     prefix = expected_hash_prefix(file_name)
@@ -149,7 +145,7 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
             raise TransferlabError(f"{opt('model', model)}: torchvision has no ImageNet weights for it, so its "
                                    "preprocessing is unknown; choose a model that `transferlab models` lists")
         # The twin's preprocessing: the ImageNet weights `imagenet` would pick here, else DEFAULT.
-        twin = next((w for w in candidates if _find_local(w) is not None), candidates[0])
+        twin = next((w for w in candidates if find_local_file(Path(w.url).name) is not None), candidates[0])
         pre = Preprocessing.from_weights(twin)
         if choice == "none":
             return ResolvedWeights("none", None, "none", pre)
@@ -174,7 +170,7 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
 
     rejected: list[Path] = []
     for weights in candidates:
-        found = _find_local(weights, rejected)
+        found = find_local_file(Path(weights.url).name, rejected)
         if found is not None:
             path, source = found
             return _resolved(weights, path, source)
