@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .models import TransferModel
     from .transforms import Preprocessing
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "RUN_FILES", "is_finished", "config_differences",
+__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RUN_FILES", "is_finished", "config_differences",
            "saved_differences",
            "check_run_dir", "resume_config", "save_model", "write_history", "write_metrics", "write_checkpoint",
            "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
@@ -50,8 +50,10 @@ HISTORY = "metrics.jsonl"
 METRICS = "metrics.json"
 MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
+PREDICTIONS = "test_predictions.csv"  # the final model on every test image (see metrics.prediction_rows)
+REPORT = "report.html"
 LOCK = ".lock"
-RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG)  # a run's own files; nothing else may write them
+RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT)  # a run's own files; nothing else may write them
 
 
 def is_finished(run_dir: str | Path) -> bool:
