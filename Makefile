@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-offline.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint clean browser
+.PHONY: setup demo test lint clean browser catalog
 
 $(STAMP): pyproject.toml requirements-offline.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+
+# After a torchvision or timm upgrade: write static/models.json and static/timm_models.json again (minutes).
+catalog: setup
+	$(BIN)/python -m transferlab.catalog
 
 # Headless Chromium + its driver for the browser test (tests/test_serve.py), from Debian's packages.
 browser:

@@ -56,8 +56,9 @@ def main() -> None:
         "BatchNorm batch statistics, crops inside": (True, augmented((0.6, 1.0), pre.crop_size)),
     }
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    results = {"data": args.data, "head_warmup_acc": round(trainer.warmup_acc, 4), "images": n}
-    print(f"head warm-up test acc {trainer.warmup_acc:.3f}; {n} training images\n")
+    warmup = trainer.warmup["accuracy"]
+    results = {"data": args.data, "head_warmup_acc": warmup, "images": n}
+    print(f"head warm-up test acc {warmup:.3f}; {n} training images\n")
     print(f"| {'condition':<42} | loss  | acc   |\n|{'-' * 44}|-------|-------|")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name, (batch_stats, batches) in conditions.items():

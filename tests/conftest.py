@@ -18,6 +18,7 @@ from PIL import Image
 _HOME = Path(tempfile.mkdtemp(prefix="transferlab-tests-"))
 os.environ["TRANSFERLAB_HOME"] = str(_HOME / "transferlab")
 os.environ["TORCH_HOME"] = str(_HOME / "torch")
+os.environ["HF_HUB_CACHE"] = str(_HOME / "hf-hub")
 
 HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
 

@@ -53,7 +53,8 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert set(rows[0]) >= {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"}
     assert rows[0]["wall_s"] < rows[1]["wall_s"]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) >= {"test_acc", "best_test_acc", "epochs", "wall_s", "train_images_per_s", "class_names"}
+    assert set(metrics) >= {"test_acc", "test", "selection", "epochs", "wall_s", "train_images_per_s", "class_names"}
+    assert "best_test_acc" not in metrics and metrics["selection"]["kept"] == "last epoch"
     assert metrics["class_names"] == ["blue", "red"] and metrics["test_acc"] == rows[-1]["test_acc"]
     with safe_open(str(run / "model.safetensors"), "pt") as fh:
         assert json.loads(fh.metadata()["class_names"]) == ["blue", "red"]
@@ -64,7 +65,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["images"] == 8 and report["accuracy"] == pytest.approx(metrics["test_acc"])
-    assert sum(map(sum, report["confusion_matrix"])) == 8 and set(report["per_class_accuracy"]) == {"blue", "red"}
+    assert sum(map(sum, report["confusion"]["matrix"])) == 8 and set(report["per_class"]) == {"blue", "red"}
+    for key, value in metrics["test"].items():  # one schema: the run's own test block (floats to 4 digits)
+        assert report[key] == (pytest.approx(value, abs=2e-4) if isinstance(value, float) else value), key
 
     proc = run_cli("predict", run, data / "val" / "red" / "red_0.png", data / "val" / "blue")
     assert proc.returncode == 0, proc.stderr
@@ -101,17 +104,17 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     base = make_config(data=str(data), image_size=64, batch_size=8, epochs=3, head_warmup_epochs=2)
     full = T.finetune(base, out=str(tmp_path / "full"), quiet=True)
 
-    original = T.Trainer._checkpoint
+    original = T.Trainer.save_checkpoint
 
     def crash_after_epoch_2(self, model, optimizer, scheduler, epoch):
         original(self, model, optimizer, scheduler, epoch)
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(T.Trainer, "_checkpoint", crash_after_epoch_2)
+    monkeypatch.setattr(T.Trainer, "save_checkpoint", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         T.finetune(base, out=str(tmp_path / "part"), quiet=True)
-    monkeypatch.setattr(T.Trainer, "_checkpoint", original)
+    monkeypatch.setattr(T.Trainer, "save_checkpoint", original)
     assert (tmp_path / "part" / "checkpoint.pt").exists() and not (tmp_path / "part" / "metrics.json").exists()
     resumed = T.finetune(base, out=str(tmp_path / "part"), quiet=True, resume=True)
     for (name, a), (_, b) in zip(full.model.net.state_dict().items(), resumed.model.net.state_dict().items()):

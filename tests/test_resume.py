@@ -67,10 +67,12 @@ def rows(run: Path) -> list[dict]:
 
 
 def test_killed_then_interrupted_run_resumes_bit_identical(tmp_path):
-    data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
+    """With a validation split and best-epoch selection: the best epoch's state travels in the checkpoint."""
+    data = make_folder(tmp_path / "colors", {"train": 10, "val": 4})  # 20 train images: 4 carved off, 16 train
     full, part = tmp_path / "full", tmp_path / "part"
-    uninterrupted = start("--data", data, *RUN, "--out", full)
-    victim = start("--data", data, *RUN, "--out", part)
+    select = ["--val-fraction", "0.2", "--select-metric", "accuracy"]
+    uninterrupted = start("--data", data, *RUN, *select, "--out", full)
+    victim = start("--data", data, *RUN, *select, "--out", part)
 
     killed_at = pause_at_next_checkpoint(victim, part)
     os.kill(victim.pid, signal.SIGKILL)
@@ -103,8 +105,9 @@ def test_killed_then_interrupted_run_resumes_bit_identical(tmp_path):
         assert torch.equal(want[name], got[name]), name
     assert rows(part) == rows(full) and len(rows(full)) == 2
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (full, part))
-    for key in ("test_acc", "test_loss", "best_test_acc", "per_class_acc", "confusion"):
+    for key in ("test_acc", "test_loss", "test", "val", "selection", "head_warmup", "per_class_acc", "confusion"):
         assert a[key] == b[key], key
+    assert a["selection"]["metric"] == "accuracy" and a["val_images"] == 4 and a["train_images"] == 16
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):

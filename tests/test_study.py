@@ -77,6 +77,14 @@ def test_custom_study_with_symbolic_values(tmp_path):
     assert runs[3].run_dir == tmp_path / "out" / "last" / "seed1" and runs[3].config.lr == 0.001
 
 
+def test_a_probe_variant_gets_the_head_training_of_a_fine_tune(tmp_path):
+    study = study_from_dict({"variants": {"finetune": {}, "probe": {"freeze": "body"},
+                                          "short_probe": {"freeze": "body", "epochs": 2}}}, "mine.yaml")
+    base = make_config(model="resnet18", data="x", epochs=3, head_warmup_epochs=10)
+    epochs = {r.variant: r.config.epochs for r in experiments.plan_study(study, base, tmp_path, [0])}
+    assert epochs == {"finetune": 3, "probe": 13, "short_probe": 2}  # 10 warm-up + 3; a variant's own epochs win
+
+
 def test_plan_refuses_what_would_fail_mid_study(colors, tmp_path):
     base = make_config(data=str(colors), **TINY)
     with pytest.raises(TransferlabError, match="variant head_imagenet.*head_map="):
@@ -125,7 +133,8 @@ def test_study_report_and_resume(colors, tmp_path, monkeypatch):
     assert by_name["half"]["overrides"] == {"freeze": "half"} and by_name["half"]["changes"] == {"freeze": "stage2"}
     for v in saved["variants"]:
         assert len(v["runs"]) == 2 and v["test_acc_std"] is not None and v["wall_s_mean"] > 0
-        assert {"test_acc", "best_test_acc", "wall_s", "train_images_per_s", "curve"} <= set(v["runs"][0])
+        assert {"test_acc", "accuracy", "balanced_accuracy", "macro_f1", "wall_s", "curve"} <= set(v["runs"][0])
+        assert "best_test_acc" not in v["runs"][0] and v["runs"][0]["accuracy"] == v["runs"][0]["test_acc"]
     means = [v["test_acc_mean"] for v in saved["variants"]]
     assert means == sorted(means, reverse=True)
     assert by_name["imagenet_head"]["zero_shot_acc_mean"] is not None

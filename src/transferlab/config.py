@@ -11,13 +11,16 @@ from typing import Any
 
 from .errors import TransferlabError, opt
 
-__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config"]
+__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config", "upgrade"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
+SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # see RunConfig.select_metric
+CLASS_WEIGHTS = ("none", "balanced")  # see RunConfig.class_weights
+DEFAULT_VAL_FRACTION = 0.15  # carved from train when a run selects but names no fraction (README, "Validation")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,15 @@ class RunConfig:
     Saved models predict in fp32 unless asked (:class:`~transferlab.inference.Predictor`).
     ``feature_cache`` keeps a linear probe's body features on disk, so a later probe of
     the same images, weights and crops skips the body entirely.
+
+    The data has three roles: ``train``; ``validation``, for every choice a run makes (the
+    epoch kept, early stopping, calibration); ``test``, scored once on the final model.
+    ``test_fraction`` sizes the test split of a bare class-folder tree; ``val_fraction`` the
+    validation split carved from train (0: none, unless selection asks for one, see
+    :attr:`carve_fraction`). ``select_metric`` keeps the epoch best on validation,
+    ``early_stopping`` stops after that many epochs without improvement.
+    ``class_weights="balanced"`` weights the loss by inverse class frequency.
+    ``calibrate`` fits a temperature on validation; the saved model predicts with it.
     """
 
     data: str = "hotdog"
@@ -76,7 +88,12 @@ class RunConfig:
     checkpoint_every: int = 0
     deterministic: bool = False
     precision: str = "auto"
-    val_fraction: float = 0.25
+    test_fraction: float = 0.25
+    val_fraction: float = 0.0
+    select_metric: str | None = None
+    early_stopping: int = 0
+    class_weights: str = "none"
+    calibrate: bool = False
     seed: int = 0
     device: str = "auto"
     preset: str | None = None
@@ -92,6 +109,18 @@ class RunConfig:
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
+
+    @property
+    def selection(self) -> str | None:
+        """The metric that picks the epoch kept: ``select_metric``, else loss under early stopping, else none."""
+        return self.select_metric or ("loss" if self.early_stopping else None)
+
+    @property
+    def carve_fraction(self) -> float:
+        """The share of train carved off as validation when the data has no ``val/`` of its own."""
+        if self.val_fraction:
+            return self.val_fraction
+        return DEFAULT_VAL_FRACTION if (self.selection or self.calibrate) else 0.0
 
     def validate(self, force: bool = False) -> RunConfig:
         """Raise a one-line :class:`TransferlabError` for values no run can use.
@@ -125,7 +154,10 @@ class RunConfig:
                    "loss_reduction": (self.loss_reduction, ("mean", "sum")),
                    "precision": (self.precision, PRECISIONS), "bn_stats": (self.bn_stats, BN_STATS),
                    "crop_region": (self.crop_region, CROP_REGIONS),
-                   "head_init": (self.head_init, ("xavier", "imagenet"))}
+                   "head_init": (self.head_init, ("xavier", "imagenet")),
+                   "class_weights": (self.class_weights, CLASS_WEIGHTS)}
+        if self.select_metric is not None:
+            choices["select_metric"] = (self.select_metric, SELECT_METRICS)
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise TransferlabError(f"{opt(name)} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
@@ -141,8 +173,14 @@ class RunConfig:
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise TransferlabError(f"{opt('crop_scale')} must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise TransferlabError(f"{opt('val_fraction')} must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise TransferlabError(f"{opt('test_fraction')} must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TransferlabError(f"{opt('val_fraction')} must be in [0, 1) (0: no validation split), "
+                                   f"got {self.val_fraction}")
+        if self.early_stopping < 0:
+            raise TransferlabError(f"{opt('early_stopping')} must be 0 (off) or a number of epochs, "
+                                   f"got {self.early_stopping}")
         if self.checkpoint_every < 0:
             raise TransferlabError(f"{opt('checkpoint_every')} must be 0 (epochs only) or a number of steps, "
                                    f"got {self.checkpoint_every}")
@@ -203,7 +241,16 @@ class RunConfig:
             values = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise TransferlabError(f"{path}: cannot read run config ({exc})") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(upgrade(values) if isinstance(values, dict) else values, source=str(path))
+
+
+def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's names: one written before the split roles had names sized its test split
+    with ``val_fraction``."""
+    if "test_fraction" not in values and "val_fraction" in values:
+        values = dict(values)
+        values["test_fraction"] = values.pop("val_fraction")
+    return values
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -213,12 +260,14 @@ def _default(f: dataclasses.Field) -> Any:
 # The kind of value of each scalar field (checked by RunConfig.validate).
 _KINDS: dict[str, type] = {
     **{name: float for name in ("lr", "head_lr_mult", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
-                                "probe_lr", "val_fraction")},
+                                "probe_lr", "val_fraction", "test_fraction")},
     **{name: int for name in ("epochs", "batch_size", "head_warmup_epochs", "image_size", "resize_size",
-                              "train_image_size", "probe_views", "checkpoint_every", "seed")},
-    **{name: bool for name in ("decay_1d", "feature_cache", "skip_bad_images", "deterministic")},
+                              "train_image_size", "probe_views", "checkpoint_every", "seed",
+                              "early_stopping")},
+    **{name: bool for name in ("decay_1d", "feature_cache", "skip_bad_images", "deterministic", "calibrate")},
     **{name: str for name in ("data", "model", "weights", "freeze", "optimizer", "schedule", "loss_reduction",
-                              "head_init", "crop_region", "bn_stats", "precision", "device")},
+                              "head_init", "crop_region", "bn_stats", "precision", "device", "select_metric",
+                              "class_weights")},
 }
 
 # Presets are plain overrides of the defaults; explicit options win over them.

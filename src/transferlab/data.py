@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +60,57 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train and a test split over the same class names."""
+    """Train, test and (optionally) validation splits over the same class names.
+
+    ``test_source`` says where the test split comes from: ``test`` or ``val`` (that folder)
+    or ``split`` (carved from a bare class-folder tree); ``val_source`` likewise ``val``
+    (a tree with train/, val/ and test/), ``carved`` (from train) or None (no validation).
+    """
 
     name: str
     root: Path
     classes: tuple[str, ...]
     train: Split
     test: Split
-    test_source: str  # "val", "test" or "split"
+    test_source: str
+    val: Split | None = None
+    val_source: str | None = None
 
     def __repr__(self) -> str:
         return f"Dataset({self.describe()}; root {self.root})"
 
     def describe(self) -> str:
+        def where(source: str | None) -> str:
+            return {"split": "split from the class folders", "carved": "carved from train"}.get(source, f"{source}/")
+
+        val = f" / {len(self.val)} validation ({where(self.val_source)})" if self.val is not None else ""
         return (f"{self.name}: {len(self.classes)} classes ({', '.join(self.classes)}), "
-                f"{len(self.train)} train / {len(self.test)} test images ({self.test_source})")
+                f"{len(self.train)} train{val} / {len(self.test)} test images ({where(self.test_source)})")
+
+    def with_validation(self, fraction: float, seed: int) -> Dataset:
+        """This dataset with ``fraction`` of train carved off (stratified, seeded) as validation.
+
+        A dataset that has a validation split already (``val/`` beside ``test/``) keeps it; a
+        fraction of 0 changes nothing.
+        """
+        if self.val is not None or not fraction:
+            return self
+        small = [c for c, n in zip(self.classes, np.bincount(self.train.labels, minlength=len(self.classes)))
+                 if n < 2]
+        if small:
+            raise TransferlabError(f"{opt('data', self.root)}: too few training images to carve a validation "
+                                   f"split in {small} (need at least 2 per class); add images or provide val/")
+        train_idx, val_idx = stratified_split(self.train.labels, fraction, seed)
+        return replace(self, train=self.train.subset(train_idx), val=self.train.subset(val_idx),
+                       val_source="carved")
 
     def test_files(self) -> list[str]:
         """The test split's files, relative to the dataset's root (what a run records of its test split)."""
-        return sorted(_relative(p, self.root) for p in self.test.paths)
+        return sorted(self.relative(p) for p in self.test.paths)
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the dataset's root, as runs record files."""
+        return _relative(path, self.root)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -221,7 +253,7 @@ def stratified_split(strata: Sequence[object], fraction: float, seed: int) -> tu
     return sorted(train), sorted(test)
 
 
-def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Dataset:
+def _from_folder(root: Path, name: str, seed: int, test_fraction: float) -> Dataset:
     if not root.is_dir():
         raise TransferlabError(f"{opt('data', root)}: no such directory; give an ImageFolder root "
                                "(train/ and val/ or test/), or elpv, or hotdog")
@@ -229,6 +261,7 @@ def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Datas
     if not train_dir.is_dir():
         train_dir = root
     classes, train = scan_folder(train_dir)
+    found = {}
     for test_name in ("val", "test"):
         test_dir = root / test_name
         if train_dir != root and test_dir.is_dir():
@@ -240,27 +273,41 @@ def _from_folder(root: Path, name: str, seed: int, val_fraction: float) -> Datas
                     f"{opt('data', root)}: class folders differ between train/ and {test_name}/ "
                     f"(only in train: {only_train or '-'}; only in {test_name}: {only_test or '-'}); "
                     "rename them to match")
-            return Dataset(name, root, classes, train, test, test_name)
+            found[test_name] = test
+    if "test" in found:  # train/ + test/ (+ val/, the validation split)
+        return Dataset(name, root, classes, train, found["test"], "test", found.get("val"),
+                       "val" if "val" in found else None)
+    if "val" in found:  # train/ + val/: val/ is what the run is tested on
+        return Dataset(name, root, classes, train, found["val"], "val")
     if len(classes) < 2:
         raise TransferlabError(f"{opt('data', root)}: only one class ({classes[0]}); a classifier needs at least two")
     small = [c for c, n in zip(classes, np.bincount(train.labels, minlength=len(classes))) if n < 2]
     if small:
         raise TransferlabError(f"{opt('data', root)}: too few images to split off a test set in {small} "
                                "(need at least 2 per class); add images or provide val/")
-    train_idx, test_idx = stratified_split(train.labels, val_fraction, seed)
+    train_idx, test_idx = stratified_split(train.labels, test_fraction, seed)
     return Dataset(name, root, classes, train.subset(train_idx), train.subset(test_idx), "split")
 
 
-def resolve_data(spec: str, seed: int = 0, val_fraction: float = 0.25) -> Dataset:
-    """``elpv``, ``hotdog`` or an ImageFolder directory -> :class:`Dataset`."""
+def resolve_data(spec: str, seed: int = 0, test_fraction: float = 0.25, val_fraction: float = 0.0) -> Dataset:
+    """``elpv``, ``hotdog`` or an ImageFolder directory -> :class:`Dataset`.
+
+    A tree with ``train/``, ``val/`` and ``test/`` uses all three; ``train/`` with one of
+    ``val/`` or ``test/`` is tested on that one; a bare class-folder tree is split train/test
+    by ``test_fraction``. ``val_fraction`` then carves a validation split from train.
+    """
+    return _resolve(spec, seed, test_fraction).with_validation(val_fraction, seed)
+
+
+def _resolve(spec: str, seed: int, test_fraction: float) -> Dataset:
     if not str(spec).strip():
         raise TransferlabError(f"{opt('data')} is empty; give DIR (an ImageFolder root), elpv or hotdog")
     if spec == "elpv":
-        return _from_folder(elpv_root(), "elpv", seed, val_fraction)
+        return _from_folder(elpv_root(), "elpv", seed, test_fraction)
     if spec == "hotdog":
-        return _from_folder(hotdog_root(), "hotdog", seed, val_fraction)
+        return _from_folder(hotdog_root(), "hotdog", seed, test_fraction)
     root = Path(spec).expanduser()
-    return _from_folder(root, root.name or str(root), seed, val_fraction)
+    return _from_folder(root, root.name or str(root), seed, test_fraction)
 
 
 # --------------------------------------------------------------------------- built-in datasets

@@ -218,11 +218,24 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(input.dtype)
 
 
+class GlobalBatchNormAct(GlobalBatchNorm):
+    """:class:`GlobalBatchNorm` followed by the dropout and activation of timm's ``BatchNormAct2d`` it replaces."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(input)))
+
+
+def _norm_act(module: nn.Module) -> bool:
+    """timm's BatchNorm with its activation inside (``BatchNormAct2d``): converting it must keep ``act``."""
+    return hasattr(module, "act") and hasattr(module, "drop") and isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
 def _to_global_bn(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats, bias=module.bias is not None)
+        cls = GlobalBatchNormAct if _norm_act(module) else GlobalBatchNorm
+        out = cls(module.num_features, module.eps, module.momentum, module.affine,
+                  module.track_running_stats, bias=module.bias is not None)
         if module.affine:
             out.weight = module.weight
             out.bias = module.bias
@@ -238,6 +251,10 @@ def _to_global_bn(module: nn.Module) -> nn.Module:
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm in ``module`` normalising over the global batch (same parameters and buffers)."""
     if device.type == "cuda":
+        if any(_norm_act(m) for m in module.modules()):  # timm's converter keeps their activations
+            from timm.layers import convert_sync_batchnorm
+
+            return convert_sync_batchnorm(module)
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _to_global_bn(module)
 

@@ -42,10 +42,15 @@ def compare_scratch(config: RunConfig, out: str | Path | None, quiet: bool = Fal
 
 
 def comparison_rows(results: dict[str, RunResult]) -> list[dict[str, Any]]:
-    return [{"run": name, "weights": r.config.weights, "epochs": r.config.epochs,
-             "test_acc": round(r.metrics["test_acc"], 4), "best_test_acc": round(r.metrics["best_test_acc"], 4),
-             "wall_s": round(r.metrics["wall_s"], 1), "train_img_per_s": r.metrics["train_images_per_s"]}
-            for name, r in results.items()]
+    """One row per arm: the test split's metrics of the model each arm kept (nothing chosen on test)."""
+    rows = []
+    for name, r in results.items():
+        test = r.metrics.get("test", {})
+        rows.append({"run": name, "weights": r.config.weights, "epochs": r.config.epochs,
+                     "test_acc": r.metrics["test_acc"], "balanced_acc": test.get("balanced_accuracy"),
+                     "macro_f1": test.get("macro_f1"), "roc_auc": test.get("roc_auc"),
+                     "wall_s": round(r.metrics["wall_s"], 1), "train_img_per_s": r.metrics.get("train_images_per_s")})
+    return rows
 
 
 def demo(out: str | Path = "runs/demo", quiet: bool = False, **overrides: Any) -> dict[str, RunResult]:
@@ -95,12 +100,25 @@ def plan_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[i
         try:
             config = RunConfig.from_dict(values, source=f"{study.source}: variant {name!r}")
             config = replace(config, freeze=resolve_freeze(config.freeze, config.model)).validate()
+            config = _same_head_training(config, overrides)
         except TransferlabError as exc:
             raise TransferlabError(f"study {study.name}, variant {name}: {exc}") from None
         _preflight(study, name, config)
         configs[name] = config
     return [StudyRun(name, seed, replace(config, seed=seed, out=str(out / name / f"seed{seed}")))
             for seed in seeds for name, config in configs.items()]
+
+
+def _same_head_training(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A probe variant trains its head as long as a fine-tune does: the warm-up's epochs plus ``epochs``.
+
+    A pretrained fine-tune fits its head alone for ``head_warmup_epochs`` on cached features, then
+    ``epochs`` more with the body; a probe that got ``epochs`` alone would be compared on less head
+    training. A variant that names its own ``epochs`` keeps them.
+    """
+    if config.freeze != "body" or "epochs" in overrides or not config.pretrained:
+        return config
+    return replace(config, epochs=config.epochs + config.head_warmup_epochs)
 
 
 def _preflight(study: Study, name: str, config: RunConfig) -> None:
@@ -115,11 +133,10 @@ def _preflight(study: Study, name: str, config: RunConfig) -> None:
     if config.head_init == "imagenet":
         from .data import resolve_data
         from .heads import resolve_head_map
-        from .weights import imagenet_weights
+        from .weights import imagenet_categories
 
-        classes = resolve_data(config.data, config.seed, config.val_fraction).classes
-        candidates = imagenet_weights(config.model)
-        categories = tuple(candidates[0].meta["categories"]) if candidates else None
+        classes = resolve_data(config.data, config.seed, config.test_fraction).classes
+        categories = imagenet_categories(config.model)
         try:
             resolve_head_map(classes, config.head_map, categories)
         except TransferlabError as exc:
@@ -160,7 +177,7 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
         log.info("== %s: %s", label, run.run_dir)
         result = finetune(run.config, quiet=quiet, resume=True)
         m = result.metrics
-        say(f"{label}: test_acc {m['test_acc']:.3f} (best {m['best_test_acc']:.3f}) in {m['wall_s']:.0f} s")
+        say(f"{label}: test_acc {m['test_acc']:.3f} in {m['wall_s']:.0f} s")
         atomic_write_json(out / "summary.json", _summary(study, base, runs, out, None))
     wall_s = time.perf_counter() - start
     if not todo:  # only the report was rewritten: keep the wall time of the invocation that trained

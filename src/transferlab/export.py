@@ -30,7 +30,7 @@ from PIL import Image
 from .errors import TransferlabError, opt
 from .files import atomic_write, atomic_write_json
 from .images import load_rgb
-from .rundir import RUN_FILES, locked
+from .rundir import check_output, locked
 
 __all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "Exported", "export_model", "read_metadata",
            "preprocess", "softmax", "onnx_predict"]
@@ -152,11 +152,8 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         if path.is_dir():
             raise TransferlabError(f"{opt('out', target)}: {path} is a folder; give a file name, e.g. "
                                    f"{Path(path) / ('model' + FORMATS[fmt])}")
-    run_files = {(Path(run_dir) / name).resolve() for name in RUN_FILES}
     for path in (target, metadata_path):
-        if path.resolve() in run_files:
-            raise TransferlabError(f"{opt('out', target)}: {path.name} is one of the run's own files; export "
-                                   "elsewhere")
+        check_output(run_dir, path, "out")
     if metadata_path == target:
         raise TransferlabError(f"{opt('out', target)}: the metadata goes to {metadata_path}; "
                                f"give the model file another suffix, e.g. {FORMATS[fmt]}")

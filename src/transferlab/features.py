@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,20 +18,25 @@ __all__ = ["run_features"]
 
 def run_features(model: TransferModel, crop: Callable[[int], torch.Tensor], n: int, pre: Preprocessing,
                  device: torch.device, dist: distributed.Context, precision: str, quiet: bool,
-                 key: dict[str, Any] | None) -> torch.Tensor:
+                 key: dict[str, Any] | None, stats: dict[str, Any] | None = None) -> torch.Tensor:
     """Body features of ``crop(i)`` for every i < n; each process computes its shard.
 
     With a ``key`` (what the crops depend on, plus the model and its weights' digest) the result
     is read from, or written to, the disk cache of features, keyed also by the preprocessing and
-    the numeric precision; None computes without the cache.
+    the numeric precision; None computes without the cache. ``stats`` (``images``, ``seconds``)
+    adds what the body really computed: nothing on a cache hit.
     """
     def compute() -> torch.Tensor:
+        start = time.perf_counter()
         index = distributed.shard(n, dist)
         if not index:
             local = torch.empty(0, model.head.in_features)
         else:
             local = body_features(model, torch.stack([crop(i) for i in index]), pre, device, quiet=quiet,
                                   precision=precision)
+        if stats is not None:
+            stats["images"] += len(index)
+            stats["seconds"] += time.perf_counter() - start
         return distributed.gather_rows(local, index, n)
 
     if key is None:

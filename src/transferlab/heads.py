@@ -175,9 +175,9 @@ def init_head_from_imagenet(model: TransferModel, pretrained_state: dict[str, to
         elif entry == REST:
             if rest_value is None:
                 if pre is None:
-                    from .weights import imagenet_weights
+                    from .weights import resolve_weights
 
-                    pre = Preprocessing.from_weights(imagenet_weights(model.model_name)[0])
+                    pre = resolve_weights(model.model_name, "none").preprocessing
                 rest_value = rest_row(weight[rest], bias[rest], _calibration_features(model, dataset, pre))
             row, b = rest_value
         else:

@@ -24,8 +24,9 @@ from . import rundir
 from .config import PRECISIONS
 from .data import IMAGE_EXTENSIONS, resolve_data, split_difference
 from .errors import TransferlabError, opt
+from .files import atomic_write_text
 from .images import ImageError
-from .infer import eval_batch, predict_logits, resolve_device, score
+from .infer import eval_batch, predict_logits, resolve_device
 from .models import TransferModel, create_model, folded
 from .transforms import Preprocessing, decode_one, resize_shorter
 from .weights import load_state_dict
@@ -197,7 +198,7 @@ def _run_split(run_dir: Path) -> tuple[int, float, list[str] | None]:
         recorded = json.loads((run_dir / rundir.METRICS).read_text()).get("test_split", {}).get("files")
     except (OSError, ValueError, AttributeError):
         recorded = None
-    return config.seed, config.val_fraction, recorded
+    return config.seed, config.test_fraction, recorded
 
 
 def _check_metadata(classes: tuple[str, ...], pre: Preprocessing, precision: str) -> None:
@@ -226,13 +227,19 @@ def expand_paths(items: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and confusion matrix of a run on a dataset's test split (at its precision).
+def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bool = True, tta: bool = False,
+                 per_image: str | Path | None = None) -> dict[str, Any]:
+    """Every metric (:func:`~transferlab.metrics.metric_block`) of a run on its own test split, at its precision.
 
     The split is the run's own: a folder without ``val/`` or ``test/`` is split with the run's seed
     and fraction, and the test files must be the ones the run recorded (else the differences are
-    named and nothing is scored).
+    named and nothing is scored). ``tta`` averages the probabilities of :data:`TTA_VIEWS`;
+    ``per_image`` writes one CSV row per test image (path, label, predicted, correct, probabilities).
     """
+    from .metrics import metric_block, prediction_rows, predictions_csv
+
+    if per_image is not None:
+        rundir.check_output(run_dir, per_image, "per_image")
     predictor = load(run_dir, device, precision=None)
     seed, fraction, recorded = _run_split(Path(run_dir))
     ds = resolve_data(data, seed, fraction)
@@ -246,11 +253,16 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
                                f"{list(predictor.classes)}")
     index = {c: i for i, c in enumerate(predictor.classes)}
     labels = torch.tensor([index[ds.classes[y]] for y in ds.test.labels], dtype=torch.long)
-    from .cache import decode
+    if tta:  # probabilities averaged over views; the metrics take their log as logits
+        logits = predictor.predict_proba(list(ds.test.paths), tta=True).clamp(min=1e-12).log()
+    else:
+        from .cache import decode
 
-    images = eval_batch(decode(ds.test.paths, predictor.pre, quiet=quiet).images, predictor.pre)
-    result = score(predictor._logits(images, None), labels, len(predictor.classes))
-    return {"run": str(run_dir), "data": data, "split": ds.test_source, "images": len(labels),
-            "accuracy": result["test_acc"], "loss": result["test_loss"],
-            "per_class_accuracy": dict(zip(predictor.classes, result["per_class_acc"])),
-            "class_names": list(predictor.classes), "confusion_matrix": result["confusion"]}
+        images = eval_batch(decode(ds.test.paths, predictor.pre, quiet=quiet).images, predictor.pre)
+        logits = predictor._logits(images, None)
+    block = metric_block(logits, labels, predictor.classes, "test")
+    if per_image is not None:
+        rows = prediction_rows([ds.relative(p) for p in ds.test.paths], labels.tolist(), logits.softmax(1),
+                               predictor.classes)
+        atomic_write_text(per_image, predictions_csv(rows, predictor.classes))
+    return {"run": str(run_dir), "data": data, "source": ds.test_source, "tta": tta, **block}

@@ -1,5 +1,7 @@
-"""Target models: a torchvision body with a new head, named stages, freezing and parameter groups.
+"""Target models: a torchvision or timm body with a new head, named stages, freezing and parameter groups.
 
+A name is torchvision's when torchvision has it, else timm's; ``timm:NAME`` selects timm
+(:func:`model_source`, timm's side in :mod:`transferlab.timm_models`).
 Each model family names its classifier layer and its stages (in forward order);
 ``--freeze STAGE`` freezes every stage up to and including STAGE, ``body`` freezes
 all but the new head, ``none`` nothing. Frozen parameters have
@@ -21,10 +23,11 @@ import torch
 from torch import nn
 from torchvision.models import get_model, list_models
 
+from . import timm_models
 from .errors import TransferlabError, opt
 
-__all__ = ["Family", "TransferModel", "create_model", "list_model_names", "family_of", "stage_names",
-           "param_groups", "init_head", "folded"]
+__all__ = ["Family", "TransferModel", "create_model", "list_model_names", "model_source", "family_of",
+           "stage_names", "param_groups", "init_head", "folded"]
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +94,30 @@ def _generic(net: nn.Module) -> StageTable:
     return table
 
 
+def _last_linear(net: nn.Module) -> str:
+    names = [name for name, mod in net.named_modules() if isinstance(mod, nn.Linear)]
+    if not names:
+        raise TransferlabError("this model has no Linear classifier to replace")
+    return names[-1]
+
+
+def _timm_head(net: nn.Module) -> str:
+    return timm_models.head_name(net, (getattr(net, "pretrained_cfg", None) or {}).get("architecture", "?"))
+
+
+def _timm_stages(net: nn.Module) -> StageTable:
+    return timm_models.stage_table(net, _timm_head(net))
+
+
 @dataclass(frozen=True)
 class Family:
-    """How a family of torchvision models is cut into stages and a classifier."""
+    """How a family of models is cut into stages and a classifier."""
 
     name: str
     patterns: tuple[str, ...]
-    head: str | None  # module path of the classifier layer; None: the last nn.Linear
+    head: str | None  # module path of the classifier layer; None: ``find_head`` finds it
     stages: Callable[[nn.Module], StageTable]
+    find_head: Callable[[nn.Module], str] = _last_linear
 
     def matches(self, model: str) -> bool:
         return any(fnmatch.fnmatch(model, p) for p in self.patterns)
@@ -112,6 +131,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("convnext", ("convnext_*",), "classifier.2", _convnext),
     Family("generic", ("*",), None, _generic),
 )
+# every timm model: the classifier its pretrained_cfg names, stages from its group matcher
+TIMM = Family("timm", (), None, _timm_stages, _timm_head)
 
 UNSUPPORTED = {"squeezenet1_0", "squeezenet1_1"}  # convolutional classifier, no Linear head
 
@@ -125,14 +146,29 @@ def list_model_names(pattern: str = "*") -> list[str]:
 
 
 def family_of(model: str) -> Family:
-    return next(f for f in FAMILIES if f.matches(model))
+    """The family of a model name (:data:`TIMM` for every timm model)."""
+    return TIMM if model_source(model)[0] == "timm" else next(f for f in FAMILIES if f.matches(model))
 
 
-def _last_linear(net: nn.Module) -> str:
-    names = [name for name, mod in net.named_modules() if isinstance(mod, nn.Linear)]
-    if not names:
-        raise TransferlabError("this model has no Linear classifier to replace")
-    return names[-1]
+def model_source(name: str) -> tuple[str, str]:
+    """("torchvision", name) or ("timm", name without ``timm:``): torchvision wins a name both have."""
+    forced, bare = timm_models.split_prefix(name)
+    if not forced and name in list_model_names():
+        return "torchvision", name
+    if name not in UNSUPPORTED and timm_models.is_timm_model(bare):
+        return "timm", bare
+    if forced:
+        raise TransferlabError(f"{opt('model', name)}: unknown model: timm has no {bare!r}; "
+                               f"{_suggest(bare)}`transferlab models 'timm:*'` lists timm's names")
+    raise TransferlabError(f"{opt('model', name)}: unknown model: neither torchvision nor timm has it; "
+                           f"{_suggest(name)}`transferlab models` lists them")
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list_model_names() + timm_models.list_timm_models(), n=3)
+    return f"did you mean {', '.join(close)}? " if close else ""
 
 
 def _get(net: nn.Module, path: str) -> nn.Module:
@@ -152,22 +188,22 @@ def init_head(layer: nn.Linear) -> None:
 
 
 class TransferModel(nn.Module):
-    """A torchvision classifier with a named head and named stages.
+    """A torchvision or timm classifier with a named head and named stages.
 
-    ``net`` is the unchanged torchvision module, so its ``state_dict`` keys are
-    torchvision's own. ``train()`` keeps the BatchNorm layers of frozen stages in
+    ``net`` is the unchanged torchvision or timm module, so its ``state_dict`` keys are
+    the library's own. ``train()`` keeps the BatchNorm layers of frozen stages in
     eval mode, and all of them with ``keep_bn_stats``: they then normalise with the
     pretrained running statistics while their scale and shift still train.
     """
 
     is_folded = False  # True for the inference copies made by :func:`folded`
 
-    def __init__(self, net: nn.Module, model_name: str, num_classes: int) -> None:
+    def __init__(self, net: nn.Module, model_name: str, num_classes: int, family: Family | None = None) -> None:
         super().__init__()
         self.net = net
         self.model_name = model_name
-        self.family = family_of(model_name)
-        self.head_name = self.family.head or _last_linear(net)
+        self.family = family or family_of(model_name)
+        self.head_name = self.family.head or self.family.find_head(net)
         # a stage that holds nothing but the classifier is not a stage of the body
         params = [n for n, _ in net.named_parameters() if not _under(n, self.head_name)]
         self.stages: StageTable = [(n, p) for n, p in self.family.stages(net)
@@ -189,6 +225,10 @@ class TransferModel(nn.Module):
         return self.head.out_features
 
     def reset_classifier(self, num_classes: int) -> None:
+        if self.family is TIMM:  # the model's own reset_classifier, then our init
+            timm_models.reset_head(self.net, self.model_name, self.head_name, num_classes)
+            init_head(self.head)
+            return
         old = self.head
         if not isinstance(old, nn.Linear):
             raise TransferlabError(f"{self.model_name}: classifier {self.head_name} is not a Linear layer")
@@ -271,10 +311,17 @@ def folded(model: TransferModel) -> TransferModel:
     from torch.fx.experimental.optimization import fuse
 
     out = copy.deepcopy(model).eval()
-    try:
-        out.net = fuse(out.net, inplace=True)
-    except Exception as exc:  # noqa: BLE001 - untraceable control flow: inference still works unfolded
-        log.debug("%s: BatchNorm not folded (%s)", model.model_name, exc)
+    if model.family is TIMM:  # BatchNormAct2d and Conv2dSame: folded by data flow (transferlab.folding)
+        from .folding import fold_by_dataflow
+
+        cfg = getattr(out.net, "pretrained_cfg", None) or {}
+        count = fold_by_dataflow(out.net, cfg["input_size"][-1] if cfg.get("fixed_input_size") else 32)
+        log.debug("%s: %d BatchNorm layers folded", model.model_name, count)
+    else:
+        try:
+            out.net = fuse(out.net, inplace=True)
+        except Exception as exc:  # noqa: BLE001 - untraceable control flow: inference still works unfolded
+            log.debug("%s: BatchNorm not folded (%s)", model.model_name, exc)
     out.is_folded = True
     device = next(out.parameters()).device
     return out.to(device, memory_format=torch.channels_last)
@@ -301,10 +348,14 @@ def stage_names(model: str) -> list[str]:
 
 
 def create_model(name: str, num_classes: int, weights: dict[str, torch.Tensor] | None = None) -> TransferModel:
-    """Build ``name`` with a new ``num_classes`` head; load a pretrained state dict into the body."""
-    if name not in list_model_names():
-        known = ", ".join(list_model_names())
-        raise TransferlabError(f"{opt('model', name)}: unknown model; choose one of: {known}")
+    """Build ``name`` (torchvision's or timm's) with a new ``num_classes`` head; load a pretrained state dict
+    into the body."""
+    source, bare = model_source(name)
+    if source == "timm":
+        model = TransferModel(timm_models.create_net(bare), name, num_classes, family=TIMM)
+        if weights is not None:
+            load_body(model, weights)
+        return model
     kwargs: dict[str, Any] = {}
     if name in ("googlenet", "inception_v3"):
         kwargs = {"aux_logits": False, "init_weights": False}
@@ -319,6 +370,8 @@ def load_body(model: TransferModel, state: dict[str, torch.Tensor]) -> None:
     """Load pretrained tensors into the body; the head keeps its fresh init unless shapes match."""
     own = model.net.state_dict()
     head = model.head_name
+    if model.family is TIMM:
+        state = timm_models.adapt_state(model.net, state, head)
     usable, skipped = {}, []
     for key, value in state.items():
         if key not in own:

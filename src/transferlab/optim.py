@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,23 +50,36 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
 
 @torch.enable_grad()
 def fit_head(model: TransferModel, features: torch.Tensor, labels: torch.Tensor, epochs: int,
-             lr: float, weight_decay: float, batch_size: int, label_smoothing: float, seed: int) -> None:
-    """Train only the classifier on cached body features (a linear probe)."""
+             lr: float, weight_decay: float, batch_size: int, label_smoothing: float, seed: int,
+             weight: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Train only the classifier on cached body features (a linear probe); return its per-epoch curve.
+
+    ``weight``: per-class loss weights (``class_weights="balanced"``).
+    """
     head = model.head
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(features) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     device = head.weight.device
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
+                                  label_smoothing=label_smoothing)
+    curve = []
     for epoch in range(epochs):
+        loss_sum, correct = 0.0, 0
         for step, idx in enumerate(torch.randperm(len(features), generator=generator).split(batch_size)):
-            loss = loss_fn(head(features[idx].to(device)), labels[idx].to(device))
+            logits, y = head(features[idx].to(device)), labels[idx].to(device)
+            loss = loss_fn(logits, y)
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
             where = f"head warm-up epoch {epoch + 1} step {step + 1}"
             check_loss(loss.item(), where, "probe_lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer_step(optimizer, where, "probe_lr")
             sched.step()
+        curve.append({"epoch": epoch + 1, "train_loss": round(loss_sum / len(features), 4),
+                      "train_acc": round(correct / len(features), 4)})
+    return curve
 
 

@@ -1,13 +1,17 @@
-"""Progress bars and log setup (stderr; silent with ``quiet``)."""
+"""Progress bars (stderr in a terminal, one HTML line each in Jupyter; silent with ``quiet``) and log setup."""
 
 from __future__ import annotations
 
+import html
 import logging
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from tqdm import tqdm
+
+from .console import in_notebook
 
 __all__ = ["progress", "close_bars", "setup_logging"]
 
@@ -21,6 +25,9 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", quiet
     if quiet:
         yield from items
         return
+    if in_notebook():  # one HTML bar updated in place, kept as a record (evaluation bars are cleared)
+        yield from _notebook_bar(items, total, desc, unit, keep=not desc.startswith("eval"))
+        return
     # disable=None: no bar when stderr is not a terminal, so logs and pipes get whole lines only
     bar = tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
                mininterval=0.5, disable=None)
@@ -30,6 +37,38 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", quiet
     finally:
         _OPEN.discard(bar)
         bar.close()
+
+
+def _notebook_bar(items: Iterable[T], total: int | None, desc: str, unit: str, keep: bool) -> Iterator[T]:
+    """A progress bar as one HTML line in a Jupyter output, updated at most twice a second.
+
+    tqdm's text bars write a line per update into a saved notebook, and its widget bars need
+    ipywidgets; this needs only IPython, which a notebook has.
+    """
+    from IPython.display import HTML, display
+
+    start = last = time.perf_counter()
+    handle = display(HTML(_bar_html(desc, 0, total, unit, 0.0)), display_id=True)
+    done = 0
+    try:
+        for item in items:
+            yield item
+            done += 1
+            now = time.perf_counter()
+            if now - last >= 0.5:
+                handle.update(HTML(_bar_html(desc, done, total, unit, now - start)))
+                last = now
+    finally:
+        elapsed = time.perf_counter() - start
+        handle.update(HTML(_bar_html(desc, done, total, unit, elapsed) if keep else ""))
+
+
+def _bar_html(desc: str, done: int, total: int | None, unit: str, elapsed: float) -> str:
+    rate = f", {done / elapsed:.2f} {unit}/s" if elapsed > 0 and done else ""
+    bar = f"<progress value='{done}' max='{total}' style='width:16em'></progress> " if total else ""
+    count = f"{done}/{total}" if total else f"{done}"
+    return (f"<div style='font-family:monospace'>{html.escape(desc)} {bar}{count} {html.escape(unit)} "
+            f"[{elapsed:.1f} s{rate}]</div>")
 
 
 def close_bars() -> None:

@@ -1,12 +1,14 @@
-"""Reports: plain-text tables, and the study report (summary.json, report.md, self-contained report.html).
+"""Reports: plain-text tables, the study report (summary.json, report.md, self-contained report.html),
+and the readers and HTML pieces the run report (:mod:`transferlab.runreport`) shares.
 
-Figures are drawn with matplotlib's Agg backend (``pip install 'transferlab[report]'``);
+Figures come from :mod:`transferlab.figures` (matplotlib, ``pip install 'transferlab[report]'``);
 without matplotlib the report still has every table, and says how to get the figures.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as _dt
 import html
 import json
@@ -20,10 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .figures import plot_accuracy, plot_confusion, plot_curves, plot_group, plot_mistakes, pm, pyplot
+from .figures import (
+    FIGURES_HINT,
+    MISTAKES_SHOWN,
+    confusion_figure,
+    mistake_rows,
+    mistakes_figure,
+    plot_accuracy,
+    plot_curves,
+    plot_group,
+    pm,
+    png,
+    pyplot,
+)
 from .files import atomic_write, atomic_write_json, atomic_write_text
 
-__all__ = ["format_table", "summarize_study", "write_study_report", "study_rows", "environment"]
+__all__ = ["format_table", "summarize_study", "write_study_report", "study_rows", "environment", "read_json",
+           "read_jsonl", "load_predictions", "html_table", "html_image", "REPORT_CSS"]
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +65,31 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 # --------------------------------------------------------------------------- the summary
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None where it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file's rows (``metrics.jsonl``), or [] where it is missing or unreadable."""
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return []
+
+
+def load_predictions(path: Path) -> list[dict[str, Any]] | None:
+    """``test_predictions.csv`` rows (:func:`transferlab.metrics.read_predictions`), or None where the file is
+    missing or unreadable (runs older than it)."""
+    from .metrics import read_predictions
+
+    try:
+        return read_predictions(path)
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return None
 
 
 def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -97,6 +125,10 @@ def environment() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "gpu": ", ".join(gpus) or "none"}
 
 
+# the test metrics a study aggregates per variant, under their metrics.json names
+STUDY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc")
+
+
 def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[str, Any],
                     changes: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]],
                     wall_s: float | None = None) -> dict[str, Any]:
@@ -112,19 +144,25 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
         rows = []
         for entry in planned:
             run_dir = out / entry["run_dir"]
-            metrics = _read_json(run_dir / rundir.METRICS)
+            metrics = read_json(run_dir / rundir.METRICS)
             if not metrics:
                 continue
             classes = classes or metrics.get("class_names")
             devices.add(metrics.get("device"))
+            history = read_jsonl(run_dir / rundir.HISTORY)
+            split = "val" if any("val_acc" in h for h in history) else "test"  # runs with a validation split
+            test = metrics.get("test", {})  # the metric names of metrics.json and `evaluate`
             rows.append({"seed": entry["seed"], "run_dir": entry["run_dir"], "test_acc": metrics["test_acc"],
-                         "best_test_acc": metrics["best_test_acc"], "wall_s": metrics["wall_s"],
+                         **{key: test.get(key) for key in STUDY_METRICS},
+                         "head_warmup_acc": (metrics.get("head_warmup") or {}).get("accuracy"),
+                         "epochs_trained": metrics.get("epochs_trained"), "wall_s": metrics["wall_s"],
                          "train_images_per_s": metrics.get("train_images_per_s"),
                          "zero_shot_acc": metrics.get("zero_shot_acc"), "confusion": metrics.get("confusion"),
-                         "curve": [h["test_acc"] for h in _read_jsonl(run_dir / "metrics.jsonl")]})
+                         "curve": [h[f"{split}_acc"] for h in history if h.get(f"{split}_acc") is not None],
+                         "curve_split": split})
         item: dict[str, Any] = {"name": name, "overrides": overrides, "changes": changes.get(name, {}),
                                 "planned": len(planned), "finished": len(rows), "runs": rows}
-        for key in ("test_acc", "best_test_acc", "wall_s", "train_images_per_s", "zero_shot_acc"):
+        for key in ("test_acc", *STUDY_METRICS, "head_warmup_acc", "wall_s", "train_images_per_s", "zero_shot_acc"):
             item[f"{key}_mean"], item[f"{key}_std"] = _stats([r[key] for r in rows])
         variants.append(item)
     order = list(study["variants"])
@@ -166,15 +204,18 @@ def study_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "#": rank, "variant": v["name"], "changes": _changes_text(v),
             "test acc": pm(v["test_acc_mean"], v["test_acc_std"]),
             f"Δ vs {summary['variant_order'][0]} (pts)": delta or "-",
-            "best-epoch acc": pm(v["best_test_acc_mean"], v["best_test_acc_std"]),
+            "balanced acc": pm(v["balanced_accuracy_mean"], v["balanced_accuracy_std"]),
+            "macro F1": pm(v["macro_f1_mean"], v["macro_f1_std"]),
+            "head warm-up acc": pm(v["head_warmup_acc_mean"], v["head_warmup_acc_std"]),
             "zero-shot": pm(v["zero_shot_acc_mean"], v["zero_shot_acc_std"]),
             "s / run": f"{v['wall_s_mean']:.0f}" if v["wall_s_mean"] is not None else "-",
             "train img/s": f"{v['train_images_per_s_mean']:.0f}" if v["train_images_per_s_mean"] else "-",
             "seeds": f"{v['finished']}/{v['planned']}",
         })
-    if all(r["zero-shot"] == "-" for r in rows):
-        for r in rows:
-            del r["zero-shot"]
+    for column in ("zero-shot", "head warm-up acc", "balanced acc", "macro F1"):  # old runs, or none applies
+        if all(r[column] == "-" for r in rows):
+            for r in rows:
+                del r[column]
     return rows
 
 
@@ -186,29 +227,33 @@ def _representative(variant: dict[str, Any]) -> dict[str, Any]:
     return min(variant["runs"], key=lambda r: (abs(r["test_acc"] - variant["test_acc_mean"]), r["seed"]))
 
 
-def _mistakes(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's misclassified test images, most confident first (the run's own test split)."""
+def _predicted_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Prediction rows of a run's test images made now (runs older than ``test_predictions.csv``); absolute paths."""
     from .config import RunConfig
     from .data import resolve_data
     from .inference import load
 
     config = RunConfig.load(run_dir / rundir.CONFIG)
-    dataset = resolve_data(config.data, config.seed, config.val_fraction)
+    dataset = resolve_data(config.data, config.seed, getattr(config, "test_fraction", config.val_fraction))
     predictor = load(run_dir, device="cpu")
-    index = {c: i for i, c in enumerate(predictor.classes)}
     paths = list(dataset.test.paths)
-    mistakes = []
+    rows = []
     for start in range(0, len(paths), 32):
         chunk = paths[start:start + 32]
-        probs = predictor.predict_proba(chunk)
-        for path, label, p in zip(chunk, dataset.test.labels[start:start + 32], probs):
+        for path, label, p in zip(chunk, dataset.test.labels[start:start + 32], predictor.predict_proba(chunk)):
+            pred = predictor.classes[int(p.argmax())]
             true = dataset.classes[label]
-            pred = int(p.argmax())
-            if pred != index[true]:
-                mistakes.append({"path": str(path), "true": true, "pred": predictor.classes[pred],
-                                 "confidence": round(float(p[pred]), 4)})
-    mistakes.sort(key=lambda m: -m["confidence"])
-    return mistakes
+            rows.append({"path": str(path), "label": true, "predicted": pred, "correct": int(pred == true),
+                         **{f"prob_{c}": float(v) for c, v in zip(predictor.classes, p)}})
+    return rows
+
+
+def _prediction_rows(run_dir: Path, metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], Path | None]:
+    """The run's test predictions and the folder their paths are relative to (None: absolute paths)."""
+    rows = load_predictions(run_dir / rundir.PREDICTIONS)
+    if rows is not None and metrics.get("data_root"):
+        return rows, Path(metrics["data_root"])
+    return _predicted_rows(run_dir), None
 
 
 # --------------------------------------------------------------------------- report files
@@ -222,38 +267,41 @@ def write_study_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Pa
     """Write ``summary.json``, ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``."""
     out = Path(out)
     best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
+    metrics: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    root = None
     if best is not None:
         run = _representative(best)
+        metrics = read_json(out / run["run_dir"] / rundir.METRICS) or {}
         try:
-            mistakes = _mistakes(out / run["run_dir"])
+            rows, root = _prediction_rows(out / run["run_dir"], metrics)
         except Exception as exc:  # noqa: BLE001 - a report without the image grid beats no report
             log.warning("report: cannot predict the test images of %s (%s)", run["run_dir"], exc)
-            mistakes = []
         summary["best_run"] = {"variant": best["name"], "seed": run["seed"], "run_dir": run["run_dir"],
                                "test_acc": run["test_acc"], "confusion": run["confusion"],
-                               "mistakes": mistakes}
+                               "mistakes": mistake_rows(rows)}
     figures: list[tuple[str, str, bytes]] = []  # (file stem, caption, png)
-    plt = pyplot()
-    if plt is not None and best is not None:
-        figures.append(("accuracy", "Final test accuracy by variant", plot_accuracy(plt, summary)))
-        figures.append(("curves", "Learning curves", plot_curves(plt, summary)))
+    plotted = pyplot() is not None
+    if plotted and best is not None:
+        figures.append(("accuracy", "Final test accuracy by variant", png(plot_accuracy(summary))))
+        figures.append(("curves", "Learning curves", png(plot_curves(summary))))
         for title, names in summary["groups"].items():
-            png = plot_group(plt, summary, title, names)
-            if png:
-                figures.append((f"group_{_slug(title)}", title, png))
+            fig = plot_group(summary, title, names)
+            if fig is not None:
+                figures.append((f"group_{_slug(title)}", title, png(fig)))
         br = summary["best_run"]
-        if br["confusion"] and summary["class_names"]:
-            figures.append(("confusion", "Confusion matrix", plot_confusion(
-                plt, br["confusion"], summary["class_names"],
-                f"{br['variant']}, seed {br['seed']}: test acc {br['test_acc']:.3f}")))
-        png = plot_mistakes(plt, br["mistakes"])
-        if png:
-            figures.append(("mistakes", "Most confidently misclassified test images", png))
-    for stem, _caption, png in figures:
-        atomic_write(out / "figures" / f"{stem}.png", lambda tmp, data=png: Path(tmp).write_bytes(data))
+        fig = confusion_figure(metrics, f"{br['variant']}, seed {br['seed']}: test acc {br['test_acc']:.3f}")
+        if fig is not None:
+            figures.append(("confusion", "Confusion matrix", png(fig)))
+        fig = mistakes_figure(rows, root, metrics["preprocessing"], MISTAKES_SHOWN) \
+            if metrics.get("preprocessing") else None
+        if fig is not None:
+            figures.append(("mistakes", "Most confidently misclassified test images", png(fig)))
+    for stem, _caption, data in figures:
+        atomic_write(out / "figures" / f"{stem}.png", lambda tmp, data=data: Path(tmp).write_bytes(data))
     paths = {"summary": atomic_write_json(out / "summary.json", summary),
-             "md": atomic_write_text(out / "report.md", _markdown(summary, figures, plt is not None)),
-             "html": atomic_write_text(out / "report.html", _html(summary, figures, plt is not None))}
+             "md": atomic_write_text(out / "report.md", _markdown(summary, figures, plotted)),
+             "html": atomic_write_text(out / "report.html", _html(summary, figures, plotted))}
     return paths
 
 
@@ -289,7 +337,7 @@ def _markdown(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], pl
     lines += [f"- {fact}" for fact in _facts(summary)] + ["", "## Results", "", format_table(study_rows(summary)),
                                                           ""]
     if not plotted:
-        lines += ["(figures need matplotlib: `pip install 'transferlab[report]'`)", ""]
+        lines += [f"({FIGURES_HINT})", ""]
     for stem, caption, _png_data in figures:
         lines += [f"## {caption}" if stem in ("accuracy", "curves", "confusion", "mistakes") else f"### {caption}",
                   "", f"![{caption}](figures/{stem}.png)", ""]
@@ -302,7 +350,7 @@ def _markdown(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], pl
     return "\n".join(lines)
 
 
-_CSS = """
+REPORT_CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1a202c;max-width:1040px;
 margin:2em auto;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #e2e8f0;padding-bottom:.2em}
@@ -314,7 +362,8 @@ pre{background:#f7fafc;padding:1em;overflow:auto;font-size:.85em}.muted{color:#7
 """
 
 
-def _html_table(rows: list[dict[str, Any]]) -> str:
+def html_table(rows: list[dict[str, Any]]) -> str:
+    """An HTML table of ``rows`` (numbers right-aligned)."""
     if not rows:
         return "<p>(no rows)</p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
@@ -329,9 +378,10 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _img(png: bytes, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+def html_image(data: bytes, caption: str) -> str:
+    """A PNG embedded as a base64 ``data:`` URL (the report stays one self-contained file)."""
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
 
 
 def _html(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotted: bool) -> str:
@@ -339,34 +389,34 @@ def _html(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotte
     bold = re.compile(r"[*][*](.+?)[*][*]")
     facts = "".join("<li>" + bold.sub(r"<b>\1</b>", esc(f)) + "</li>" for f in _facts(summary))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(_title(summary))}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{esc(_title(summary))}</h1>"]
+             f"<style>{REPORT_CSS}</style></head><body>", f"<h1>{esc(_title(summary))}</h1>"]
     if summary["description"]:
         parts.append(f"<p class=muted>{esc(summary['description'])}</p>")
-    parts += [f"<ul>{facts}</ul>", "<h2>Results</h2>", _html_table(study_rows(summary))]
+    parts += [f"<ul>{facts}</ul>", "<h2>Results</h2>", html_table(study_rows(summary))]
     if not plotted:
-        parts.append("<p class=muted>Figures need matplotlib: <code>pip install 'transferlab[report]'</code></p>")
-    by_stem = {stem: (caption, png) for stem, caption, png in figures}
+        parts.append(f"<p class=muted>({html.escape(FIGURES_HINT)})</p>")
+    by_stem = {stem: (caption, image) for stem, caption, image in figures}
     for stem in ("accuracy", "curves"):
         if stem in by_stem:
-            caption, png = by_stem[stem]
-            parts += [f"<h2>{esc(caption)}</h2>", _img(png, caption)]
-    small = [(caption, png) for stem, caption, png in figures if stem.startswith("group_")]
+            caption, image = by_stem[stem]
+            parts += [f"<h2>{esc(caption)}</h2>", html_image(image, caption)]
+    small = [(caption, image) for stem, caption, image in figures if stem.startswith("group_")]
     if small:
         parts.append("<h2>Ablations</h2><div class=small>")
-        parts += [f"<figure>{_img(png, caption)}</figure>" for caption, png in small]
+        parts += [f"<figure>{html_image(image, caption)}</figure>" for caption, image in small]
         parts.append("</div>")
     br = summary.get("best_run")
     if br:
         parts.append(f"<h2>Best variant: {esc(br['variant'])} (seed {br['seed']})</h2>")
         if "confusion" in by_stem:
-            parts.append(_img(by_stem["confusion"][1], "confusion matrix"))
+            parts.append(html_image(by_stem["confusion"][1], "confusion matrix"))
         if "mistakes" in by_stem:
             parts += [f"<h3>Most confidently misclassified test images ({len(br['mistakes'])} wrong in all)</h3>",
-                      _img(by_stem["mistakes"][1], "misclassified images")]
+                      html_image(by_stem["mistakes"][1], "misclassified images")]
         elif not br["mistakes"]:
             parts.append("<p>No misclassified test images.</p>")
     parts += ["<h2>Base config</h2>", f"<pre>{esc(json.dumps(summary['base_config'], indent=2, sort_keys=True))}</pre>",
-              "<h2>Environment</h2>", _html_table([{"": k, "value": v} for k, v in _env_rows(summary)]),
+              "<h2>Environment</h2>", html_table([{"": k, "value": v} for k, v in _env_rows(summary)]),
               f"<p class=muted>Written {esc(summary['written'])}; run directories under "
               f"{esc(summary['out'])}/&lt;variant&gt;/seed&lt;k&gt;/.</p>", "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import RunConfig
+from .config import RunConfig, upgrade
 from .errors import TransferlabError, opt
-from .files import atomic_write, atomic_write_json
+from .files import atomic_write, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from .models import TransferModel
     from .transforms import Preprocessing
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RUN_FILES", "is_finished", "config_differences",
-           "saved_differences",
-           "check_run_dir", "resume_config", "save_model", "write_history", "write_metrics", "write_checkpoint",
+__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RUN_FILES", "is_finished",
+           "config_differences", "saved_differences",
+           "check_run_dir", "check_output", "resume_config", "save_model", "write_history", "write_metrics",
+           "write_checkpoint",
            "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
            "foreign_files", "writing", "locked", "discard_unstarted", "LOCK"]
 
@@ -53,7 +54,8 @@ CHECKPOINT = "checkpoint.pt"
 PREDICTIONS = "test_predictions.csv"  # the final model on every test image (see metrics.prediction_rows)
 REPORT = "report.html"
 LOCK = ".lock"
-RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT)  # a run's own files; nothing else may write them
+# a run's own files; nothing else may write them
+RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT)
 
 
 def is_finished(run_dir: str | Path) -> bool:
@@ -82,7 +84,7 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
                                f"{opt('out')}") from None
     if not isinstance(values, dict):
         raise TransferlabError(f"{path}: not a run config; delete it or choose another {opt('out')}")
-    return values
+    return upgrade(values)
 
 
 def saved_differences(run_dir: Path, config: RunConfig) -> list[str]:
@@ -154,10 +156,23 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     atomic_write_json(run_dir / METRICS, metrics)
 
 
+def check_output(run_dir: str | Path, path: str | Path, option: str) -> None:
+    """Refuse to write an output (export, predictions) onto a folder or onto one of the run's own files."""
+    path = Path(path)
+    if path.is_dir():
+        raise TransferlabError(f"{opt(option, path)}: is a folder; give a file name")
+    if path.resolve() in {(Path(run_dir) / name).resolve() for name in RUN_FILES}:
+        raise TransferlabError(f"{opt(option, path)}: {path.name} is one of the run's own files; write elsewhere")
+
+
 def finish(run_dir: Path, model: TransferModel, classes: Sequence[str], pre: Preprocessing, config: RunConfig,
-           metrics: dict[str, Any]) -> None:
-    """Write the model file and the final metrics, then drop the checkpoint."""
+           metrics: dict[str, Any], predictions: Sequence[dict[str, Any]] = ()) -> None:
+    """Write the model file, the test predictions and the final metrics, then drop the checkpoint."""
+    from .metrics import predictions_csv
+
     save_model(model, run_dir / MODEL, classes, pre, config)
+    if predictions:
+        atomic_write_text(run_dir / PREDICTIONS, predictions_csv(predictions, classes))
     write_metrics(run_dir, metrics)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 

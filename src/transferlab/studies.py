@@ -56,8 +56,9 @@ class Study:
 
 BUILTIN_STUDIES: dict[str, dict[str, Any]] = {
     "recipe": {
-        "description": "the seed recipe's comparison and its ablations: fine-tune vs. scratch, linear probe, "
-                       "freeze depth, head/body lr ratio, head from ImageNet rows",
+        "description": "the seed recipe's comparison and its ablations: fine-tune vs. scratch, linear probe (its "
+                       "head trains head_warmup_epochs + epochs, as long as a fine-tune's), freeze depth, head/body "
+                       "lr ratio, head from ImageNet rows",
         "variants": {
             "finetune": {},
             "scratch": {"weights": "none"},

