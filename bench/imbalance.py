@@ -52,7 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="elpv")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["defaults", "balanced", "select_loss"], choices=list(ARMS),
+                        help="(default: defaults balanced select_loss)")
     parser.add_argument("--budget", choices=["defaults", "demo"], default="defaults",
                         help="defaults: 3 epochs at 224 px; demo: `transferlab demo`'s 2 epochs at 160 px")
     args = parser.parse_args()

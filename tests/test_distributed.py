@@ -169,6 +169,6 @@ def test_nproc_launches_torchrun_and_sigterm_checkpoints(tmp_path):
 
     done = run([*TRANSFERLAB, "train", "--nproc", "2", "--out", str(out), "--resume", "--quiet"])
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip().splitlines()) == 1 and done.stdout.startswith("test_acc ")
+    assert len(done.stdout.strip().splitlines()) == 1 and done.stdout.startswith("test: accuracy ")
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransferlabError
-from .options import DATA_HELP, DEFAULTS, add_train_options, train_overrides
+from .options import DATA_HELP, DEFAULTS, add_train_options, renamed_notice, train_overrides
 
 __all__ = ["main", "build_parser"]
 
@@ -156,6 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = rundir.resume_config(out, overrides)
     else:
         config = make_config(args.preset, **overrides, out=str(out))
+    if ctx.is_main:
+        renamed_notice(overrides)
     if args.nproc and args.nproc > 1:
         check_global_batch(config.batch_size, args.nproc)
         again = f"transferlab train --nproc {args.nproc} --out {shlex.quote(str(out))} --resume"
@@ -359,6 +361,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if "data" not in overrides and "data" not in study.base:
         raise TransferlabError(f"--data is required: {DATA_HELP}")
     config = make_config(args.preset, **{**study.base, **overrides})
+    renamed_notice(overrides)
     out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"
     seeds = [config.seed + k for k in range(args.seeds)]
     from .loop import TrainingInterrupted

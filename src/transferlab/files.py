@@ -45,7 +45,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """UTF-8; a file name that is not valid UTF-8 (held as surrogates) is written back as its own bytes."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

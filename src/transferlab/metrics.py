@@ -111,7 +111,7 @@ def predictions_csv(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> s
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """Rows written by :func:`predictions_csv`, numbers parsed."""
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         row["correct"] = int(row["correct"])

@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import BN_STATS, CLASS_WEIGHTS, CROP_REGIONS, PRECISIONS, SELECT_METRICS, RunConfig
 
-__all__ = ["DATA_HELP", "TRAIN_OPTIONS", "DEFAULTS", "add_train_options", "train_overrides"]
+__all__ = ["DATA_HELP", "TRAIN_OPTIONS", "DEFAULTS", "add_train_options", "train_overrides", "renamed_notice"]
 
 DATA_HELP = "DIR (an ImageFolder root: train/ plus val/ or test/, or class folders), elpv or hotdog"
 
@@ -115,7 +115,14 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = [flag[2:].replace("-", "_") for flag, _ in TRAIN_OPTIONS]
     values = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return values
+
+
+def renamed_notice(values: dict[str, Any]) -> None:
+    """One line when ``--val-fraction`` is given alone: it sized the test split before the roles had names.
+
+    Called once the options are valid, so a bad value still gets its error as the only line.
+    """
     if "val_fraction" in values and "test_fraction" not in values:
         print("transferlab: note: --val-fraction now sizes the validation split carved from train; the test split "
               "it sized before is --test-fraction", file=sys.stderr)
-    return values
