@@ -60,8 +60,8 @@ def test_training_shows_its_lines_and_a_growing_epoch_table(executed):
     assert len(tables) == 1 and tables[0].count("<tr>") == 4  # header + 3 epochs (display updated in place)
     assert "val_loss" in tables[0] and "test_acc" not in tables[0]
     bars = [h for h in shown if "<progress" in h]  # one line per bar, kept as a record: no text flood
-    assert [b.split()[1] for b in bars if "epoch" in b][:1] == ["epoch"]
-    assert sum("epoch " in b for b in bars) == 3 and all("6/6" in b for b in bars if "epoch " in b)
+    epochs = [b for b in bars if ">epoch " in b]
+    assert len(epochs) == 3 and all("6/6 batch" in b for b in epochs), epochs
 
 
 def test_the_result_shows_metrics_curves_and_confusion(executed):
