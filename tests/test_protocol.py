@@ -124,6 +124,13 @@ def test_loss_selection_minimises_and_no_metric_keeps_the_last_epoch():
                                          "stopped_early": False}
 
 
+def test_roc_auc_selection_needs_two_classes(tmp_path):
+    three = make_folder(tmp_path / "three", {"train": 3, "val": 2},
+                        {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)})
+    with pytest.raises(TransferlabError, match="ROC-AUC needs two classes"):
+        train.Trainer(make_config(data=str(three), select_metric="roc_auc"))
+
+
 def test_config_roles_and_the_old_spelling():
     assert make_config().carve_fraction == 0.0 and make_config().selection is None
     assert make_config(early_stopping=2).selection == "loss" and make_config(early_stopping=2).carve_fraction == 0.15

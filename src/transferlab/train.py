@@ -94,6 +94,10 @@ class Trainer(Checkpoints, Outcome):
                 self.device = torch.device("cuda", self.dist.local_rank)
         self.dataset = (dataset or resolve_data(config.data, config.seed, config.test_fraction)).with_validation(
             config.carve_fraction, config.seed)
+        if config.select_metric == "roc_auc" and len(self.dataset.classes) != 2:
+            raise TransferlabError(f"{opt('select_metric', 'roc_auc')}: ROC-AUC needs two classes, "
+                                   f"{opt('data', config.data)} has {len(self.dataset.classes)}; choose loss, "
+                                   "accuracy, balanced_accuracy or macro_f1")
         self.eval_split = "val" if self.dataset.val is not None else "test"  # what every epoch is scored on
         self.selector = Selector(config.selection, config.early_stopping)
         self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
