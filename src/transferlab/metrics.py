@@ -28,6 +28,7 @@ __all__ = ["DIGITS", "ECE_BINS", "metric_block", "selection_value", "headline", 
 
 DIGITS = 4  # floats are rounded to this many decimals (a test split of 1,000 images resolves 0.001)
 ECE_BINS = 15
+TEMPERATURE_RANGE = (0.05, 20.0)  # the temperatures fit_temperature may return
 
 
 def _round(value: float) -> float | None:
@@ -136,7 +137,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(closure)
     t = float(log_t.detach().exp())
-    return round(t, DIGITS) if math.isfinite(t) and t > 0 else 1.0
+    # a validation split the model gets all right has its optimum at T -> 0 (every logit to infinity);
+    # the bounds keep the saved head finite and the probabilities usable
+    return round(min(max(t, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1]), DIGITS) if math.isfinite(t) else 1.0
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
