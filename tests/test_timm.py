@@ -386,3 +386,19 @@ def test_model_rows_need_no_torch():
             "assert len(model_rows('tf_efficientnet_lite*')) == 5 and model_rows('mobilenet_v2')[0].local\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_global_batchnorm_keeps_timms_activations():
+    """DDP on CPU swaps every BatchNorm for a global one; timm's BatchNormAct2d must keep its activation."""
+    from transferlab import distributed
+
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 3)
+    net = model.net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+        converted = distributed.sync_batchnorm(net, torch.device("cpu")).eval()
+        after = converted(x)
+    swapped = [m for m in converted.modules() if isinstance(m, distributed.GlobalBatchNormAct)]
+    assert swapped and torch.allclose(before, after, atol=1e-6)
