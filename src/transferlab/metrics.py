@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DIGITS", "ECE_BINS", "metric_block", "selection_value", "headline", "prediction_rows",
+__all__ = ["DIGITS", "ECE_BINS", "metric_block", "selection_value", "prediction_rows",
            "predictions_csv", "read_predictions", "fit_temperature", "class_weights"]
 
 DIGITS = 4  # floats are rounded to this many decimals (a test split of 1,000 images resolves 0.001)
@@ -80,12 +80,6 @@ def selection_value(block: dict[str, Any], metric: str) -> float:
     if value is None:
         return -math.inf
     return -value if metric == "loss" else value
-
-
-def headline(block: dict[str, Any]) -> dict[str, Any]:
-    """The block's scalar metrics, prefixed by its split (``test_accuracy``, ``val_macro_f1``, ...)."""
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc", "average_precision")
-    return {f"{block['split']}_{key}": block[key] for key in keys if key in block}
 
 
 def prediction_rows(paths: Sequence[str], labels: Sequence[int], probs: torch.Tensor,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .figures import image_grid, new_figure
+from .metrics import ECE_BINS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["ECE_BINS", "prediction_arrays", "expected_calibration_error", "binary_curves", "learning_curve_figure",
            "roc_pr_figure", "reliability_figure", "crops_figure"]
 
-ECE_BINS = 15
 TRAIN, EVAL, WARM, TEST = "#2b6cb0", "#dd6b20", "#38a169", "#9b2c2c"
 SPLIT_NAMES = {"val": "validation", "test": "test"}
 
@@ -57,29 +57,28 @@ def _reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) ->
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    n = len(confidence)
-    return sum(count / n * abs(acc - conf) for _, conf, acc, count in _reliability_bins(confidence, correct, bins)) \
-        if n else float("nan")
+    """ECE of top-class confidences against 0/1 correctness (torchmetrics' definition, as in ``metrics.json``)."""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    if not len(confidence):
+        return float("nan")
+    return float(binary_calibration_error(torch.as_tensor(confidence, dtype=torch.float64),
+                                          torch.as_tensor(correct).long(), n_bins=bins, norm="l1"))
 
 
 def binary_curves(y: np.ndarray, score: np.ndarray) -> dict[str, Any]:
-    """ROC and precision-recall curves of scores against 0/1 truth, with ROC AUC and average precision."""
-    order = np.argsort(-score, kind="mergesort")
-    score, y = score[order], y[order]
-    last = np.r_[np.nonzero(np.diff(score))[0], len(score) - 1]  # the last index of each distinct score
-    tps = np.cumsum(y)[last].astype(np.float64)
-    fps = (last + 1) - tps
-    positives, negatives = tps[-1], fps[-1]
-    fpr, tpr = np.r_[0.0, fps / negatives], np.r_[0.0, tps / positives]
-    precision, recall = tps / (tps + fps), tps / positives
-    return {"fpr": fpr, "tpr": tpr, "roc_auc": float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)),
-            "precision": np.r_[1.0, precision], "recall": np.r_[0.0, recall],
-            "average_precision": float(np.sum(np.diff(np.r_[0.0, recall]) * precision)),
-            "prevalence": float(positives / len(y))}
+    """ROC and precision-recall curves of 0/1 truth against scores, with ROC AUC and AP (torchmetrics)."""
+    import torch
+    from torchmetrics.functional import classification as tm
 
-
-# --------------------------------------------------------------------------- figures
+    preds, target = torch.as_tensor(score, dtype=torch.float64), torch.as_tensor(y).long()
+    fpr, tpr, _ = tm.binary_roc(preds, target)
+    precision, recall, _ = tm.binary_precision_recall_curve(preds, target)
+    return {"fpr": fpr.numpy(), "tpr": tpr.numpy(), "roc_auc": float(tm.binary_auroc(preds, target)),
+            "precision": precision.flip(0).numpy(), "recall": recall.flip(0).numpy(),  # recall rising from 0
+            "average_precision": float(tm.binary_average_precision(preds, target)),
+            "prevalence": float(target.float().mean())}
 
 
 def _eval_split(history: Sequence[dict[str, Any]]) -> str:
