@@ -82,3 +82,11 @@ def test_reprs_are_short(executed):
         assert 0 < len(text) < 400, (marker, text)
     files = json.loads(_text(_cell(executed, "iterdir").outputs[0]).replace("'", '"'))
     assert {"report.html", "test_predictions.csv", "model.safetensors", "metrics.json"} <= set(files)
+
+
+def test_the_ranking_shows_as_a_table_with_its_pick(executed):
+    out = _cell(executed, "tl.rank(").outputs
+    html = next(o["data"]["text/html"] for o in out if o["output_type"] == "execute_result")
+    assert "picked <b>" in html and html.count("<tr>") >= 3 and "probe_acc" in html
+    picked = _text(_cell(executed, "ranking.picked").outputs[0])
+    assert any(name in picked for name in ("mobilenet_v2", "tf_efficientnet_lite"))

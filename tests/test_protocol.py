@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_folder, make_image, run_cli
 
-from transferlab import optim, train
+from transferlab import headfit, optim, train
 from transferlab.config import RunConfig, make_config
 from transferlab.data import resolve_data
 from transferlab.errors import TransferlabError
@@ -243,7 +243,7 @@ def test_class_weights_reach_the_head_warmup_and_the_loss(tmp_path, monkeypatch)
         seen["weight"] = kwargs.get("weight")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "fit_head", spy)
+    monkeypatch.setattr(headfit, "fit_head", spy)
     result = train.finetune(make_config(data=str(data), epochs=1, class_weights="balanced", **TINY), quiet=True)
     # classes sort as blue, red: 12 / (2 * 3) and 12 / (2 * 9)
     assert torch.allclose(seen["weight"], torch.tensor([2.0, 12 / 18]))

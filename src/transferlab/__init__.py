@@ -1,4 +1,4 @@
-"""transferlab: fine-tune an ImageNet-pretrained torchvision model on your own images.
+"""transferlab: fine-tune an ImageNet-pretrained torchvision or timm model on your own images.
 
 The names below are imported on first use (PEP 562), so ``import transferlab`` and the
 command line's ``--help`` do not import torch.
@@ -19,6 +19,7 @@ _EXPORTS = {
     "Predictor": "inference", "evaluate_run": "inference", "load": "inference",
     "TransferModel": "models", "create_model": "models", "list_model_names": "models", "param_groups": "models",
     "RunResult": "train", "Trainer": "train", "finetune": "train",
+    "rank": "ranker", "Ranking": "ranking",
     "Preprocessing": "transforms",
     "resolve_weights": "weights",
 }
@@ -26,7 +27,7 @@ _EXPORTS = {
 __all__ = [
     "PRESETS", "RunConfig", "make_config", "Dataset", "resolve_data", "TransferlabError", "Predictor",
     "evaluate_run", "load", "TransferModel", "create_model", "list_model_names", "param_groups",
-    "RunResult", "Trainer", "finetune", "Preprocessing", "resolve_weights", "__version__",
+    "RunResult", "Trainer", "finetune", "rank", "Ranking", "Preprocessing", "resolve_weights", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from .errors import TransferlabError
     from .inference import Predictor, evaluate_run, load
     from .models import TransferModel, create_model, list_model_names, param_groups
+    from .ranker import rank
+    from .ranking import Ranking
     from .train import RunResult, Trainer, finetune
     from .transforms import Preprocessing
     from .weights import resolve_weights

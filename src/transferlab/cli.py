@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransferlabError
-from .options import DATA_HELP, DEFAULTS, add_train_options, renamed_notice, train_overrides
+from .options import DATA_HELP, DEFAULTS, RANK_OPTIONS, add_train_options, renamed_notice, train_overrides
 
 __all__ = ["main", "build_parser"]
 
@@ -34,7 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="offline demo: ELPV solar cells, MobileNetV2 fine-tuned vs. scratch")
+    p.add_argument("--model", default=None, help="the backbone of both arms (default: mobilenet_v2); auto ranks "
+                                                 "the offline backbones on ELPV's training split first")
     p.add_argument("--out", default="runs/demo", help="(default: runs/demo)")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("rank", help="score backbones on the training split (cached features) and pick one")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--models", default=None, help="comma-separated candidates (default: every model whose weights "
+                                                  "are on this machine, `transferlab models --local`)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds the fine-tune may take: slower candidates are listed, not picked")
+    p.add_argument("--logme", action="store_true", help="also compute LogME (an evidence score; shown, not used "
+                                                        "to pick)")
+    add_train_options(p, RANK_OPTIONS)
+    p.add_argument("--out", default=None, help="folder for rank.json (default: runs/rank-<data>)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help="every metric of a run on its own test split, as JSON")
@@ -212,7 +226,24 @@ def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import demo
 
-    demo(args.out, quiet=args.quiet)
+    demo(args.out, quiet=args.quiet, **({"model": args.model} if args.model else {}))
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .ranker import RANK_FILE, rank
+
+    overrides = train_overrides(args)
+    config = make_config(args.preset, **overrides)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    out = Path(args.out or f"runs/rank-{Path(config.data).name}")
+    ranking = rank(config, models=models, budget=args.budget, logme_too=args.logme, quiet=args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    path = ranking.write(out / RANK_FILE)
+    print(ranking.table())
+    print(f"picked {ranking.picked}: {ranking.reason}; ranked in {ranking.seconds:.0f} s; {path}")
+    print(json.dumps({"picked": ranking.picked, "rank_json": str(path), "seconds": ranking.seconds}))
     return 0
 
 
@@ -375,7 +406,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "evaluate": cmd_evaluate, "predict": cmd_predict,
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "rank": cmd_rank, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "report": cmd_report, "export": cmd_export, "serve": cmd_serve,
             "models": cmd_models, "weights": cmd_weights, "cache": cmd_cache, "study": cmd_study}
 

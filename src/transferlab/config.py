@@ -20,6 +20,7 @@ BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
 SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # see RunConfig.select_metric
 CLASS_WEIGHTS = ("none", "balanced")  # see RunConfig.class_weights
+HEAD_FITS = ("adamw", "logreg")  # see RunConfig.head_fit
 DEFAULT_VAL_FRACTION = 0.15  # carved from train when a run selects but names no fraction (README, "Validation")
 
 
@@ -34,7 +35,8 @@ class RunConfig:
 
     A pretrained run first fits the new head alone for ``head_warmup_epochs`` on cached
     body features (a linear probe, at ``probe_lr``, the rate of ``freeze="body"`` runs
-    too), then fine-tunes everything.
+    too), then fine-tunes everything. ``head_fit="logreg"`` fits that head (and a probe's) as a
+    logistic regression instead, its L2 strength chosen by cross-validation on the training split.
     ``bn_stats="keep"`` makes BatchNorm normalise with the pretrained statistics while
     training (scale and shift still train), so the body sees the same features the head
     was fitted on; ``crop_region="center"`` draws the training crops inside the square
@@ -74,6 +76,7 @@ class RunConfig:
     label_smoothing: float = 0.1
     head_warmup_epochs: int = 10
     probe_lr: float = 1e-2
+    head_fit: str = "adamw"
     head_init: str = "xavier"
     head_map: dict[str, list[str | int]] | None = None
     crop_scale: tuple[float, float] = (0.6, 1.0)
@@ -155,7 +158,7 @@ class RunConfig:
                    "precision": (self.precision, PRECISIONS), "bn_stats": (self.bn_stats, BN_STATS),
                    "crop_region": (self.crop_region, CROP_REGIONS),
                    "head_init": (self.head_init, ("xavier", "imagenet")),
-                   "class_weights": (self.class_weights, CLASS_WEIGHTS)}
+                   "class_weights": (self.class_weights, CLASS_WEIGHTS), "head_fit": (self.head_fit, HEAD_FITS)}
         if self.select_metric is not None:
             choices["select_metric"] = (self.select_metric, SELECT_METRICS)
         for name, (value, allowed) in choices.items():
@@ -267,7 +270,7 @@ _KINDS: dict[str, type] = {
     **{name: bool for name in ("decay_1d", "feature_cache", "skip_bad_images", "deterministic", "calibrate")},
     **{name: str for name in ("data", "model", "weights", "freeze", "optimizer", "schedule", "loss_reduction",
                               "head_init", "crop_region", "bn_stats", "precision", "device", "select_metric",
-                              "class_weights")},
+                              "class_weights", "head_fit")},
 }
 
 # Presets are plain overrides of the defaults; explicit options win over them.

@@ -14,11 +14,12 @@ from . import rundir
 from .config import RunConfig, make_config
 from .errors import TransferlabError, opt
 from .files import atomic_write_json
+from .ranker import Ranking, resolve_auto
 from .reports import format_table, summarize_study, write_study_report
 from .studies import Study, resolve_freeze
 from .train import RunResult, finetune
 
-__all__ = ["DEMO", "compare_scratch", "demo", "comparison_rows", "StudyRun", "plan_study", "run_study"]
+__all__ = ["DEMO", "choose_model", "compare_scratch", "demo", "comparison_rows", "StudyRun", "plan_study", "run_study"]
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,32 @@ DEMO: dict[str, Any] = {"data": "elpv", "model": "mobilenet_v2", "weights": "ima
                         "image_size": 160}
 
 
+def choose_model(config: RunConfig, out: str | Path | None, quiet: bool = False,
+                 echo: Callable[[str], None] | None = None) -> tuple[RunConfig, Ranking | None]:
+    """With ``model="auto"``: rank once for every run that follows (``out/rank.json`` is reused when there)."""
+    saved = Path(out) / rundir.RANKING if out else None
+    config, ranking = resolve_auto(config, saved, quiet=quiet)
+    if ranking is not None:
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            ranking.write(saved)
+        if echo is not None:
+            echo(f"{ranking.table()}\npicked {ranking.picked}: {ranking.reason}")
+    return config, ranking
+
+
 def compare_scratch(config: RunConfig, out: str | Path | None, quiet: bool = False,
-                    resume: bool = False) -> dict[str, RunResult]:
-    """Train ``config`` from its pretrained weights and the same network from scratch."""
+                    resume: bool = False, ranking: Ranking | None = None) -> dict[str, RunResult]:
+    """Train ``config`` from its pretrained weights and the same network from scratch (``model="auto"``: the
+    ranking's pick, for both arms; ``ranking``: the one that picked ``config.model``, to record)."""
+    if ranking is None:
+        config, ranking = choose_model(config, out, quiet)
     arms = {"finetune": config, "scratch": replace(config, weights="none")}
     results = {}
     for name, arm in arms.items():
         arm = replace(arm, out=str(Path(out) / name) if out else None)
         log.info("== %s: %s, weights %s", name, arm.model, arm.weights)
-        results[name] = finetune(arm, quiet=quiet, resume=resume)
+        results[name] = finetune(arm, quiet=quiet, resume=resume, ranking=ranking)
     return results
 
 
@@ -56,11 +74,12 @@ def comparison_rows(results: dict[str, RunResult]) -> list[dict[str, Any]]:
 def demo(out: str | Path = "runs/demo", quiet: bool = False, **overrides: Any) -> dict[str, RunResult]:
     """Fine-tune MobileNetV2 on ELPV and train it from scratch; print a side-by-side table."""
     config = make_config(**{**DEMO, **overrides})
+    config, ranking = choose_model(config, out, quiet, echo=lambda text: print(text, flush=True))
     train_px = config.train_image_size or config.image_size
     size = f"{train_px} px training" if train_px else "the weights' own size for training"
     print(f"transferlab demo: {config.data} with {config.model} ({config.weights} vs. scratch), "
           f"{config.epochs} epochs per arm, {size} crops, batch {config.batch_size}; runs in {out}/", flush=True)
-    results = compare_scratch(config, out, quiet=quiet)
+    results = compare_scratch(config, out, quiet=quiet, ranking=ranking)
     print(format_table(comparison_rows(results)))
     return results
 
@@ -159,6 +178,7 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
     their checkpoint. Returns the summary.
     """
     out = Path(out)
+    base, ranking = choose_model(base, out, quiet, echo)
     runs = plan_study(study, base, out, seeds)
     for run in runs:
         _check_same_config(run)
@@ -175,7 +195,8 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
             log.info("%s: finished earlier, skipped", label)
             continue
         log.info("== %s: %s", label, run.run_dir)
-        result = finetune(run.config, quiet=quiet, resume=True)
+        result = finetune(run.config, quiet=quiet, resume=True,
+                          ranking=ranking if ranking and run.config.model == ranking.picked else None)
         m = result.metrics
         say(f"{label}: test_acc {m['test_acc']:.3f} in {m['wall_s']:.0f} s")
         atomic_write_json(out / "summary.json", _summary(study, base, runs, out, None))

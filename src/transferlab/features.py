@@ -13,7 +13,14 @@ from .infer import body_features, use_bf16
 from .models import TransferModel
 from .transforms import Preprocessing
 
-__all__ = ["run_features"]
+__all__ = ["run_features", "feature_key"]
+
+
+def feature_key(model: str, weights_digest: str, images: str, **crop: Any) -> dict[str, Any]:
+    """What cached body features depend on besides what :func:`run_features` adds: the model, its weights'
+    digest, the decoded images' key and the crop (``crop="center"``: the eval crop). The fine-tune's head
+    warm-up and the ranking build it here, so each reads what the other cached."""
+    return {"model": model, "weights": weights_digest, "images": images, **crop}
 
 
 def run_features(model: TransferModel, crop: Callable[[int], torch.Tensor], n: int, pre: Preprocessing,

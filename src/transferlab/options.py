@@ -7,9 +7,10 @@ import dataclasses
 import sys
 from typing import Any
 
-from .config import BN_STATS, CLASS_WEIGHTS, CROP_REGIONS, PRECISIONS, SELECT_METRICS, RunConfig
+from .config import BN_STATS, CLASS_WEIGHTS, CROP_REGIONS, HEAD_FITS, PRECISIONS, SELECT_METRICS, RunConfig
 
-__all__ = ["DATA_HELP", "TRAIN_OPTIONS", "DEFAULTS", "add_train_options", "train_overrides", "renamed_notice"]
+__all__ = ["DATA_HELP", "TRAIN_OPTIONS", "DEFAULTS", "RANK_OPTIONS", "add_train_options", "train_overrides",
+           "renamed_notice"]
 
 DATA_HELP = "DIR (an ImageFolder root: train/ plus val/ or test/, or class folders), elpv or hotdog"
 
@@ -29,7 +30,7 @@ def _parse_head_map(text: str) -> dict[str, list[str | int]]:
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--data", {"help": f"{DATA_HELP}; required for a new run"}),
     ("--model", {"help": "torchvision or timm model name; timm:NAME picks timm where both have it "
-                         "(see `transferlab models`)"}),
+                         "(see `transferlab models`); auto: rank the offline backbones first (`transferlab rank`)"}),
     ("--weights", {"help": "imagenet, none (from scratch), a torchvision weights name such as IMAGENET1K_V1 "
                            "(a timm model's weights follow the tag in its name), or a .pth/.safetensors/.bin "
                            "PATH"}),
@@ -47,6 +48,10 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--head-warmup-epochs", {"type": int, "help": "epochs of head-only training on cached features first"}),
     ("--probe-lr", {"type": float, "help": "learning rate of the head when it trains alone on cached features "
                                           "(--freeze body, and the head warm-up)"}),
+    ("--head-fit", {"choices": list(HEAD_FITS),
+                    "help": "how the head trains on cached features (the warm-up, and --freeze body): adamw "
+                            "(epochs at --probe-lr) or logreg (a logistic regression, its L2 strength chosen by "
+                            "cross-validation on the training split)"}),
     ("--bn-stats", {"choices": list(BN_STATS),
                     "help": "keep: BatchNorm normalises with the pretrained statistics while training; "
                             "update: with each batch's (PyTorch's default; always from scratch)"}),
@@ -103,8 +108,16 @@ def _shown_default(name: str) -> str:
     return f" (default: {value})"
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
+# what `transferlab rank` takes of them: what the ranked features and the timed epochs depend on
+RANK_OPTIONS = ("--epochs", "--batch-size", "--freeze", "--image-size", "--train-image-size", "--resize-size",
+                "--test-fraction", "--val-fraction", "--skip-bad-images", "--seed", "--device", "--precision")
+
+
+def add_train_options(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """The train options (or those in ``only``), with their defaults in the help."""
     for flag, kwargs in TRAIN_OPTIONS:
+        if only is not None and flag not in only:
+            continue
         name = flag[2:].replace("-", "_")
         shown = "" if kwargs.get("action") == "store_true" else _shown_default(name)
         parser.add_argument(flag, default=None, **{**kwargs, "help": kwargs.get("help", "") + shown})
@@ -114,7 +127,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = [flag[2:].replace("-", "_") for flag, _ in TRAIN_OPTIONS]
-    values = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return values
 
 

@@ -72,6 +72,8 @@ class Outcome:
             metrics["val_split"] = {"source": self.dataset.val_source, "fraction": cfg.carve_fraction}
         if calibration:
             metrics["calibration"] = calibration
+        if self.ranking is not None:
+            metrics["ranking"] = self.ranking.to_dict()
         if self.zero_shot is not None:
             metrics["zero_shot_acc"] = self.zero_shot
         if self.warmup is not None:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from .models import TransferModel
     from .transforms import Preprocessing
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RUN_FILES", "is_finished",
+__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RANKING", "RUN_FILES",
+           "is_finished",
            "config_differences", "saved_differences",
            "check_run_dir", "check_output", "resume_config", "save_model", "write_history", "write_metrics",
            "write_checkpoint",
@@ -53,9 +54,10 @@ MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 PREDICTIONS = "test_predictions.csv"  # the final model on every test image (see metrics.prediction_rows)
 REPORT = "report.html"
+RANKING = "rank.json"  # --model auto: the ranking that picked the model (see transferlab.ranker)
 LOCK = ".lock"
 # a run's own files; nothing else may write them
-RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT)
+RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT, RANKING)
 
 
 def is_finished(run_dir: str | Path) -> bool:

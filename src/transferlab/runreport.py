@@ -22,6 +22,7 @@ from . import __version__, rundir
 from .errors import TransferlabError
 from .figures import FIGURES_HINT, MISTAKES_SHOWN, confusion_figure, confusion_matrix, mistakes_figure, png, pyplot
 from .files import atomic_write_text
+from .ranking import Ranking
 from .reports import REPORT_CSS, environment, html_image, html_table, load_predictions, read_json, read_jsonl
 from .runfigures import ECE_BINS, SPLIT_NAMES, crops_figure, learning_curve_figure, reliability_figure, roc_pr_figure
 
@@ -101,8 +102,10 @@ def run_notes(metrics: dict[str, Any], history: Sequence[dict[str, Any]]) -> lis
                      f"{_num(cal.get('ece_before'))} before, {_num(cal.get('ece_after'))} after.")
     warm = metrics.get("head_warmup")
     if warm:
-        notes.append(f"Head warm-up: {warm.get('epochs')} epochs training the new head alone on the frozen body's "
-                     f"features, then {SPLIT_NAMES.get(warm.get('split'), warm.get('split'))} accuracy "
+        how = (f"the new head fitted as a logistic regression on the frozen body's features (C = {warm.get('C')}, "
+               "chosen by cross-validation on train)" if warm.get("fit") == "logreg" else
+               f"{warm.get('epochs')} epochs training the new head alone on the frozen body's features")
+        notes.append(f"Head warm-up: {how}, then {SPLIT_NAMES.get(warm.get('split'), warm.get('split'))} accuracy "
                      f"{_num(warm.get('accuracy'))}, loss {_num(warm.get('loss'))}.")
     elif metrics.get("head_warmup_acc") is not None:
         notes.append(f"Head warm-up: test accuracy {_num(metrics['head_warmup_acc'])} after training the new head "
@@ -260,6 +263,16 @@ def _environment_rows(metrics: dict[str, Any]) -> tuple[str, list[dict[str, str]
     return title, [{"": k, "value": str(v)} for k, v in env.items()]
 
 
+def _ranking_section(values: dict[str, Any]) -> list[str]:
+    """How the backbone was chosen (``--model auto``): the ranking table, on the training split only."""
+    ranking = Ranking.from_dict(values)
+    return _section("ranking", "Backbone ranking (--model auto)",
+                    _note(f"Scored on the {ranking.train_images} training images only ({ranking.folds}-fold "
+                          f"cross-validation on cached eval-crop features), in {ranking.seconds:.0f} s; picked "
+                          f"{ranking.picked}: {ranking.reason}."),
+                    html_table(ranking.rows()))
+
+
 def _report_html(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, Any]],
                  rows: list[dict[str, Any]] | None, dataset: Dataset | None) -> str:
     esc = html.escape
@@ -274,6 +287,8 @@ def _report_html(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any],
         parts.append(_note(f"Tables only: {FIGURES_HINT}.", "no-figures"))
     notes = "".join(f"<li>{esc(n)}</li>" for n in run_notes(metrics, history))
     parts += _section("metrics", "Metrics", html_table(metric_rows(metrics)), f"<ul>{notes}</ul>" if notes else "")
+    if isinstance(metrics.get("ranking"), dict):
+        parts += _ranking_section(metrics["ranking"])
     if plotted:
         fig = learning_curve_figure(history, metrics)
         if fig is not None:

@@ -17,11 +17,9 @@ torchrun every process trains its share of each global batch (see ``distributed`
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,25 +28,24 @@ import torch
 from torch import nn
 
 from . import distributed, rundir
-from .batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches, view_crops, view_seed
+from .batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches
 from .cache import decode
 from .checkpoints import Checkpoints
 from .config import RunConfig
 from .console import Console
 from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError, opt
-from .features import run_features
-from .files import file_digest
+from .headfit import HeadFit
 from .infer import body_features, eval_batch, evaluate, predict_logits, resolve_device, score, use_bf16
 from .loop import EpochState, StopRequest, TrainingDiverged, TrainingInterrupted, deterministic_mode, train_one_epoch
 from .metrics import DIGITS, class_weights, metric_block
-from .models import TransferModel, create_model, folded, load_body
+from .models import TransferModel, create_model, load_body
 from .optim import build_optimizer, build_scheduler, fit_head
 from .outcome import Outcome
+from .ranker import AUTO, Ranking, resolve_auto
 from .results import PreparedData, RunResult
 from .rundir import save_model
 from .selection import Selector
-from .transforms import apply_crop, center_crop
 from .weights import ResolvedWeights, load_state_dict, resolve_weights
 
 __all__ = ["RunResult", "Trainer", "PreparedData", "finetune"]
@@ -61,7 +58,7 @@ __all__ += ["train_one_epoch", "evaluate", "build_optimizer", "build_scheduler",
 log = logging.getLogger(__name__)
 
 
-class Trainer(Checkpoints, Outcome):
+class Trainer(Checkpoints, HeadFit, Outcome):
     """Owns a run: data preparation, the loop, evaluation, checkpoints and files.
 
     With the whole body frozen (``freeze="body"``, a linear probe) the body runs
@@ -75,7 +72,8 @@ class Trainer(Checkpoints, Outcome):
     """
 
     def __init__(self, config: RunConfig, quiet: bool = False, resume: bool = False,
-                 dataset: Dataset | None = None, force: bool = False, overwrite: bool = False) -> None:
+                 dataset: Dataset | None = None, force: bool = False, overwrite: bool = False,
+                 ranking: Ranking | None = None) -> None:
         self.config = config.validate(force=force)
         self.dist = distributed.context()
         self.quiet = quiet or not self.dist.is_main
@@ -94,6 +92,8 @@ class Trainer(Checkpoints, Outcome):
                 self.device = torch.device("cuda", self.dist.local_rank)
         self.dataset = (dataset or resolve_data(config.data, config.seed, config.test_fraction)).with_validation(
             config.carve_fraction, config.seed)
+        self.ranking = self._ranking(ranking)  # with model="auto", the model is the ranking's pick
+        config = self.config
         if config.select_metric == "roc_auc" and len(self.dataset.classes) != 2:
             raise TransferlabError(f"{opt('select_metric', 'roc_auc')}: ROC-AUC needs two classes, "
                                    f"{opt('data', config.data)} has {len(self.dataset.classes)}; choose loss, "
@@ -125,6 +125,15 @@ class Trainer(Checkpoints, Outcome):
         self.console = Console(quiet=self.quiet)
         self.train_features: list[torch.Tensor] = []  # a probe's cached features: one tensor per view
         self.eval_features: dict[str, torch.Tensor] = {}  # a probe's features of the val and test images
+
+    def _ranking(self, given: Ranking | None) -> Ranking | None:
+        """The ranking behind the model: ``given``, the run's own ``rank.json`` when resuming, or made now."""
+        saved = self.run_dir / rundir.RANKING if self.run_dir and self.resume else None
+        if self.config.model == AUTO:
+            self.config, given = resolve_auto(self.config, saved, self.dataset, self.quiet)
+        elif given is None and saved is not None and saved.is_file():
+            given = Ranking.read(saved)
+        return given if given is not None and given.picked == self.config.model else None
 
     def say(self, msg: str, *args: Any) -> None:
         if self.dist.is_main:
@@ -180,53 +189,6 @@ class Trainer(Checkpoints, Outcome):
                                  test_labels, test_key)
         if val is not None:
             self.data.val_images, self.data.val_labels, self.data.val_key = eval_batch(val[0], self.pre), *val[1:]
-
-    def _features(self, model: TransferModel, crop: Callable[[int], torch.Tensor], n: int,
-                  key: dict[str, Any]) -> torch.Tensor:
-        """Body features of ``crop(i)`` for every i < n (see :func:`~transferlab.features.run_features`)."""
-        use_cache = self.config.feature_cache and not self.dist.enabled and self.weights.path is not None
-        return run_features(model, crop, n, self.pre, self.device, self.dist, self.config.precision, self.quiet,
-                            {**key, "model": self.config.model, "weights": self.weights_digest} if use_cache else None,
-                            stats=self.body_passes)
-
-    @functools.cached_property
-    def weights_digest(self) -> str:
-        return file_digest(self.weights.path) if self.weights.path else "none"
-
-    def _eval_crop_features(self, body: TransferModel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Body features of the eval crops of the training images, and of each evaluation split's images."""
-        data, center = self.data, {"crop": "center"}
-        images = data.train_images
-        train = self._features(body, lambda i: center_crop(images[i], self.pre.crop_size), len(images),
-                               {"images": data.train_key, **center})
-        splits = {}
-        for split in ("val", "test") if data.val_images is not None else ("test",):
-            crops, key = data.eval_images(split), getattr(data, f"{split}_key")
-            splits[split] = self._features(body, lambda i, crops=crops: crops[i], len(crops),
-                                           {"images": key, **center})
-        return train, splits
-
-    def _cache_features(self, model: TransferModel) -> None:
-        """Body features of the test crops and of ``probe_views`` views of the training images.
-
-        View 0 is the eval crop; further views are augmented crops, seeded by (seed, view).
-        """
-        cfg = self.config
-        model = folded(model)
-        images, n = self.data.train_images, len(self.data.train_images)
-        center, self.eval_features = self._eval_crop_features(model)
-        feats = [center]
-        for view in range(1, cfg.probe_views):
-            crops = view_crops(images, cfg.seed, view, cfg.crop_scale, self.crop_region)
-            key = {"images": self.data.train_key, "crop": "random", "seed": view_seed(cfg.seed, view),
-                   "scale": list(cfg.crop_scale), "region": self.crop_region}
-            feats.append(self._features(model, lambda i, crops=crops: apply_crop(images[i], crops[i], self.pre), n,
-                                        key))
-        self.train_features = feats
-
-    def _head_logits(self, model: TransferModel, features: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model.head(features.to(self.device)).float().cpu()
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
@@ -318,6 +280,8 @@ class Trainer(Checkpoints, Outcome):
                         rundir.clear(self.run_dir)
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                     cfg.save(self.run_dir / rundir.CONFIG)
+                    if self.ranking is not None:
+                        self.ranking.write(self.run_dir / rundir.RANKING)
             resumed = self.resume_checkpoint(model, optimizer, scheduler)
         if not resumed:
             if cfg.head_init == "imagenet":
@@ -357,6 +321,8 @@ class Trainer(Checkpoints, Outcome):
                 if stopping:
                     self.say("early stopping after epoch %d: no better %s %s for %d epochs", epoch, split,
                              self.selector.metric, self.selector.waited)
+                    break
+                if self.probe and cfg.head_fit == "logreg":  # fitted to convergence: more epochs would repeat it
                     break
                 if distributed.all_reduce_sum([stop()])[0] and epoch < cfg.epochs:
                     raise self._interrupted(stop, f"after epoch {epoch}/{cfg.epochs}")
@@ -404,6 +370,8 @@ class Trainer(Checkpoints, Outcome):
             if stopping:
                 raise self._interrupted(stop, f"at epoch {epoch}/{cfg.epochs} step {state.step}/{steps}")
 
+        if self.probe and cfg.head_fit == "logreg":
+            return self.logistic_epoch(model)
         desc = f"epoch {epoch}/{cfg.epochs}"
         try:
             stats = train_one_epoch(net, batches, steps, optimizer, scheduler, loss_fn,
@@ -424,22 +392,6 @@ class Trainer(Checkpoints, Outcome):
         return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} {where}; {saved}", signum,
                                    self.run_dir)
 
-    def head_warmup(self, model: TransferModel) -> None:
-        """Fit the new head on cached body features before the body moves (skipped from scratch)."""
-        cfg = self.config
-        if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
-            return
-        features, splits = self._eval_crop_features(folded(model))
-        curve = fit_head(model, features, self.data.train_labels, cfg.head_warmup_epochs, lr=cfg.probe_lr,
-                         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                         label_smoothing=cfg.label_smoothing, seed=cfg.seed, weight=self._class_weights())
-        # the probe's score: the head on the features of the split every epoch is scored on
-        block = self.score_split(self._head_logits(model, splits[self.eval_split]), self.eval_split)
-        self.warmup = {"epochs": cfg.head_warmup_epochs, "split": self.eval_split, "accuracy": block["accuracy"],
-                       "loss": block["nll"], "history": curve}
-        self.say("head warm-up (%d epochs on cached features): %s_acc %.3f", cfg.head_warmup_epochs,
-                 self.eval_split, block["accuracy"])
-
     # -- files
     def write_history(self) -> None:
         if not self.dist.is_main:
@@ -448,12 +400,14 @@ class Trainer(Checkpoints, Outcome):
             rundir.write_history(self.run_dir, self.history)
 
 def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool = False, force: bool = False,
-             overwrite: bool = False, **overrides: Any) -> RunResult:
+             overwrite: bool = False, ranking: Ranking | None = None, **overrides: Any) -> RunResult:
     """Fine-tune (or train from scratch with ``weights="none"``) and return the result.
 
     With ``out``, the run directory's rules apply (:func:`~transferlab.rundir.check_run_dir`):
     ``resume`` continues an interrupted run with the options it was started with (``force``
-    accepts others), and a finished run is trained again only with ``overwrite``.
+    accepts others), and a finished run is trained again only with ``overwrite``. ``model="auto"``
+    ranks the offline backbones on the training split first (:func:`~transferlab.ranker.rank`);
+    ``ranking`` passes one made before (its pick must be ``config.model``), to be recorded.
 
     >>> result = finetune(data="hotdog", model="resnet18", epochs=3, out="runs/r18")  # doctest: +SKIP
     """
@@ -463,4 +417,4 @@ def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool 
         config = make_config(**overrides)
     elif overrides:
         config = replace(config, **overrides)
-    return Trainer(config, quiet=quiet, resume=resume, force=force, overwrite=overwrite).fit()
+    return Trainer(config, quiet=quiet, resume=resume, force=force, overwrite=overwrite, ranking=ranking).fit()

@@ -1,0 +1,75 @@
+"""A head fitted as a logistic regression on cached features (``head_fit="logreg"``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_folder
+from torch import nn
+
+from transferlab.config import make_config
+from transferlab.errors import TransferlabError
+from transferlab.probes import C_GRID, _classifier, fit_logistic_head, probe_cv
+
+
+def _features(n: int, d: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    means = torch.randn(classes, d, generator=gen) * 2
+    x = means[labels] + torch.randn(n, d, generator=gen) * 3 + 5  # off-centre and wide: the scaler matters
+    return x, labels
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_head_computes_the_fitted_logistic_regression(classes):
+    x, y = _features(120, 16, classes)
+    head = nn.Linear(16, classes)
+    c = fit_logistic_head(head, x, y, seed=0)
+    assert c == probe_cv(x.numpy(), y.numpy(), 0)[2] and c in C_GRID
+    reference = _classifier(c).fit(x.numpy(), y.numpy())
+    with torch.no_grad():
+        probs = head(x).softmax(1).numpy()
+    np.testing.assert_allclose(probs, reference.predict_proba(x.numpy()), atol=1e-4)
+
+
+def test_the_strength_is_chosen_on_the_selection_rows_only():
+    x, y = _features(80, 8, 2)
+    noise = torch.randn(80, 8)  # features that say nothing: the weakest strength scores no better
+    head = nn.Linear(8, 2)
+    assert fit_logistic_head(head, x, y, seed=0, select=(noise, y)) == probe_cv(noise.numpy(), y.numpy(), 0)[2]
+
+
+def test_a_class_missing_from_train_is_one_line():
+    x, y = _features(40, 8, 2)
+    with pytest.raises(TransferlabError, match="every class needs training images"):
+        fit_logistic_head(nn.Linear(8, 3), x, y, seed=0)
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("probes") / "colors", {"train": 6, "val": 3})
+
+
+def test_head_warmup_as_a_logistic_regression(colors):
+    from transferlab.train import finetune
+
+    result = finetune(make_config(data=str(colors), image_size=64, batch_size=4, epochs=1, head_fit="logreg"),
+                      quiet=True)
+    warmup = result.metrics["head_warmup"]
+    assert warmup["fit"] == "logreg" and warmup["C"] in C_GRID and warmup["history"] == []
+    assert warmup["accuracy"] >= 0.5 and result.config.head_fit == "logreg"
+
+
+def test_a_logistic_probe_fits_once_and_keeps_it(colors):
+    from transferlab.train import finetune
+
+    result = finetune(make_config(data=str(colors), image_size=64, epochs=3, freeze="body", probe_views=2,
+                                  head_fit="logreg"), quiet=True)
+    assert result.metrics["epochs_trained"] == 1 and len(result.history) == 1
+    assert result.history[0]["train_acc"] >= 0.9 and result.metrics["test_acc"] > 0.75  # of 6 test images, 5 at least
+
+
+def test_head_fit_is_checked_in_one_line():
+    with pytest.raises(TransferlabError, match="head_fit"):
+        make_config(head_fit="lbfgs").validate()

@@ -1,0 +1,192 @@
+"""Ranking backbones on the training split (`transferlab rank`, `--model auto`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_folder, run_cli
+
+from transferlab import rundir
+from transferlab.config import make_config
+from transferlab.errors import TransferlabError
+from transferlab.probes import knn_cv, logme, probe_cv
+from transferlab.ranker import rank, resolve_auto
+from transferlab.ranking import Candidate, Ranking, pick
+
+MODELS = ["mobilenet_v2", "tf_efficientnet_lite0"]  # offline weights that `make setup` installs
+SMALL = {"image_size": 64, "epochs": 1, "batch_size": 4}
+
+
+def _blobs(n: int, d: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, d)) + shift * (2 * y[:, None] - 1)  # class means at +-shift
+    return x.astype(np.float32), y
+
+
+def test_scores_tell_informative_features_from_noise():
+    x, y = _blobs(80, 32, 1.0)
+    noise, _ = _blobs(80, 32, 0.0, seed=1)
+    acc, se, c = probe_cv(x, y)
+    assert acc > 0.95 and 0 <= se < 0.05 and c in (0.01, 0.1, 1.0)
+    assert probe_cv(noise, y)[0] < 0.75
+    assert knn_cv(x, y) > 0.95 and knn_cv(noise, y) < 0.75
+    assert logme(x, y) > logme(noise, y)
+
+
+def test_logme_rises_with_how_much_the_features_say():
+    scores = [logme(*_blobs(120, 16, shift)) for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert scores == sorted(scores) and len(set(scores)) == 4
+
+
+def test_cross_validation_needs_two_images_per_class():
+    x, y = _blobs(9, 4, 1.0)
+    y[0] = 2  # one image of a third class
+    with pytest.raises(TransferlabError, match="at least 2 images of every class"):
+        probe_cv(x, y)
+
+
+def _cand(name: str, acc: float, se: float, epoch_s: float, epochs: int = 3) -> Candidate:
+    return Candidate(name, probe_acc=acc, probe_se=se, epoch_s=epoch_s, finetune_s=epoch_s * epochs)
+
+
+def test_pick_takes_the_best_score_or_a_faster_one_within_its_noise():
+    best, close, far = _cand("big", 0.93, 0.02, 30.0), _cand("small", 0.92, 0.02, 10.0), _cand("weak", 0.85, 0.01, 5)
+    assert pick([best, close, far])[0] == "small"  # 0.92 >= 0.93 - 0.02, and three times faster
+    assert "within one standard error" in pick([best, close, far])[1]
+    assert pick([best, far])[0] == "big"
+    assert pick([_cand("big", 0.93, 0.005, 30.0), close])[0] == "big"  # outside the noise: the score wins
+    assert pick([best, close, far], budget=20)[0] == "weak"  # the others' 3 epochs take longer than 20 s
+    assert pick([best], budget=1) == (None, "no candidate was scored within the budget")
+    assert pick([Candidate("broken", note="no weights")])[0] is None
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("rank") / "colors", {"train": 6, "val": 3})
+
+
+@pytest.fixture(scope="module")
+def ranking(colors) -> Ranking:
+    return rank(data=str(colors), models=MODELS, quiet=True, **SMALL)
+
+
+def test_rank_scores_every_candidate_on_the_training_split(ranking, colors):
+    assert [c.model for c in ranking.candidates] != [] and {c.model for c in ranking.candidates} == set(MODELS)
+    assert ranking.train_images == 12 and ranking.classes == 2 and ranking.picked in MODELS
+    for c in ranking.candidates:
+        assert c.scored and 0.5 <= c.probe_acc <= 1 and 0.5 <= c.knn_acc <= 1 and c.crop == 64
+        assert c.epoch_s > 0 and c.finetune_s == pytest.approx(c.epoch_s * SMALL["epochs"], abs=0.1)
+        assert "local" not in c.note and c.weights
+    accs = [c.probe_acc for c in ranking.candidates]
+    assert accs == sorted(accs, reverse=True)
+    again = Ranking.from_dict(json.loads(json.dumps(ranking.to_dict())))
+    assert again == ranking and ranking.picked in ranking.table() and "picked" in ranking.table()
+    assert ranking.picked in ranking._repr_html_()
+
+
+def test_rank_never_reads_the_test_split(colors, monkeypatch):
+    import transferlab.ranker as rank_module
+
+    seen = []
+    real = rank_module.decode
+
+    def spy(paths, *args, **kwargs):
+        seen.extend(Path(p).parent.parent.name for p in paths)
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(rank_module, "decode", spy)
+    rank(data=str(colors), models=MODELS[:1], quiet=True, **SMALL)
+    assert seen and set(seen) == {"train"}
+
+
+def test_the_fine_tune_after_a_ranking_reads_its_cached_features(colors, ranking):
+    from transferlab.train import Trainer
+
+    trainer = Trainer(make_config(data=str(colors), model=ranking.picked, **SMALL), quiet=True)
+    trainer.fit()
+    # the head warm-up computed the test images' features only: the training images' came from the ranking
+    assert trainer.body_passes["images"] == 6
+
+
+def test_a_candidate_without_weights_is_listed_not_picked(colors):
+    result = rank(data=str(colors), models=[MODELS[0], "resnet18"], quiet=True, **SMALL)
+    missing = next(c for c in result.candidates if c.model == "resnet18")
+    assert not missing.scored and missing.note.startswith("no weights") and result.picked == MODELS[0]
+
+
+def test_a_probe_ranking_costs_no_epoch_time_and_picks_the_best_score(colors):
+    result = rank(data=str(colors), models=MODELS, quiet=True, freeze="body", **SMALL)
+    assert all(c.epoch_s == 0.0 for c in result.candidates)
+    assert result.picked == result.candidates[0].model and "best probe_acc" in result.reason
+
+
+def test_a_budget_nothing_fits_is_one_line(colors):
+    with pytest.raises(TransferlabError, match="raise (--)?budget"):
+        rank(data=str(colors), models=MODELS, quiet=True, budget=1e-6, **SMALL)
+
+
+def test_auto_refuses_weights_it_cannot_rank(colors):
+    with pytest.raises(TransferlabError, match="auto'? ranks ImageNet-pretrained"):
+        rank(data=str(colors), models=MODELS, weights="none", quiet=True, **SMALL)
+
+
+def test_resolve_auto_reuses_a_saved_ranking(tmp_path, ranking, monkeypatch):
+    import transferlab.ranker as rank_module
+
+    path = ranking.write(tmp_path / "rank.json")
+    monkeypatch.setattr(rank_module, "rank", lambda *a, **k: pytest.fail("ranked again"))
+    config, again = resolve_auto(make_config(data="x", model="auto"), path)
+    assert config.model == ranking.picked and again == ranking
+    assert resolve_auto(make_config(data="x", model="resnet18"), path) == (make_config(data="x", model="resnet18"),
+                                                                             None)
+
+
+def test_cli_rank_prints_the_table_and_writes_rank_json(colors, tmp_path):
+    proc = run_cli("rank", "--data", colors, "--models", ",".join(MODELS), "--image-size", 64, "--epochs", 1,
+                   "--batch-size", 4, "--out", tmp_path / "r", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    saved = Ranking.read(tmp_path / "r" / "rank.json")
+    assert saved.picked in proc.stdout and "PROBE_ACC" in proc.stdout
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["picked"] == saved.picked
+
+
+def test_cli_rank_bad_budget_is_one_line(colors):
+    proc = run_cli("rank", "--data", colors, "--budget", "-3")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--budget" in proc.stderr
+
+
+def test_train_model_auto_records_the_ranking(colors, tmp_path, monkeypatch):
+    import transferlab.ranker as rank_module
+
+    real = rank_module.rank
+    monkeypatch.setattr(rank_module, "rank", lambda *a, **k: real(*a, models=MODELS, **k))
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", colors, "--model", "auto", "--image-size", 64, "--epochs", 1,
+                   "--batch-size", 4, "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / rundir.CONFIG).read_text())
+    metrics = json.loads((out / rundir.METRICS).read_text())
+    assert config["model"] in MODELS and metrics["ranking"]["picked"] == config["model"]
+    assert Ranking.read(out / rundir.RANKING).picked == config["model"]
+    assert "Backbone ranking" in (out / rundir.REPORT).read_text()
+    again = run_cli("train", "--data", colors, "--model", "auto", "--image-size", 64, "--epochs", 1,
+                    "--batch-size", 4, "--out", out, "--quiet", "--overwrite")
+    assert again.returncode == 0, again.stderr
+
+
+def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, monkeypatch):
+    import transferlab.ranker as rank_module
+    from transferlab.experiments import compare_scratch
+
+    calls = []
+    real = rank_module.rank
+    monkeypatch.setattr(rank_module, "rank", lambda *a, **k: calls.append(1) or real(*a, models=MODELS, **k))
+    results = compare_scratch(make_config(data=str(colors), model="auto", **SMALL), tmp_path / "demo", quiet=True)
+    assert len(calls) == 1
+    picked = Ranking.read(tmp_path / "demo" / "rank.json").picked
+    for arm in results.values():
+        assert arm.config.model == picked and arm.metrics["ranking"]["picked"] == picked
