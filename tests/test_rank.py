@@ -66,7 +66,9 @@ def test_pick_takes_the_best_score_or_a_faster_one_within_its_noise():
 
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("rank") / "colors", {"train": 6, "val": 3})
+    # colours no other test uses: the feature cache is shared by the session, and these must start cold
+    return make_folder(tmp_path_factory.mktemp("rank") / "colors", {"train": 6, "val": 3},
+                       classes={"teal": (30, 160, 150), "amber": (225, 165, 35)})
 
 
 @pytest.fixture(scope="module")

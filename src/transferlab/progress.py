@@ -6,6 +6,7 @@ import html
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -16,6 +17,9 @@ from .console import in_notebook
 __all__ = ["progress", "close_bars", "setup_logging"]
 
 T = TypeVar("T")
+# In Jupyter our bars are HTML (below). huggingface_hub, imported through timm, imports tqdm.auto, which warns
+# on stderr that ipywidgets is missing for widget bars that are never drawn: that one warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 _OPEN: set[tqdm] = set()  # bars being drawn
 
 

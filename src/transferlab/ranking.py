@@ -110,7 +110,7 @@ class Ranking:
             return "(no candidates)"
         keys = list(rows[0])
         widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-        lines = ["  ".join(k.upper().ljust(widths[k]) for k in keys)]
+        lines = ["  ".join(k.upper().ljust(widths[k]) for k in keys).rstrip()]
         lines += ["  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip() for r in rows]
         return "\n".join(lines)
 
