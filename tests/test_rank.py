@@ -192,3 +192,23 @@ def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, mo
     picked = Ranking.read(tmp_path / "demo" / "rank.json").picked
     for arm in results.values():
         assert arm.config.model == picked and arm.metrics["ranking"]["picked"] == picked
+
+
+def test_a_study_with_auto_ranks_once_and_records_it_in_every_run(colors, tmp_path, monkeypatch):
+    import transferlab.ranker as rank_module
+    from transferlab import experiments
+    from transferlab.studies import study_from_dict
+
+    calls = []
+    real = rank_module.rank
+    monkeypatch.setattr(rank_module, "rank", lambda *a, **k: calls.append(1) or real(*a, models=MODELS, **k))
+    study = study_from_dict({"name": "tiny", "variants": {"finetune": {}, "probe": {"freeze": "body"}}}, "tiny.yaml")
+    out = tmp_path / "study"
+    experiments.run_study(study, make_config(data=str(colors), model="auto", **SMALL), out, [0], quiet=True)
+    experiments.run_study(study, make_config(data=str(colors), model="auto", **SMALL), out, [0], quiet=True)
+    assert len(calls) == 1  # the second invocation reuses out/rank.json (and skips the finished runs)
+    picked = Ranking.read(out / "rank.json").picked
+    for variant in ("finetune", "probe"):
+        metrics = json.loads((out / variant / "seed0" / rundir.METRICS).read_text())
+        assert metrics["ranking"]["picked"] == picked
+        assert json.loads((out / variant / "seed0" / rundir.CONFIG).read_text())["model"] == picked
