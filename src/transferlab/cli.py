@@ -232,7 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from .config import make_config
-    from .ranker import RANK_FILE, rank
+    from .ranker import rank
+    from .rundir import RANKING
 
     overrides = train_overrides(args)
     config = make_config(args.preset, **overrides)
@@ -240,7 +241,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/rank-{Path(config.data).name}")
     ranking = rank(config, models=models, budget=args.budget, logme_too=args.logme, quiet=args.quiet)
     out.mkdir(parents=True, exist_ok=True)
-    path = ranking.write(out / RANK_FILE)
+    path = ranking.write(out / RANKING)
     print(ranking.table())
     print(f"picked {ranking.picked}: {ranking.reason}; ranked in {ranking.seconds:.0f} s; {path}")
     print(json.dumps({"picked": ranking.picked, "rank_json": str(path), "seconds": ranking.seconds}))

@@ -42,14 +42,12 @@ from .models import TransferModel, create_model, folded, load_body
 from .optim import build_optimizer
 from .probes import knn_cv, logme, probe_cv
 from .ranking import Candidate, Ranking, pick
-from .rundir import RANKING
 from .transforms import Preprocessing, center_crop
 from .weights import load_state_dict, resolve_weights
 
-__all__ = ["AUTO", "RANK_FILE", "rank", "resolve_auto", "offline_models"]
+__all__ = ["AUTO", "rank", "resolve_auto", "offline_models"]
 
 AUTO = "auto"  # --model auto: rank first, then fine-tune the pick
-RANK_FILE = RANKING  # written beside a run that ranked, and by `transferlab rank`
 WARMUP_STEPS = 2  # untimed training steps per candidate (the first steps of a new model run slow)
 TIMED_STEPS = 3  # then steps timed one by one: an epoch is their median x the steps per epoch
 

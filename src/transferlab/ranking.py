@@ -96,8 +96,7 @@ class Ranking:
                         "knn_acc": num(c.knn_acc), **({"logme": num(c.logme)} if self.has_logme else {}),
                         "epoch_s": num(c.epoch_s, 1), "features_s": num(c.feature_s, 1) + (" (cached)"
                                                                                            if c.cached else ""),
-                        "note": ("picked" if c.model == self.picked else "") + (
-                            ("; " if c.model == self.picked and c.note else "") + c.note)})
+                        "note": "; ".join(filter(None, ["picked" if c.model == self.picked else "", c.note]))})
         return out
 
     @property
