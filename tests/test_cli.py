@@ -80,6 +80,19 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert_one_line_error(run_cli("predict", tmp_path / "nothing", data), "no trained model")
 
 
+def test_flips_reach_the_run_and_its_report(tmp_path):
+    data = make_folder(tmp_path / "tiles", {"train": 6, "val": 2},
+                       classes={"cyan": (0, 200, 200), "olive": (120, 120, 0)})
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", data, *TINY[:-3], "--epochs", "1", "--flips", "d4", "--out", run, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "config.json").read_text())["flips"] == "d4"
+    assert "random rotation and flip" in (run / "report.html").read_text()
+    proc = run_cli("train", "--data", data, "--flips", "v", "--out", tmp_path / "x", "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--flips: invalid choice: 'v'" in proc.stderr.splitlines()[-1] and "d4" in proc.stderr.splitlines()[-1]
+
+
 def test_python_api_predicts_like_the_cli(tmp_path):
     """A model trained by the CLI: `transferlab predict` and `tl.load(run).predict` (paths or PIL) agree."""
     data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})

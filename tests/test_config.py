@@ -38,6 +38,7 @@ def test_non_positive_values_name_the_option(field, value, flag):
 @pytest.mark.parametrize("field,value,flag", [("precision", "fp16", "--precision"),
                                               ("bn_stats", "freeze", "--bn-stats"),
                                               ("crop_region", "middle", "--crop-region"),
+                                              ("flips", "v", "--flips"),
                                               ("probe_lr", 0.0, "--probe-lr")])
 def test_unknown_choices_name_the_option(field, value, flag):
     with pytest.raises(TransferlabError, match=f"^{field}= ") as info:

@@ -84,6 +84,28 @@ def test_augment_output_size_and_flip():
     assert 0 < sum(flips) < len(flips)  # both outcomes of the coin occur
 
 
+def test_flips_draw_their_coins_and_apply_them():
+    pre = Preprocessing(crop_size=8, resize_size=8, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="nearest")
+    image = (torch.arange(64, dtype=torch.uint8) * 3).view(1, 8, 8).expand(3, 8, 8).contiguous()  # all 64 distinct
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    # "h" draws exactly as before flips existed: box, then one coin (the same stream afterwards)
+    g_h, g_old = gen(), gen()
+    box = random_resized_crop_box(8, 8, (1.0, 1.0), g_old)
+    coin = int(torch.rand(1, generator=g_old).item() < 0.5)
+    assert sample_crop(image, (1.0, 1.0), g_h, flips="h") == (*box, coin)
+    assert torch.equal(torch.rand(3, generator=g_h), torch.rand(3, generator=g_old))
+    codes = {flips: {sample_crop(image, (1.0, 1.0), torch.Generator().manual_seed(s), flips=flips)[4]
+                     for s in range(200)} for flips in ("none", "h", "hv", "d4")}
+    assert codes == {"none": {0}, "h": {0, 1}, "hv": {0, 1, 2, 3}, "d4": set(range(8))}
+    full = (0, 0, 8, 8)
+    assert torch.equal(apply_crop(image, (*full, 2), pre), image.flip(-2))
+    assert torch.equal(apply_crop(image, (*full, 3), pre), image.flip(-1).flip(-2))  # a half turn
+    assert torch.equal(apply_crop(image, (*full, 5), pre), image.rot90(1, (-2, -1)))  # as the report names them
+    assert torch.equal(apply_crop(image, (*full, 6), pre), image.rot90(-1, (-2, -1)))
+    # the eight codes give the eight distinct symmetries of the square
+    assert len({apply_crop(image, (*full, c), pre)[0].flatten().tolist().__repr__() for c in range(8)}) == 8
+
+
 def test_normalize_is_channels_last_float():
     pre = Preprocessing(crop_size=4, resize_size=4, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)

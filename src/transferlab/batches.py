@@ -36,10 +36,10 @@ def process_seed(seed: int, rank: int, epoch: int = 0) -> int:
 
 
 def view_crops(images: Sequence[torch.Tensor], seed: int, view: int, scale: tuple[float, float],
-               region: int | None) -> list[Crop]:
+               region: int | None, flips: str = "h") -> list[Crop]:
     """One augmented crop per image for probe view ``view``."""
     generator = torch.Generator().manual_seed(view_seed(seed, view))
-    return [sample_crop(img, scale, generator, region) for img in images]
+    return [sample_crop(img, scale, generator, region, flips) for img in images]
 
 
 def _augment_workers() -> int:
@@ -67,16 +67,16 @@ def global_batches(order: torch.Tensor, batch_size: int, world_size: int = 1) ->
 
 
 def _draw_crops(images: Sequence[torch.Tensor], index: torch.Tensor, scale: tuple[float, float],
-                generator: torch.Generator, region: int | None) -> list[Crop]:
-    return [sample_crop(images[i], scale, generator, region) for i in index.tolist()]
+                generator: torch.Generator, region: int | None, flips: str) -> list[Crop]:
+    return [sample_crop(images[i], scale, generator, region, flips) for i in index.tolist()]
 
 
 def _augmented(images: Sequence[torch.Tensor], index: torch.Tensor, rank: int, world_size: int,
                pre: Preprocessing, scale: tuple[float, float], generator: torch.Generator,
-               pool: ThreadPoolExecutor | None, region: int | None = None) -> torch.Tensor:
+               pool: ThreadPoolExecutor | None, region: int | None = None, flips: str = "h") -> torch.Tensor:
     # The crops of the whole global batch are drawn in order, then this process's share is resized
     # (in parallel where cores allow).
-    crops = _draw_crops(images, index, scale, generator, region)
+    crops = _draw_crops(images, index, scale, generator, region, flips)
     mine = [(images[i], crop) for i, crop in list(zip(index.tolist(), crops))[rank::world_size]]
     if pool is None:
         return torch.stack([apply_crop(img, crop, pre) for img, crop in mine])
@@ -85,7 +85,8 @@ def _augmented(images: Sequence[torch.Tensor], index: torch.Tensor, rank: int, w
 
 def train_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int, pre: Preprocessing,
                   scale: tuple[float, float], seed: int, epoch: int, start_step: int = 0, rank: int = 0,
-                  world_size: int = 1, prefetch: bool = True, region: int | None = None) -> Iterator[Batch]:
+                  world_size: int = 1, prefetch: bool = True, region: int | None = None,
+                  flips: str = "h") -> Iterator[Batch]:
     """Shuffled, augmented uint8 batches (this process's share); crops drawn as :func:`sample_crop` does.
 
     With ``prefetch`` the next batch is built in a second thread while the model runs
@@ -100,11 +101,11 @@ def train_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_si
     order = torch.randperm(len(images), generator=generator)
     chunks = global_batches(order, batch_size, world_size)
     for chunk in chunks[:start_step]:
-        _draw_crops(images, chunk, scale, generator, region)
+        _draw_crops(images, chunk, scale, generator, region, flips)
     chunks = chunks[start_step:]
     if not prefetch:
         for chunk in chunks:
-            batch = _augmented(images, chunk, rank, world_size, pre, scale, generator, None, region)
+            batch = _augmented(images, chunk, rank, world_size, pre, scale, generator, None, region, flips)
             yield batch, labels[chunk[rank::world_size]], len(chunk)
         return
     if not chunks:
@@ -115,7 +116,7 @@ def train_batches(images: Sequence[torch.Tensor], labels: torch.Tensor, batch_si
         with ThreadPoolExecutor(1) as pool:
             def submit(chunk: torch.Tensor):
                 return pool.submit(_augmented, images, chunk, rank, world_size, pre, scale, generator, crop_pool,
-                                   region)
+                                   region, flips)
 
             pending = submit(chunks[0])
             for i, chunk in enumerate(chunks):

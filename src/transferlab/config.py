@@ -11,13 +11,14 @@ from typing import Any
 
 from .errors import TransferlabError, opt
 
-__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "make_config", "upgrade"]
+__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
+FLIPS = ("h", "hv", "d4", "none")  # see RunConfig.flips
 SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # see RunConfig.select_metric
 CLASS_WEIGHTS = ("none", "balanced")  # see RunConfig.class_weights
 HEAD_FITS = ("adamw", "logreg")  # see RunConfig.head_fit
@@ -41,6 +42,9 @@ class RunConfig:
     training (scale and shift still train), so the body sees the same features the head
     was fitted on; ``crop_region="center"`` draws the training crops inside the square
     the eval crop takes. Both matter on data unlike ImageNet (README, "Defaults").
+    ``flips`` are the symmetries of a training crop: ``h`` a horizontal flip (natural photos
+    have an up), ``hv`` a vertical one too, ``d4`` all eight rotations and reflections
+    (images seen from above or without an up: solar cells, slides, satellite tiles).
 
     ``precision``: ``auto`` trains and predicts under bf16 autocast on CUDA and on CPUs
     with AMX (where it measured faster), in fp32 elsewhere; ``fp32`` and ``bf16`` force one.
@@ -81,6 +85,7 @@ class RunConfig:
     head_map: dict[str, list[str | int]] | None = None
     crop_scale: tuple[float, float] = (0.6, 1.0)
     crop_region: str = "center"
+    flips: str = "h"
     bn_stats: str = "keep"
     image_size: int | None = None
     resize_size: int | None = None
@@ -156,7 +161,7 @@ class RunConfig:
                    "schedule": (self.schedule, ("cosine", "constant")),
                    "loss_reduction": (self.loss_reduction, ("mean", "sum")),
                    "precision": (self.precision, PRECISIONS), "bn_stats": (self.bn_stats, BN_STATS),
-                   "crop_region": (self.crop_region, CROP_REGIONS),
+                   "crop_region": (self.crop_region, CROP_REGIONS), "flips": (self.flips, FLIPS),
                    "head_init": (self.head_init, ("xavier", "imagenet")),
                    "class_weights": (self.class_weights, CLASS_WEIGHTS), "head_fit": (self.head_fit, HEAD_FITS)}
         if self.select_metric is not None:
@@ -269,7 +274,7 @@ _KINDS: dict[str, type] = {
                               "early_stopping")},
     **{name: bool for name in ("decay_1d", "feature_cache", "skip_bad_images", "deterministic", "calibrate")},
     **{name: str for name in ("data", "model", "weights", "freeze", "optimizer", "schedule", "loss_reduction",
-                              "head_init", "crop_region", "bn_stats", "precision", "device", "select_metric",
+                              "head_init", "crop_region", "flips", "bn_stats", "precision", "device", "select_metric",
                               "class_weights", "head_fit")},
 }
 

@@ -65,9 +65,10 @@ class HeadFit:
         center, self.eval_features = self._eval_crop_features(model)
         feats = [center]
         for view in range(1, cfg.probe_views):
-            crops = view_crops(images, cfg.seed, view, cfg.crop_scale, self.crop_region)
+            crops = view_crops(images, cfg.seed, view, cfg.crop_scale, self.crop_region, cfg.flips)
             key = {"images": self.data.train_key, "crop": "random", "seed": view_seed(cfg.seed, view),
-                   "scale": list(cfg.crop_scale), "region": self.crop_region}
+                   "scale": list(cfg.crop_scale), "region": self.crop_region,
+                   **({"flips": cfg.flips} if cfg.flips != "h" else {})}  # keys of "h" views as before
             feats.append(self._features(model, lambda i, crops=crops: apply_crop(images[i], crops[i], self.pre), n,
                                         key))
         self.train_features = feats

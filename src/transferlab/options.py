@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from .config import BN_STATS, CLASS_WEIGHTS, CROP_REGIONS, HEAD_FITS, PRECISIONS, SELECT_METRICS, RunConfig
+from .config import BN_STATS, CLASS_WEIGHTS, CROP_REGIONS, FLIPS, HEAD_FITS, PRECISIONS, SELECT_METRICS, RunConfig
 
 __all__ = ["DATA_HELP", "TRAIN_OPTIONS", "DEFAULTS", "RANK_OPTIONS", "add_train_options", "train_overrides",
            "renamed_notice"]
@@ -58,6 +58,9 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--crop-region", {"choices": list(CROP_REGIONS),
                        "help": "where training crops are drawn: center (inside the eval crop's square) or "
                                "full (the whole image, as RandomResizedCrop)"}),
+    ("--flips", {"choices": list(FLIPS),
+                 "help": "symmetries of the training crops: h (a horizontal flip), hv (vertical too) or d4 "
+                         "(all 8 rotations and reflections: images with no up, e.g. cells, slides)"}),
     ("--head-init", {"choices": ["xavier", "imagenet"],
                      "help": "new head: Xavier (default) or rows of related ImageNet classes (--head-map)"}),
     ("--head-map", {"type": _parse_head_map, "help": "class=IMAGENET[,IMAGENET...] pairs separated by ';', "

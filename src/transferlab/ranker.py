@@ -76,7 +76,8 @@ def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.T
     region = pre.crop_size if config.crop_region == "center" else None
     batches = itertools.chain.from_iterable(  # epoch after epoch: a small set has fewer batches than timed steps
         train_batches(images, labels, config.batch_size, train_pre, config.crop_scale, config.seed, epoch,
-                      prefetch=prefetch_batches(device), region=region) for epoch in itertools.count(1))
+                      prefetch=prefetch_batches(device), region=region, flips=config.flips)
+        for epoch in itertools.count(1))
     steps = len(images) / config.batch_size  # the last, partial batch costs its share
 
     def run(n: int) -> float:

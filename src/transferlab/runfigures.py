@@ -241,11 +241,12 @@ def reliability_figure(rows: Sequence[dict[str, Any]], classes: Sequence[str], b
 
 
 def crops_figure(paths: Sequence[Path], labels: Sequence[str], pre: Preprocessing, train_crop_size: int,
-                 scale: tuple[float, float], region: int | None, seed: int, crops: int = 5) -> Figure | None:
+                 scale: tuple[float, float], region: int | None, seed: int, crops: int = 5,
+                 flips: str = "h") -> Figure | None:
     """Augmented training crops as the model sees them: per image, the resized image, then ``crops`` crops.
 
     Crops are drawn as training draws them (RandomResizedCrop with ``scale`` inside the central
-    ``region`` square, or the whole image when None, then a flip coin), at ``train_crop_size``,
+    ``region`` square, or the whole image when None, then the ``flips`` coins), at ``train_crop_size``,
     from a generator seeded with ``seed``. The first column outlines the region.
     """
     from dataclasses import replace
@@ -274,10 +275,21 @@ def crops_figure(paths: Sequence[Path], labels: Sequence[str], pre: Preprocessin
         cells.append({"image": image.permute(1, 2, 0).numpy(), "box": box,
                       "caption": f"{label}: {Path(path).name}\n{width}x{height} (resized)"})
         for i in range(1, crops + 1):
-            crop = sample_crop(image, scale, generator, region)
-            _, _, h, w, flip = crop
+            crop = sample_crop(image, scale, generator, region, flips)
+            _, _, h, w, code = crop
             cells.append({"image": apply_crop(image, crop, train_pre).permute(1, 2, 0).numpy(),
-                          "caption": f"crop {i}: {w}x{h} px\n{'flipped' if flip else 'not flipped'}"})
+                          "caption": f"crop {i}: {w}x{h} px\n{_SYMMETRY[code]}"})
     where = f"inside the central {region} px square (dashed)" if region is not None else "anywhere in the image"
     return image_grid(cells, crops + 1, f"Training crops: {scale[0]:g}-{scale[1]:g} of the area, {where}, "
-                      f"resized to {train_crop_size} px, random flip (seed {seed})", cell_in=1.7)
+                      f"resized to {train_crop_size} px, {FLIP_WORDS[flips]} (seed {seed})", cell_in=1.7)
+
+
+FLIP_WORDS = {"h": "random horizontal flip", "hv": "random horizontal and vertical flips",
+              "d4": "random rotation and flip", "none": "no flip"}  # RunConfig.flips in words
+
+
+# A crop's flip bits (transforms.apply_crop: 1 mirror left-right, then 2 upside down, then 4 transpose) as what
+# the eight of them do to the square.
+_SYMMETRY = ("not flipped", "flipped", "upside down", "turned 180°", "transposed", "turned 90° left",
+             "turned 90° right", "anti-transposed")
+

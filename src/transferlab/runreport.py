@@ -24,7 +24,15 @@ from .figures import FIGURES_HINT, MISTAKES_SHOWN, confusion_figure, confusion_m
 from .files import atomic_write_text
 from .ranking import Ranking
 from .reports import REPORT_CSS, environment, html_image, html_table, load_predictions, read_json, read_jsonl
-from .runfigures import ECE_BINS, SPLIT_NAMES, crops_figure, learning_curve_figure, reliability_figure, roc_pr_figure
+from .runfigures import (
+    ECE_BINS,
+    FLIP_WORDS,
+    SPLIT_NAMES,
+    crops_figure,
+    learning_curve_figure,
+    reliability_figure,
+    roc_pr_figure,
+)
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -190,12 +198,14 @@ def _image_sections(run_dir: Path, config: dict[str, Any], metrics: dict[str, An
         region = pre.crop_size if config.get("crop_region", "center") == "center" else None
         train_size = metrics.get("train_crop_size") or config.get("train_image_size") or pre.crop_size
         picks = _crop_examples(dataset, int(config.get("seed", 0)))
+        flips = config.get("flips", "h")
         fig = crops_figure([p for p, _ in picks], [c for _, c in picks], pre, int(train_size),
-                           tuple(config.get("crop_scale", (0.6, 1.0))), region, int(config.get("seed", 0)))
+                           tuple(config.get("crop_scale", (0.6, 1.0))), region, int(config.get("seed", 0)),
+                           flips=flips)
         if fig is not None:
             parts += _section("crops", "Training crops", html_image(png(fig), "training crops"),
-                              _note("Drawn as training draws them (same crop rule, scale, size and flip), from "
-                                    "the run's seed; not the exact crops of any one epoch."))
+                              _note("Drawn as training draws them (same crop rule, scale, size and "
+                                    f"{FLIP_WORDS[flips]}), from the run's seed; not the crops of any one epoch."))
     root = dataset.root if dataset is not None else Path(metrics["data_root"]) if metrics.get("data_root") else None
     mistakes = rows is not None and root is not None and root.is_dir()
     if mistakes:

@@ -360,7 +360,8 @@ class Trainer(Checkpoints, HeadFit, Outcome):
         else:
             batches = train_batches(self.data.train_images, self.data.train_labels, cfg.batch_size, self.train_pre,
                                     cfg.crop_scale, cfg.seed, epoch, state.step, rank, world,
-                                    prefetch=prefetch_batches(self.device), region=self.crop_region)
+                                    prefetch=prefetch_batches(self.device), region=self.crop_region,
+                                    flips=cfg.flips)
 
         def after_step(state: EpochState, stopping: bool) -> None:
             done = (epoch - 1) * steps + state.step

@@ -4,7 +4,7 @@ Images are decoded once and resized so that their shorter side is
 ``resize_size`` (the eval Resize). From there:
 
 - eval  = CenterCrop(crop_size) + normalize  (torchvision's Resize + CenterCrop);
-- train = RandomResizedCrop(crop_size, scale) + horizontal flip + normalize.
+- train = RandomResizedCrop(crop_size, scale) + flips (horizontal by default) + normalize.
 
 Crops and flips run on uint8 tensors; normalisation is fused at the end of a batch.
 """
@@ -20,6 +20,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from .images import ImageSource, load_rgb, to_tensor
+
+# The flip coins of each RunConfig.flips: "h" a horizontal coin, "hv" a vertical one too, "d4" also a
+# transpose coin, so all eight rotations and reflections of the square.
+_COINS = {"none": 0, "h": 1, "hv": 2, "d4": 3}
 
 __all__ = ["Preprocessing", "decode_one", "resize_shorter", "center_crop", "random_resized_crop_box", "sample_crop",
            "apply_crop", "augment", "normalize"]
@@ -111,12 +115,12 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-Crop = tuple[int, int, int, int, bool]  # top, left, height, width, flip
+Crop = tuple[int, int, int, int, int]  # top, left, height, width, flips (bits: 1 horizontal, 2 vertical, 4 transpose)
 
 
 def sample_crop(image: torch.Tensor, scale: tuple[float, float], generator: torch.Generator,
-                region: int | None = None) -> Crop:
-    """Draw one RandomResizedCrop box and a horizontal-flip coin for ``image``.
+                region: int | None = None, flips: str = "h") -> Crop:
+    """Draw one RandomResizedCrop box and the flip coins of ``flips`` (see :data:`FLIPS`) for ``image``.
 
     ``region``: draw the box inside the central ``region`` x ``region`` square, the one
     :func:`center_crop` takes at evaluation (None: anywhere in the whole image).
@@ -128,20 +132,29 @@ def sample_crop(image: torch.Tensor, scale: tuple[float, float], generator: torc
         top0, left0 = round((height - min(region, height)) / 2), round((width - min(region, width)) / 2)
         height, width = min(region, height), min(region, width)
     top, left, h, w = random_resized_crop_box(height, width, scale, generator)
-    return top0 + top, left0 + left, h, w, bool(torch.rand(1, generator=generator).item() < 0.5)
+    code = 0
+    for bit in range(_COINS[flips]):  # one draw per coin, in a fixed order: "h" draws exactly as it always has
+        code |= (torch.rand(1, generator=generator).item() < 0.5) << bit
+    return top0 + top, left0 + left, h, w, code
 
 
 def apply_crop(image: torch.Tensor, crop: Crop, pre: Preprocessing) -> torch.Tensor:
-    top, left, h, w, flip = crop
+    top, left, h, w, code = crop
     out = F.resized_crop(image, top, left, h, w, [pre.crop_size, pre.crop_size],
                          interpolation=pre.mode, antialias=True)
-    return out.flip(-1) if flip else out
+    if code & 1:
+        out = out.flip(-1)
+    if code & 2:
+        out = out.flip(-2)
+    if code & 4:
+        out = out.transpose(-1, -2)
+    return out
 
 
 def augment(image: torch.Tensor, pre: Preprocessing, scale: tuple[float, float],
-            generator: torch.Generator, region: int | None = None) -> torch.Tensor:
-    """RandomResizedCrop + horizontal flip of one uint8 CHW image (see :func:`sample_crop`)."""
-    return apply_crop(image, sample_crop(image, scale, generator, region), pre)
+            generator: torch.Generator, region: int | None = None, flips: str = "h") -> torch.Tensor:
+    """RandomResizedCrop + flips of one uint8 CHW image (see :func:`sample_crop`)."""
+    return apply_crop(image, sample_crop(image, scale, generator, region, flips), pre)
 
 
 def normalize(batch: torch.Tensor, pre: Preprocessing, device: torch.device | str = "cpu",

@@ -1,0 +1,111 @@
+"""The accuracy targets: choose the options on validation, then score the choice on test, 3 seeds.
+
+Two stages, so nothing is chosen on a test split:
+
+1. every candidate of ``--data`` (``CANDIDATES`` below) fine-tunes once (seed 0) on four fifths
+   of the training split and is scored on the remaining fifth (``val_fraction=0.2``);
+   a candidate whose run, scaled to the whole training split, would take over ``--budget``
+   seconds is dropped;
+2. the candidate best on validation accuracy trains on the whole training split for each of
+   ``--seeds`` and is scored once on the test split.
+
+    python bench/targets.py --data elpv
+    python bench/targets.py --data ../shared/datasets/hotdog-mini
+
+Prints both tables and one JSON line. Runs go to ``runs/targets-<data>`` and are reused when
+finished, so a second call only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from transferlab.config import make_config
+from transferlab.rundir import METRICS, is_finished
+from transferlab.train import finetune
+
+VAL_FRACTION = 0.2
+LITE2 = "tf_efficientnet_lite2"
+CANDIDATES: dict[str, dict[str, dict]] = {
+    "elpv": {
+        "lite2-160-e2": {"model": LITE2, "image_size": 160, "epochs": 2},
+        "lite2-train160-e2": {"model": LITE2, "train_image_size": 160, "epochs": 2},  # evaluated at 260
+        "lite2-224-e3": {"model": LITE2, "image_size": 224, "epochs": 3},
+        "lite2-160-e4-lr1e-4": {"model": LITE2, "image_size": 160, "epochs": 4, "lr": 1e-4},
+        "lite2-160-e2-logreg": {"model": LITE2, "image_size": 160, "epochs": 2, "head_fit": "logreg"},
+        "lite2-160-e2-d4": {"model": LITE2, "image_size": 160, "epochs": 2, "flips": "d4"},
+        "lite2-224-e3-d4": {"model": LITE2, "image_size": 224, "epochs": 3, "flips": "d4"},
+        "lite2-224-e3-lr1e-4-logreg": {"model": LITE2, "image_size": 224, "epochs": 3, "lr": 1e-4,
+                                       "head_fit": "logreg"},
+        "lite2-224-e3-lr1e-4-logreg-d4": {"model": LITE2, "image_size": 224, "epochs": 3, "lr": 1e-4,
+                                          "head_fit": "logreg", "flips": "d4"},
+    },
+    "hotdog-mini": {
+        "lite2": {"model": LITE2},
+        "lite2-logreg": {"model": LITE2, "head_fit": "logreg"},
+        "lite2-logreg-e5": {"model": LITE2, "head_fit": "logreg", "epochs": 5},
+    },
+}
+
+
+def _metrics(options: dict, out: Path) -> dict:
+    if is_finished(out):
+        return json.loads((out / METRICS).read_text())
+    return finetune(make_config(**options, out=str(out)), quiet=True, resume=(out / "checkpoint.pt").exists()).metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds per run on the whole training split")
+    parser.add_argument("--candidates", default=None, help="comma-separated names (default: all of the data's)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    name = Path(args.data).name
+    candidates = CANDIDATES[name]
+    if args.candidates:
+        candidates = {k: candidates[k] for k in args.candidates.split(",")}
+    out = Path(args.out or f"runs/targets-{name}")
+
+    rows = []
+    for arm, options in candidates.items():
+        m = _metrics({"data": args.data, "seed": 0, "val_fraction": VAL_FRACTION, **options}, out / "val" / arm)
+        full_s = m["wall_s"] / (1 - VAL_FRACTION)  # the epochs scale with the training images
+        rows.append({"arm": arm, "options": options, "val_acc": m["val"]["accuracy"], "val_nll": m["val"]["nll"],
+                     "wall_s": round(m["wall_s"], 1), "full_s_estimate": round(full_s), "fits": full_s <= args.budget})
+        print(f"val {arm}: acc {m['val']['accuracy']:.4f} nll {m['val']['nll']:.4f} in {m['wall_s']:.0f} s", flush=True)
+    fitting = [r for r in rows if r["fits"]]
+    if not fitting:
+        raise SystemExit(f"no candidate fits a budget of {args.budget:.0f} s")
+    pick = max(fitting, key=lambda r: (r["val_acc"], -r["val_nll"]))
+
+    finals = []
+    for seed in args.seeds:
+        m = _metrics({"data": args.data, "seed": seed, **pick["options"]}, out / "test" / pick["arm"] / f"seed{seed}")
+        finals.append({"seed": seed, "test_acc": m["test_acc"], "balanced_acc": m["test"]["balanced_accuracy"],
+                       "wall_s": round(m["wall_s"], 1)})
+        print(f"test {pick['arm']} seed {seed}: acc {m['test_acc']:.4f} in {m['wall_s']:.0f} s", flush=True)
+
+    print(f"\n{args.data}: candidates on a validation fifth of train (seed 0), budget {args.budget:.0f} s")
+    print(f"{'candidate':<32}{'val_acc':>8}{'val_nll':>9}{'wall_s':>8}{'full_s':>8}  fits")
+    for r in rows:
+        mark = "  <- pick" if r is pick else ""
+        print(f"{r['arm']:<32}{r['val_acc']:>8.4f}{r['val_nll']:>9.4f}{r['wall_s']:>8.0f}{r['full_s_estimate']:>8}"
+              f"  {'yes' if r['fits'] else 'no'}{mark}")
+    accs = [f["test_acc"] for f in finals]
+    print(f"\n{pick['arm']} {pick['options']} on the whole training split, test split:")
+    for f in finals:
+        print(f"seed {f['seed']}: test_acc {f['test_acc']:.4f}  balanced {f['balanced_acc']:.4f}  {f['wall_s']:.0f} s")
+    mean = statistics.mean(accs)
+    print(f"mean {mean:.4f} (sd {statistics.stdev(accs) if len(accs) > 1 else 0.0:.4f}); "
+          f"longest run {max(f['wall_s'] for f in finals):.0f} s")
+    print(json.dumps({"bench": "targets", "data": args.data, "candidates": rows, "pick": pick["arm"],
+                      "finals": finals, "test_acc": round(mean, 4)}))
+
+
+if __name__ == "__main__":
+    main()
