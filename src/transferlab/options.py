@@ -59,8 +59,8 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                        "help": "where training crops are drawn: center (inside the eval crop's square) or "
                                "full (the whole image, as RandomResizedCrop)"}),
     ("--flips", {"choices": list(FLIPS),
-                 "help": "symmetries of the training crops: h (a horizontal flip), hv (vertical too) or d4 "
-                         "(all 8 rotations and reflections: images with no up, e.g. cells, slides)"}),
+                 "help": "symmetries of the training crops: h (a horizontal flip), hv (vertical too), d4 "
+                         "(all 8 rotations and reflections: images with no up, e.g. cells, slides) or none"}),
     ("--head-init", {"choices": ["xavier", "imagenet"],
                      "help": "new head: Xavier (default) or rows of related ImageNet classes (--head-map)"}),
     ("--head-map", {"type": _parse_head_map, "help": "class=IMAGENET[,IMAGENET...] pairs separated by ';', "
