@@ -19,11 +19,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from .config import FLIPS
 from .images import ImageSource, load_rgb, to_tensor
-
-# The flip coins of each RunConfig.flips: "h" a horizontal coin, "hv" a vertical one too, "d4" also a
-# transpose coin, so all eight rotations and reflections of the square.
-_COINS = {"none": 0, "h": 1, "hv": 2, "d4": 3}
 
 __all__ = ["Preprocessing", "decode_one", "resize_shorter", "center_crop", "random_resized_crop_box", "sample_crop",
            "apply_crop", "augment", "normalize"]
@@ -133,7 +130,8 @@ def sample_crop(image: torch.Tensor, scale: tuple[float, float], generator: torc
         height, width = min(region, height), min(region, width)
     top, left, h, w = random_resized_crop_box(height, width, scale, generator)
     code = 0
-    for bit in range(_COINS[flips]):  # one draw per coin, in a fixed order: "h" draws exactly as it always has
+    # FLIPS.index(flips) coins: horizontal, vertical, transpose; "h" draws exactly as it always has
+    for bit in range(FLIPS.index(flips)):
         code |= (torch.rand(1, generator=generator).item() < 0.5) << bit
     return top0 + top, left0 + left, h, w, code
 
