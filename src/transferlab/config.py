@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import TransferlabError, opt
 
-__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade"]
+__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
@@ -293,6 +293,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bn_stats": "update", "probe_lr": 5e-4,
     },
 }
+
+
+def crop_region_px(crop_region: str, crop_size: int) -> int | None:
+    """The side of the central square training crops are drawn in: the eval crop's for ``center``, None for ``full``."""
+    return crop_size if crop_region == "center" else None
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:

@@ -32,7 +32,7 @@ import torch
 from . import distributed
 from .batches import prefetch_batches, train_batches
 from .cache import decode
-from .config import RunConfig
+from .config import RunConfig, crop_region_px
 from .data import Dataset, resolve_data
 from .errors import TransferlabError, opt
 from .features import feature_key, run_features
@@ -73,7 +73,7 @@ def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.T
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     train_pre = replace(pre, crop_size=config.train_image_size or pre.crop_size)
-    region = pre.crop_size if config.crop_region == "center" else None
+    region = crop_region_px(config.crop_region, pre.crop_size)
     batches = itertools.chain.from_iterable(  # epoch after epoch: a small set has fewer batches than timed steps
         train_batches(images, labels, config.batch_size, train_pre, config.crop_scale, config.seed, epoch,
                       prefetch=prefetch_batches(device), region=region, flips=config.flips)

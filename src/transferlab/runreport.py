@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, rundir
+from .config import crop_region_px
 from .errors import TransferlabError
 from .figures import FIGURES_HINT, MISTAKES_SHOWN, confusion_figure, confusion_matrix, mistakes_figure, png, pyplot
 from .files import atomic_write_text
@@ -195,7 +196,7 @@ def _image_sections(run_dir: Path, config: dict[str, Any], metrics: dict[str, An
         dataset, reason = _resolve_dataset(config, metrics)
     parts: list[str] = []
     if dataset is not None:
-        region = pre.crop_size if config.get("crop_region", "center") == "center" else None
+        region = crop_region_px(config.get("crop_region", "center"), pre.crop_size)
         train_size = metrics.get("train_crop_size") or config.get("train_image_size") or pre.crop_size
         picks = _crop_examples(dataset, int(config.get("seed", 0)))
         flips = config.get("flips", "h")

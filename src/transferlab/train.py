@@ -31,7 +31,7 @@ from . import distributed, rundir
 from .batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches
 from .cache import decode
 from .checkpoints import Checkpoints
-from .config import RunConfig
+from .config import RunConfig, crop_region_px
 from .console import Console
 from .data import Dataset, Split, resolve_data
 from .errors import TransferlabError, opt
@@ -107,7 +107,7 @@ class Trainer(Checkpoints, HeadFit, Outcome):
                                    f"({opt('image_size', self.pre.crop_size)}); the crop would be padded with black")
         self.train_pre = replace(self.pre, crop_size=config.train_image_size or self.pre.crop_size)
         # training crops come from inside the eval crop's square, or from the whole image
-        self.crop_region = self.pre.crop_size if config.crop_region == "center" else None
+        self.crop_region = crop_region_px(config.crop_region, self.pre.crop_size)
         self.probe = config.freeze == "body"
         self.history: list[dict[str, Any]] = []
         # where training stands; all of it goes into checkpoints
