@@ -55,6 +55,8 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"test_acc", "test", "selection", "epochs", "wall_s", "train_images_per_s", "class_names"}
     assert "best_test_acc" not in metrics and metrics["selection"]["kept"] == "last epoch"
+    assert metrics["precision"] == ("bf16" if T.use_bf16(torch.device("cpu")) else "fp32")  # what it computed in
+    assert f"epochs on cpu ({metrics['precision']})" in (run / "report.html").read_text()
     assert metrics["class_names"] == ["blue", "red"] and metrics["test_acc"] == rows[-1]["test_acc"]
     with safe_open(str(run / "model.safetensors"), "pt") as fh:
         assert json.loads(fh.metadata()["class_names"]) == ["blue", "red"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import opt
+from .infer import use_bf16
 from .metrics import fit_temperature, prediction_rows
 from .reports import environment
 
@@ -60,7 +61,7 @@ class Outcome:
                                                                          for c in self.dataset.classes],
             "confusion": test["confusion"]["matrix"], "weights": self.weights.describe(),
             "preprocessing": self.pre.to_dict(), "train_crop_size": self.train_pre.crop_size,
-            "device": str(self.device), "train_images": len(self.data.train_labels),
+            "device": str(self.device), "precision": self.precision_name, "train_images": len(self.data.train_labels),
             "val_images": len(self.data.val_labels) if self.data.val_labels is not None else 0,
             "test_images": len(self.data.test_labels), "probe": self.probe, "processes": self.dist.world_size,
             "data_root": str(self.dataset.root), "environment": environment(),
@@ -83,6 +84,11 @@ class Outcome:
         self.console.done(metrics)
         return metrics
 
+
+    @property
+    def precision_name(self) -> str:
+        """What the run computes in: ``bf16`` (autocast) or ``fp32``, as :func:`~transferlab.infer.use_bf16` decides."""
+        return "bf16" if use_bf16(self.device, self.config.precision) else "fp32"
 
     def throughput(self) -> dict[str, Any]:
         """Training images per second; a probe's body passes per second for its features instead."""

@@ -242,7 +242,8 @@ def _facts(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], histo
     if any(images):
         facts.append("images: " + ", ".join(i for i in images if i))
     wall = metrics.get("wall_s")
-    facts.append(f"{len(history)} of {config.get('epochs', '?')} epochs on {metrics.get('device', '?')}"
+    precision = f" ({metrics['precision']})" if metrics.get("precision") else ""
+    facts.append(f"{len(history)} of {config.get('epochs', '?')} epochs on {metrics.get('device', '?')}{precision}"
                  + (f" in {wall:.0f} s" if isinstance(wall, (int, float)) else "")
                  + f"; batch {config.get('batch_size')}, lr {config.get('lr')}, freeze {config.get('freeze')}")
     facts.append(f"run directory: {run_dir}")

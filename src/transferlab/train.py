@@ -253,9 +253,9 @@ class Trainer(Checkpoints, HeadFit, Outcome):
     def _fit(self) -> RunResult:
         cfg = self.config
         self.say("%s", self.dataset.describe())
-        self.say("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s%s",
+        self.say("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s %s%s",
                  cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
-                 self.pre.interpolation, self.train_pre.crop_size, self.device,
+                 self.pre.interpolation, self.train_pre.crop_size, self.device, self.precision_name,
                  f", {self.dist.world_size} processes of {cfg.batch_size // self.dist.world_size} images"
                  if self.dist.enabled else "")
         if self.run_dir:
