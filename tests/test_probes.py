@@ -10,7 +10,7 @@ from torch import nn
 
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.probes import C_GRID, _classifier, fit_logistic_head, probe_cv
+from transferlab.probes import C_GRID, fit_logistic_head, logistic, probe_cv
 
 
 def _features(n: int, d: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +27,7 @@ def test_the_head_computes_the_fitted_logistic_regression(classes):
     head = nn.Linear(16, classes)
     c = fit_logistic_head(head, x, y, seed=0)
     assert c == probe_cv(x.numpy(), y.numpy(), 0)[2] and c in C_GRID
-    reference = _classifier(c).fit(x.numpy(), y.numpy())
+    reference = logistic(c).fit(x.numpy(), y.numpy())
     with torch.no_grad():
         probs = head(x).softmax(1).numpy()
     np.testing.assert_allclose(probs, reference.predict_proba(x.numpy()), atol=1e-4)

@@ -23,7 +23,7 @@ from torch import nn
 from .errors import TransferlabError
 from .ranking import FOLDS
 
-__all__ = ["C_GRID", "KNN_K", "probe_cv", "knn_cv", "logme", "fit_logistic_head"]
+__all__ = ["C_GRID", "KNN_K", "probe_cv", "knn_cv", "logme", "logistic", "fit_logistic_head"]
 
 C_GRID = (0.01, 0.1, 1.0)  # inverse L2 strengths of the logistic regression, tried on the same folds
 KNN_K = 5
@@ -47,7 +47,7 @@ def probe_cv(features: np.ndarray, labels: np.ndarray, seed: int = 0, grid: Sequ
     folds = _folds(labels, seed)
     best: tuple[float, float, float] | None = None
     for c in grid:
-        scores = cross_val_score(_classifier(c, balanced), features, labels, cv=folds)
+        scores = cross_val_score(logistic(c, balanced), features, labels, cv=folds)
         mean, se = float(scores.mean()), float(scores.std(ddof=1) / math.sqrt(len(scores)))
         if best is None or mean > best[0]:
             best = (mean, se, c)
@@ -100,7 +100,8 @@ def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11) -> flo
     return total / len(classes)
 
 
-def _classifier(c: float, balanced: bool = False) -> Any:
+def logistic(c: float, balanced: bool = False) -> Any:
+    """A standardising logistic regression with inverse L2 strength ``c`` (the one every probe fits)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -121,10 +122,10 @@ def fit_logistic_head(head: nn.Linear, features: torch.Tensor, labels: torch.Ten
     """
     x_sel, y_sel = select if select is not None else (features, labels)
     c = probe_cv(x_sel.float().numpy(), y_sel.numpy(), seed, balanced=balanced)[2]
-    clf = _classifier(c, balanced).fit(features.float().numpy(), labels.numpy())
-    scaler, logistic = clf[0], clf[-1]
-    coef = logistic.coef_ / scaler.scale_  # on raw features: w . (x - mean) / scale + b
-    intercept = logistic.intercept_ - coef @ scaler.mean_
+    clf = logistic(c, balanced).fit(features.float().numpy(), labels.numpy())
+    scaler, regression = clf[0], clf[-1]
+    coef = regression.coef_ / scaler.scale_  # on raw features: w . (x - mean) / scale + b
+    intercept = regression.intercept_ - coef @ scaler.mean_
     if coef.shape[0] == 1:  # two classes: sklearn keeps one row, the log-odds of class 1
         coef, intercept = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
     if coef.shape[0] != head.out_features:
