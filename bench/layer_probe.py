@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from targets import VAL_FRACTION  # bench/targets.py: the same validation fifth
 
 from transferlab.cache import decode
 from transferlab.data import resolve_data
@@ -29,7 +30,6 @@ from transferlab.probes import logistic, probe_cv
 from transferlab.transforms import normalize
 from transferlab.weights import load_state_dict, resolve_weights
 
-VAL_FRACTION = 0.2  # as bench/targets.py
 GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
