@@ -1,13 +1,15 @@
 """The accuracy targets: choose the options on validation, then score the choice on test, 3 seeds.
 
-Two stages, so nothing is chosen on a test split:
+Three stages, so nothing is chosen on a test split:
 
 1. every candidate of ``--data`` (``CANDIDATES`` below) fine-tunes once (seed 0) on four fifths
    of the training split and is scored on the remaining fifth (``val_fraction=0.2``);
    a candidate whose run, scaled to the whole training split, would take over ``--budget``
    seconds is dropped;
-2. the candidate best on validation accuracy trains on the whole training split for each of
-   ``--seeds`` and is scored once on the test split.
+2. the candidate best on validation accuracy is the pick; ``--tta`` is scored on its validation
+   run and used on the test split only if it raised validation accuracy there;
+3. the pick trains on the whole training split for each of ``--seeds`` and is scored once on
+   the test split.
 
     python bench/targets.py --data elpv
     python bench/targets.py --data ../shared/datasets/hotdog-mini
