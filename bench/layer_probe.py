@@ -74,7 +74,7 @@ def main() -> None:
     resolved = resolve_weights(args.model, "imagenet")
     pre = resolved.preprocessing.with_sizes(args.image_size, None)
     net = create_model(args.model, 2, load_state_dict(resolved.path)).eval().net
-    ds = resolve_data(args.data, 0, 0.25, VAL_FRACTION)
+    ds = resolve_data(args.data, val_fraction=VAL_FRACTION)  # seed 0, as the validation runs of targets
     if len(ds.classes) != 2:
         raise SystemExit(f"{args.data}: ROC AUC here needs two classes, not {len(ds.classes)}")
     start = time.perf_counter()

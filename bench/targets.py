@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from transferlab.config import make_config
+from transferlab.config import RunConfig, make_config
 from transferlab.data import resolve_data
 from transferlab.inference import evaluate_run, load
-from transferlab.rundir import METRICS, is_finished
+from transferlab.rundir import CONFIG, METRICS, is_finished
 from transferlab.train import finetune
 
 VAL_FRACTION = 0.2
@@ -85,9 +85,11 @@ def _metrics(options: dict, out: Path) -> dict:
 
 
 def _val_tta(run: Path, data: str) -> dict[str, float]:
-    """Validation accuracy of a validation run's model without and with ``--tta`` (six views)."""
+    """Validation accuracy of a validation run's model, on the run's own validation split, without and
+    with ``--tta`` (six views)."""
     predictor = load(run, "cpu", precision=None)
-    ds = resolve_data(data, 0, 0.25, VAL_FRACTION)
+    cfg = RunConfig.load(run / CONFIG)
+    ds = resolve_data(data, cfg.seed, cfg.test_fraction, cfg.carve_fraction)
     index = {c: i for i, c in enumerate(predictor.classes)}
     labels = torch.tensor([index[ds.classes[y]] for y in ds.val.labels])
     return {f"tta_{tta}": round((predictor.predict_proba(list(ds.val.paths), tta=tta).argmax(1) == labels)
