@@ -22,7 +22,7 @@ lint: setup
 
 # After a torchvision or timm upgrade: write static/models.json and static/timm_models.json again (minutes).
 catalog: setup
-	$(BIN)/python -m transferlab.catalog
+	$(BIN)/python -m transferlab.models.catalog
 
 # Headless Chromium + its driver for the browser test (tests/test_serve.py), from Debian's packages.
 browser:

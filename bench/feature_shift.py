@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from transferlab import make_config
-from transferlab.batches import train_batches
-from transferlab.infer import eval_batch, use_bf16
-from transferlab.train import Trainer
-from transferlab.transforms import normalize
+from transferlab.data.batches import train_batches
+from transferlab.data.transforms import normalize
+from transferlab.inference.forward import eval_batch, use_bf16
+from transferlab.train.trainer import Trainer
 
 
 def main() -> None:

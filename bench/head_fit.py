@@ -24,7 +24,7 @@ from pathlib import Path
 
 from transferlab.config import make_config
 from transferlab.rundir import METRICS, is_finished
-from transferlab.train import finetune
+from transferlab.workflows.finetuning import finetune
 
 ARMS = {
     "finetune": {},

@@ -34,7 +34,7 @@ COLUMNS = ("accuracy", "balanced_accuracy", "minority_recall", "macro_f1", "ece"
 
 def run_arm(data: str, seed: int, options: dict, budget: str) -> dict:
     import transferlab as tl
-    from transferlab.experiments import DEMO
+    from transferlab.workflows.compare import DEMO
 
     extra = {k: v for k, v in DEMO.items() if k in ("epochs", "image_size")} if budget == "demo" else {}
     start = time.perf_counter()

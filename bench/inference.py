@@ -35,10 +35,10 @@ def main() -> None:
 
     import torch
 
-    from transferlab.infer import cpu_has_amx
-    from transferlab.models import create_model, folded, load_body
-    from transferlab.transforms import normalize
-    from transferlab.weights import load_state_dict, resolve_weights
+    from transferlab.data.transforms import normalize
+    from transferlab.inference.forward import cpu_has_amx
+    from transferlab.models.model import create_model, folded, load_body
+    from transferlab.models.weights import load_state_dict, resolve_weights
 
     weights = resolve_weights(args.model, "imagenet")
     model = create_model(args.model, 2)
@@ -110,11 +110,11 @@ def compare_on_photos(model_name: str, folder: str) -> dict:
 
     import torch
 
-    from transferlab.cache import decode
-    from transferlab.data import IMAGE_EXTENSIONS
-    from transferlab.infer import eval_batch, predict_logits
-    from transferlab.models import create_model
-    from transferlab.weights import load_state_dict, resolve_weights
+    from transferlab.data.cache import decode
+    from transferlab.data.datasets import IMAGE_EXTENSIONS
+    from transferlab.inference.forward import eval_batch, predict_logits
+    from transferlab.models.model import create_model
+    from transferlab.models.weights import load_state_dict, resolve_weights
 
     weights = resolve_weights(model_name, "imagenet")
     model = create_model(model_name, 1000)

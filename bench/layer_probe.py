@@ -22,13 +22,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 from targets import VAL_FRACTION  # bench/targets.py: the same validation fifth
 
-from transferlab.cache import decode
-from transferlab.data import resolve_data
-from transferlab.infer import eval_batch
-from transferlab.models import create_model
-from transferlab.probes import logistic, probe_cv
-from transferlab.transforms import normalize
-from transferlab.weights import load_state_dict, resolve_weights
+from transferlab.data.cache import decode
+from transferlab.data.datasets import resolve_data
+from transferlab.data.transforms import normalize
+from transferlab.inference.forward import eval_batch
+from transferlab.models.model import create_model
+from transferlab.models.weights import load_state_dict, resolve_weights
+from transferlab.train.probes import logistic, probe_cv
 
 GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from transferlab.infer import eval_batch, predict_logits
-from transferlab.models import create_model
-from transferlab.transforms import decode_one, normalize
-from transferlab.weights import load_state_dict, resolve_weights
+from transferlab.data.transforms import decode_one, normalize
+from transferlab.inference.forward import eval_batch, predict_logits
+from transferlab.models.model import create_model
+from transferlab.models.weights import load_state_dict, resolve_weights
 
 HOTDOG = 934
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@
 The same MobileNetV2 training steps (batch 32, channels-last, AdamW), variants
 alternating in one process after a warm-up step each; prints images/s (median over
 repeats), the bf16/fp32 ratio per crop size and one JSON line. ``precision="auto"``
-uses bf16 on CPUs with AMX (``transferlab.infer.cpu_has_amx``).
+uses bf16 on CPUs with AMX (``transferlab.inference.forward.cpu_has_amx``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def main() -> None:
 
     import torch
 
-    from transferlab.infer import cpu_has_amx
-    from transferlab.models import create_model
+    from transferlab.inference.forward import cpu_has_amx
+    from transferlab.models.model import create_model
 
     torch.manual_seed(0)
     model = create_model(args.model, 2).to(memory_format=torch.channels_last).train()

@@ -23,10 +23,10 @@ from pathlib import Path
 from scipy.stats import kendalltau
 
 from transferlab.config import make_config
-from transferlab.ranker import rank
-from transferlab.ranking import Ranking
+from transferlab.ranking.ranker import rank
+from transferlab.ranking.result import Ranking
 from transferlab.rundir import METRICS, RANKING, is_finished
-from transferlab.train import finetune
+from transferlab.workflows.finetuning import finetune
 
 SCORES = ("probe_acc", "knn_acc", "logme")
 

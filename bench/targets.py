@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from transferlab.config import RunConfig, make_config
-from transferlab.data import resolve_data
-from transferlab.inference import evaluate_run, load
+from transferlab.data.datasets import resolve_data
+from transferlab.inference.predictor import evaluate_run, load
 from transferlab.rundir import CONFIG, METRICS, is_finished
-from transferlab.train import finetune
+from transferlab.workflows.finetuning import finetune
 
 VAL_FRACTION = 0.2
 LITE2 = "tf_efficientnet_lite2"

@@ -57,7 +57,7 @@ def _reference_model(num_classes: int):
     import torch
     import torchvision
 
-    from transferlab.weights import resolve_weights
+    from transferlab.models.weights import resolve_weights
 
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(torch.load(resolve_weights("mobilenet_v2", "imagenet").path, weights_only=True))
@@ -74,7 +74,7 @@ def arm_reference(data: str, frozen: bool, seed: int) -> dict:
     import torchvision
     from torchvision import transforms
 
-    from transferlab.data import resolve_data
+    from transferlab.data.datasets import resolve_data
 
     torch.manual_seed(seed)
     ds = resolve_data(data, seed=seed)
@@ -141,12 +141,12 @@ def arm_pipeline(data: str, seed: int, rounds: int = 5) -> dict:
     from torch import nn
 
     from transferlab import make_config
-    from transferlab.batches import prefetch_batches, train_batches
-    from transferlab.infer import use_bf16
-    from transferlab.loop import train_one_epoch
-    from transferlab.optim import build_optimizer, build_scheduler
-    from transferlab.train import Trainer
-    from transferlab.transforms import normalize
+    from transferlab.data.batches import prefetch_batches, train_batches
+    from transferlab.data.transforms import normalize
+    from transferlab.inference.forward import use_bf16
+    from transferlab.train.loop import train_one_epoch
+    from transferlab.train.optim import build_optimizer, build_scheduler
+    from transferlab.train.trainer import Trainer
 
     trainer = Trainer(make_config(data=data, seed=seed), quiet=True)
     cfg, pre = trainer.config, trainer.train_pre

@@ -69,7 +69,7 @@ def one_thread():
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny fine-tuned model on two color classes (64 px, one epoch): (run directory, data directory)."""
     from transferlab.config import make_config
-    from transferlab.train import finetune
+    from transferlab.workflows.finetuning import finetune
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_folder(root / "colors", {"train": 8, "val": 3})
@@ -82,7 +82,7 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
 
     Tests whose subject is the process itself (signals, kills, a clean interpreter) start a real one.
     """
-    from transferlab.cli import main
+    from transferlab.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     argv = [str(a) for a in args]

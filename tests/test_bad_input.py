@@ -9,7 +9,7 @@ fresh folder and says what must happen:
   is byte-for-byte unchanged. Image kinds marked ``skip`` are instead dropped under
   ``--skip-bad-images``: one warning naming the file each, then a count, and training goes on.
 - ``loads``: the input is converted (or ignored) and training succeeds; image kinds also pass a
-  pixel check through :func:`transferlab.data.load_rgb`.
+  pixel check through :func:`transferlab.data.datasets.load_rgb`.
 - ``refused`` (archives, API only): ``TransferlabError``, and nothing is written.
 """
 
@@ -34,8 +34,8 @@ from conftest import make_folder, make_image
 from PIL import Image
 from test_weights import _serve
 
-from transferlab import data as D
 from transferlab.config import make_config
+from transferlab.data import datasets as D
 from transferlab.errors import TransferlabError
 
 TINY = ["--image-size", "64", "--epochs", "1", "--batch-size", "8"]
@@ -59,7 +59,7 @@ def wrap(real):
     return guarded
 builtins.open = io.open = wrap(builtins.open)
 os.scandir = wrap(os.scandir)
-from transferlab.cli import main
+from transferlab.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 

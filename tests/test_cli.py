@@ -5,9 +5,9 @@ import torch
 from conftest import make_folder, run_cli
 from safetensors import safe_open
 
-from transferlab import train as T
 from transferlab.config import RunConfig, make_config
-from transferlab.inference import load
+from transferlab.inference.predictor import load
+from transferlab.train import trainer as T
 
 TINY = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--quiet"]
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import make_folder
 from test_weights import _serve
 
-from transferlab import data as D
+from transferlab.data import datasets as D
 from transferlab.errors import TransferlabError
 
 

@@ -16,8 +16,8 @@ import torch
 from conftest import make_folder, random_images
 from safetensors.torch import load_file
 
-from transferlab import batches
-from transferlab.transforms import Preprocessing
+from transferlab.data import batches
+from transferlab.data.transforms import Preprocessing
 
 # One thread per process: OpenMP threads spinning on two busy cores slow everything down.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,7 +62,7 @@ BN_CHECK = """
 import sys
 import torch, torch.distributed as dist
 from torch import nn
-from transferlab.distributed import GlobalBatchNorm
+from transferlab.train.distributed import GlobalBatchNorm
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_two_processes_reach_the_weights_of_one(tmp_path):
 
 def untrained_head(tmp_path: Path) -> torch.Tensor:
     """The head resnet18 starts from with seed 0 (what an untrained run would save)."""
-    from transferlab.models import create_model
+    from transferlab.models.model import create_model
 
     torch.manual_seed(0)
     return create_model("resnet18", 3).net.fc.weight.detach()

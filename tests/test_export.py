@@ -15,13 +15,13 @@ import torch
 
 import transferlab
 from transferlab import TransferlabError
-from transferlab import export as E
-from transferlab import train as T
-from transferlab.cli import main
+from transferlab.cli.commands import main
 from transferlab.config import make_config
-from transferlab.infer import eval_batch
-from transferlab.inference import load
-from transferlab.transforms import normalize
+from transferlab.data.transforms import normalize
+from transferlab.inference import export as E
+from transferlab.inference.forward import eval_batch
+from transferlab.inference.predictor import load
+from transferlab.train import trainer as T
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +114,11 @@ def test_export_errors_are_one_line(run, tmp_path, capsys):
 TORCH_FREE = textwrap.dedent("""
     import json, sys, types
     src, model, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
-    # load transferlab.export without the package __init__ (which imports torch for the training API)
+    # load transferlab.inference.export without the package __init__ (which imports torch for the training API)
     package = types.ModuleType("transferlab")
     package.__path__ = [src]
     sys.modules["transferlab"] = package
-    from transferlab.export import onnx_predict
+    from transferlab.inference.export import onnx_predict
     results = onnx_predict(model, paths)
     loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "torchvision")))
     assert not loaded, loaded

@@ -6,12 +6,15 @@ from conftest import make_folder, make_image
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
-from transferlab import batches, cache, features, infer, train
 from transferlab.config import RunConfig
-from transferlab.data import decode_one, resolve_data
-from transferlab.models import create_model, folded
-from transferlab.transforms import Preprocessing, normalize
-from transferlab.weights import load_state_dict, resolve_weights
+from transferlab.data import batches, cache
+from transferlab.data.datasets import decode_one, resolve_data
+from transferlab.data.transforms import Preprocessing, normalize
+from transferlab.inference import forward as infer
+from transferlab.models.model import create_model, folded
+from transferlab.models.weights import load_state_dict, resolve_weights
+from transferlab.train import features
+from transferlab.train import trainer as train
 
 PRE = Preprocessing(crop_size=48, resize_size=56, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

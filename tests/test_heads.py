@@ -8,13 +8,13 @@ import torch
 from conftest import make_folder
 from torchvision.models import MobileNet_V2_Weights
 
-from transferlab.cache import decode
-from transferlab.data import Dataset, Split, resolve_data
+from transferlab.data.cache import decode
+from transferlab.data.datasets import Dataset, Split, resolve_data
+from transferlab.data.transforms import Preprocessing
 from transferlab.errors import TransferlabError
-from transferlab.heads import MEAN, REST, init_head_from_imagenet, resolve_head_map, rest_row
-from transferlab.infer import eval_batch, evaluate
-from transferlab.models import create_model
-from transferlab.transforms import Preprocessing
+from transferlab.inference.forward import eval_batch, evaluate
+from transferlab.models.model import create_model
+from transferlab.train.head_init import MEAN, REST, init_head_from_imagenet, resolve_head_map, rest_row
 
 CATEGORIES = tuple(MobileNet_V2_Weights.DEFAULT.meta["categories"])
 
@@ -110,7 +110,7 @@ def test_unmapped_class_uses_unlabeled_training_images(tmp_path):
     assert torch.equal(model.head.weight[0], W[934])
     rest = [i for i in range(1000) if i != 934]
     images = eval_batch(decode(dataset.train.paths, pre, quiet=True).images, pre)
-    from transferlab.infer import body_features
+    from transferlab.inference.forward import body_features
 
     row, bias = rest_row(W[rest], b[rest], body_features(model, images, pre, torch.device("cpu")))
     torch.testing.assert_close(model.head.weight[1], row, rtol=1e-4, atol=1e-5)
@@ -118,7 +118,7 @@ def test_unmapped_class_uses_unlabeled_training_images(tmp_path):
 
 
 def test_zero_shot_head_recognises_hot_dogs(hotdog_mini):
-    from transferlab.weights import load_state_dict, resolve_weights
+    from transferlab.models.weights import load_state_dict, resolve_weights
 
     weights = resolve_weights("mobilenet_v2", "imagenet", allow_download=False)
     state = load_state_dict(weights.path)

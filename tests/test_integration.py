@@ -3,7 +3,7 @@
 import pytest
 
 from transferlab.config import make_config
-from transferlab.experiments import compare_scratch
+from transferlab.workflows.compare import compare_scratch
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ from torch import nn
 
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.models import create_model, list_model_names, load_body, param_groups, stage_names
-from transferlab.optim import build_optimizer
+from transferlab.models.model import create_model, list_model_names, load_body, param_groups, stage_names
+from transferlab.train.optim import build_optimizer
 
 LISTED = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
           "convnext_tiny"]

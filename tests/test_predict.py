@@ -10,10 +10,10 @@ from conftest import make_image, run_cli
 from PIL import Image
 
 from transferlab import TransferlabError
-from transferlab.cli import main
-from transferlab.data import load_rgb, to_tensor
-from transferlab.inference import TTA_VIEWS, load, tta_views
-from transferlab.transforms import center_crop, normalize
+from transferlab.cli.commands import main
+from transferlab.data.datasets import load_rgb, to_tensor
+from transferlab.data.transforms import center_crop, normalize
+from transferlab.inference.predictor import TTA_VIEWS, load, tta_views
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch import nn
 
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.probes import C_GRID, fit_logistic_head, logistic, probe_cv
+from transferlab.train.probes import C_GRID, fit_logistic_head, logistic, probe_cv
 
 
 def _features(n: int, d: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +52,7 @@ def colors(tmp_path_factory):
 
 
 def test_head_warmup_as_a_logistic_regression(colors):
-    from transferlab.train import finetune
+    from transferlab.workflows.finetuning import finetune
 
     result = finetune(make_config(data=str(colors), image_size=64, batch_size=4, epochs=1, head_fit="logreg"),
                       quiet=True)
@@ -62,7 +62,7 @@ def test_head_warmup_as_a_logistic_regression(colors):
 
 
 def test_a_logistic_probe_fits_once_and_keeps_it(colors):
-    from transferlab.train import finetune
+    from transferlab.workflows.finetuning import finetune
 
     result = finetune(make_config(data=str(colors), image_size=64, epochs=3, freeze="body", probe_views=2,
                                   head_fit="logreg"), quiet=True)

@@ -10,20 +10,21 @@ import pytest
 import torch
 from conftest import make_folder, make_image, run_cli
 
-from transferlab import headfit, optim, train
 from transferlab.config import RunConfig, make_config
-from transferlab.data import resolve_data
+from transferlab.data.datasets import resolve_data
 from transferlab.errors import TransferlabError
-from transferlab.inference import load
-from transferlab.metrics import (
+from transferlab.evaluation.metrics import (
     class_weights,
     fit_temperature,
     metric_block,
     prediction_rows,
-    predictions_csv,
-    read_predictions,
 )
-from transferlab.selection import Selector
+from transferlab.evaluation.selection import Selector
+from transferlab.inference.predictor import load
+from transferlab.rundir import predictions_csv, read_predictions
+from transferlab.train import head_fit as headfit
+from transferlab.train import optim
+from transferlab.train import trainer as train
 
 TINY = {"image_size": 64, "batch_size": 8, "head_warmup_epochs": 2}
 

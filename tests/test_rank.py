@@ -12,9 +12,10 @@ from conftest import make_folder, run_cli
 from transferlab import rundir
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.probes import knn_cv, logme, probe_cv
-from transferlab.ranker import rank, resolve_auto
-from transferlab.ranking import Candidate, Ranking, pick
+from transferlab.ranking.ranker import rank
+from transferlab.ranking.result import Candidate, Ranking, pick
+from transferlab.train.probes import knn_cv, logme, probe_cv
+from transferlab.workflows.finetuning import resolve_model
 
 MODELS = ["mobilenet_v2", "tf_efficientnet_lite0"]  # offline weights that `make setup` installs
 SMALL = {"image_size": 64, "epochs": 1, "batch_size": 4}
@@ -91,7 +92,7 @@ def test_rank_scores_every_candidate_on_the_training_split(ranking, colors):
 
 
 def test_rank_never_reads_the_test_split(colors, monkeypatch):
-    import transferlab.ranker as rank_module
+    import transferlab.ranking.ranker as rank_module
 
     seen = []
     real = rank_module.decode
@@ -106,7 +107,7 @@ def test_rank_never_reads_the_test_split(colors, monkeypatch):
 
 
 def test_the_fine_tune_after_a_ranking_reads_its_cached_features(colors, ranking):
-    from transferlab.train import Trainer
+    from transferlab.train.trainer import Trainer
 
     trainer = Trainer(make_config(data=str(colors), model=ranking.picked, **SMALL), quiet=True)
     trainer.fit()
@@ -136,15 +137,15 @@ def test_auto_refuses_weights_it_cannot_rank(colors):
         rank(data=str(colors), models=MODELS, weights="none", quiet=True, **SMALL)
 
 
-def test_resolve_auto_reuses_a_saved_ranking(tmp_path, ranking, monkeypatch):
-    import transferlab.ranker as rank_module
+def test_resolve_model_reuses_a_saved_ranking(tmp_path, ranking, monkeypatch):
+    import transferlab.ranking.ranker as rank_module
 
     path = ranking.write(tmp_path / "rank.json")
     monkeypatch.setattr(rank_module, "rank", lambda *a, **k: pytest.fail("ranked again"))
-    config, again = resolve_auto(make_config(data="x", model="auto"), path)
+    config, again = resolve_model(make_config(data="x", model="auto"), path)
     assert config.model == ranking.picked and again == ranking
-    assert resolve_auto(make_config(data="x", model="resnet18"), path) == (make_config(data="x", model="resnet18"),
-                                                                             None)
+    assert resolve_model(make_config(data="x", model="resnet18"), path) == (make_config(data="x", model="resnet18"),
+                                                                              None)
 
 
 def test_cli_rank_prints_the_table_and_writes_rank_json(colors, tmp_path):
@@ -162,7 +163,7 @@ def test_cli_rank_bad_budget_is_one_line(colors):
 
 
 def test_train_model_auto_records_the_ranking(colors, tmp_path, monkeypatch):
-    import transferlab.ranker as rank_module
+    import transferlab.ranking.ranker as rank_module
 
     real = rank_module.rank
     monkeypatch.setattr(rank_module, "rank", lambda *a, **k: real(*a, models=MODELS, **k))
@@ -181,8 +182,8 @@ def test_train_model_auto_records_the_ranking(colors, tmp_path, monkeypatch):
 
 
 def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, monkeypatch):
-    import transferlab.ranker as rank_module
-    from transferlab.experiments import compare_scratch
+    import transferlab.ranking.ranker as rank_module
+    from transferlab.workflows.compare import compare_scratch
 
     calls = []
     real = rank_module.rank
@@ -195,9 +196,9 @@ def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, mo
 
 
 def test_a_study_with_auto_ranks_once_and_records_it_in_every_run(colors, tmp_path, monkeypatch):
-    import transferlab.ranker as rank_module
-    from transferlab import experiments
-    from transferlab.studies import study_from_dict
+    import transferlab.ranking.ranker as rank_module
+    from transferlab.workflows import study as experiments
+    from transferlab.workflows.study_spec import study_from_dict
 
     calls = []
     real = rank_module.rank

@@ -15,8 +15,8 @@ import torch
 from conftest import make_folder, random_images
 from safetensors.torch import load_file
 
-from transferlab import train as T
-from transferlab.transforms import Preprocessing
+from transferlab.data.transforms import Preprocessing
+from transferlab.train import trainer as T
 
 # 16 training images in batches of 4: four steps per epoch, a checkpoint after each.
 RUN = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "4", "--epochs", "2",

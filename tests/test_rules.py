@@ -17,10 +17,11 @@ from conftest import make_folder
 from PIL import Image
 from safetensors.torch import load_file
 
-from transferlab import TransferlabError, finetune, images, load, rundir
-from transferlab.cli import main
+from transferlab import TransferlabError, finetune, load, rundir
+from transferlab.cli.commands import main
 from transferlab.config import make_config
-from transferlab.models import create_model
+from transferlab.data import images
+from transferlab.models.model import create_model
 
 TINY = {"image_size": 64, "batch_size": 8, "epochs": 1, "head_warmup_epochs": 0}
 
@@ -101,7 +102,7 @@ def test_a_pil_image_predicts_exactly_like_its_file(tiny_run, tmp_path):
 def test_one_pixel_limit_for_files_bytes_and_the_server(tiny_run, tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from transferlab.serve import create_app
+    from transferlab.inference.serve import create_app
 
     buffer = io.BytesIO()
     Image.new("RGB", (50, 50)).save(buffer, format="PNG")
@@ -127,7 +128,7 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(data, capsys):
 
 
 def test_exports_keep_one_record_per_format(tiny_run, tmp_path):
-    from transferlab.export import export_model
+    from transferlab.inference.export import export_model
 
     onnx = export_model(tiny_run[0], "onnx", out=tmp_path / "model.onnx")
     ts = export_model(tiny_run[0], "torchscript", out=tmp_path / "model.ts")
@@ -155,7 +156,7 @@ def test_models_table_and_cache_command(capsys, tmp_path, monkeypatch):
 
 
 def test_shipped_model_catalog_matches_torchvision():
-    from transferlab.catalog import build_catalog, catalog
+    from transferlab.models.catalog import build_catalog, catalog
 
     assert catalog() == build_catalog()
 
@@ -164,7 +165,7 @@ def test_data_is_required_and_the_recipe_study_keeps_its_old_name(capsys):
     assert main(["train", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "--data is required" in err and "elpv" in err and "hotdog" in err and "DIR" in err
-    from transferlab.studies import load_study
+    from transferlab.workflows.study_spec import load_study
 
     assert load_study("seed").variants == load_study("recipe").variants
 
@@ -188,10 +189,10 @@ def test_a_checkpoint_written_before_the_split_resumes_bit_identical(tmp_path):
             "--deterministic", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(old / "src")}
     # the old code trains epoch 1 and is stopped there: its checkpoint is the one after epoch 1
-    code = ("import sys\nimport transferlab.train as T\nassert T.__file__.startswith(sys.argv[1]), T.__file__\n"
+    code = ("import sys\nimport transferlab.train.trainer as T\nassert T.__file__.startswith(sys.argv[1]), T.__file__\n"
             "real = T.Trainer._checkpoint\n"
             "def stop(self, *a, **k):\n    real(self, *a, **k)\n    raise SystemExit(9)\n"
-            "T.Trainer._checkpoint = stop\nfrom transferlab.cli import main\nmain(sys.argv[2:])\n")
+            "T.Trainer._checkpoint = stop\nfrom transferlab.cli.commands import main\nmain(sys.argv[2:])\n")
     proc = subprocess.run([sys.executable, "-c", code, str(old), "train", *args, "--out", str(tmp_path / "part")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 9, proc.stderr

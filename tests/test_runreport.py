@@ -12,10 +12,10 @@ import pytest
 from conftest import HOTDOG_MINI, make_folder
 from test_layout import import_graph, reachable
 
-from transferlab import runreport
-from transferlab.figures import confusion_figure, mistake_rows, mistakes_figure
-from transferlab.runfigures import binary_curves, expected_calibration_error, learning_curve_figure
-from transferlab.runreport import summary_html, write_run_report
+from transferlab.reporting import run as runreport
+from transferlab.reporting.figures import confusion_figure, mistake_rows, mistakes_figure
+from transferlab.reporting.run import summary_html, write_run_report
+from transferlab.reporting.run_figures import binary_curves, expected_calibration_error, learning_curve_figure
 
 PRE = {"crop_size": 64, "resize_size": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
        "interpolation": "bilinear"}
@@ -152,7 +152,7 @@ def test_missing_data_degrades_to_a_note(tmp_path):
 
 
 def test_a_given_dataset_is_used_instead_of_the_files(tmp_path):
-    from transferlab.data import resolve_data
+    from transferlab.data.datasets import resolve_data
 
     root = make_folder(tmp_path / "colors", {"train": 4, "val": 3}, COLORS)
     make_run(tmp_path / "run", root, data_root=tmp_path / "nowhere")

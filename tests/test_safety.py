@@ -12,10 +12,11 @@ import torch
 from conftest import make_folder, make_image, run_cli
 from safetensors.torch import load_file, save_file
 
-from transferlab import TransferlabError, cache, finetune, load, rundir
+from transferlab import TransferlabError, finetune, load, rundir
 from transferlab.config import make_config
-from transferlab.loop import TrainingDiverged, TrainingInterrupted
-from transferlab.transforms import Preprocessing
+from transferlab.data import cache
+from transferlab.data.transforms import Preprocessing
+from transferlab.train.loop import TrainingDiverged, TrainingInterrupted
 
 PRE = Preprocessing(crop_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -35,7 +36,7 @@ def test_a_second_process_is_refused_while_a_run_holds_its_folder(data, tmp_path
 
 
 def test_a_run_failing_before_its_first_checkpoint_leaves_nothing(data, tmp_path, monkeypatch, one_thread):
-    from transferlab import train
+    from transferlab.train import trainer as train
 
     def fail(self, model):
         assert (run / rundir.CONFIG).is_file()  # written by now
@@ -122,7 +123,7 @@ def test_export_onto_a_folder_is_refused_before_exporting(tiny_run, tmp_path):
 
 
 def test_study_stopped_by_sigterm_exits_143_with_the_resume_hint(monkeypatch, data, tmp_path):
-    from transferlab import experiments
+    from transferlab.workflows import study as experiments
 
     def stopped(*args, **kwargs):
         raise TrainingInterrupted("interrupted by SIGTERM at epoch 1/1 step 1/1; checkpoint saved in x", 15,
@@ -169,7 +170,7 @@ def test_cache_folders_evict_the_least_recently_used(tmp_path, monkeypatch):
 
 
 def test_hotdog_zip_with_a_wrong_sha1_is_named_as_such(tmp_path, monkeypatch):
-    from transferlab import data as D
+    from transferlab.data import datasets as D
 
     monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path))
     archive = tmp_path / "downloads" / "hotdog.zip"
@@ -194,7 +195,7 @@ def test_an_error_after_a_progress_bar_starts_its_own_line(data, tmp_path):
 def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
     import errno
 
-    from transferlab import train
+    from transferlab.train import trainer as train
 
     real, calls = rundir.write_checkpoint, []
 
@@ -218,8 +219,8 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(data, tmp
 def test_a_stalled_download_times_out(tmp_path, monkeypatch):
     import socket
 
-    from transferlab import data as D
     from transferlab import files
+    from transferlab.data import datasets as D
 
     monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path))
     monkeypatch.setattr(files, "DOWNLOAD_TIMEOUT", 1.0)
@@ -245,7 +246,7 @@ def test_partial_cache_entries_of_killed_processes_are_removed(tmp_path):
 
 
 def test_evaluate_scores_exactly_the_runs_own_test_split(tmp_path, one_thread):
-    from transferlab.data import resolve_data
+    from transferlab.data.datasets import resolve_data
 
     data = make_folder(tmp_path / "bare", {"train": 8})  # no val/ or test/: the run splits it, with its seed
     run = tmp_path / "run"

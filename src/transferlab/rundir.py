@@ -18,7 +18,9 @@ command line and studies alike:
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 import random
@@ -36,25 +38,23 @@ from .files import atomic_write, atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     import torch
 
-    from .models import TransferModel
-    from .transforms import Preprocessing
+    from .data.transforms import Preprocessing
+    from .models.model import TransferModel
 
 __all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RANKING", "RUN_FILES",
-           "is_finished",
-           "config_differences", "saved_differences",
-           "check_run_dir", "check_output", "resume_config", "save_model", "write_history", "write_metrics",
-           "write_checkpoint",
-           "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
-           "foreign_files", "writing", "locked", "discard_unstarted", "LOCK"]
+           "LOCK", "is_finished", "config_differences", "saved_differences", "check_run_dir", "check_output",
+           "resume_config", "save_model", "write_history", "write_metrics", "predictions_csv", "read_predictions",
+           "write_checkpoint", "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
+           "foreign_files", "writing", "locked", "discard_unstarted"]
 
 CONFIG = "config.json"
 HISTORY = "metrics.jsonl"
 METRICS = "metrics.json"
 MODEL = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
-PREDICTIONS = "test_predictions.csv"  # the final model on every test image (see metrics.prediction_rows)
+PREDICTIONS = "test_predictions.csv"  # the final model on every test image (see evaluation.metrics.prediction_rows)
 REPORT = "report.html"
-RANKING = "rank.json"  # --model auto: the ranking that picked the model (see transferlab.ranker)
+RANKING = "rank.json"  # --model auto: the ranking that picked the model (see transferlab.ranking.ranker)
 LOCK = ".lock"
 # a run's own files; nothing else may write them
 RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT, RANKING)
@@ -170,8 +170,6 @@ def check_output(run_dir: str | Path, path: str | Path, option: str) -> None:
 def finish(run_dir: Path, model: TransferModel, classes: Sequence[str], pre: Preprocessing, config: RunConfig,
            metrics: dict[str, Any], predictions: Sequence[dict[str, Any]] = ()) -> None:
     """Write the model file, the test predictions and the final metrics, then drop the checkpoint."""
-    from .metrics import predictions_csv
-
     save_model(model, run_dir / MODEL, classes, pre, config)
     if predictions:
         atomic_write_text(run_dir / PREDICTIONS, predictions_csv(predictions, classes))
@@ -312,3 +310,25 @@ def discard_unstarted(run_dir: Path) -> None:
         return
     for name in (CONFIG, HISTORY):
         (run_dir / name).unlink(missing_ok=True)
+
+
+def predictions_csv(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> str:
+    """``rows`` of :func:`prediction_rows` as CSV text (the header names every class)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["path", "label", "predicted", "correct", *[f"prob_{c}" for c in classes]],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by :func:`predictions_csv`, numbers parsed."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["correct"] = int(row["correct"])
+        for key in row:
+            if key.startswith("prob_"):
+                row[key] = float(row[key])
+    return rows

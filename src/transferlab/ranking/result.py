@@ -1,0 +1,140 @@
+"""The outcome of ranking backbones (:mod:`transferlab.ranking.ranker`): the candidates, the rule that picks, the table.
+
+Plain data, no torch: run reports and notebooks read ``rank.json`` through it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import FOLDS
+from ..errors import TransferlabError
+
+__all__ = ["SCORE", "FOLDS", "Candidate", "Ranking", "pick"]
+
+SCORE = "probe_acc"  # what the pick maximises
+
+
+@dataclass
+class Candidate:
+    """One backbone's line of the ranking."""
+
+    model: str
+    weights: str = ""  # where the weights came from
+    crop: int | None = None
+    dim: int | None = None  # feature width
+    probe_acc: float | None = None
+    probe_se: float | None = None  # standard error of probe_acc over the folds
+    probe_c: float | None = None  # the inverse L2 strength that scored best
+    knn_acc: float | None = None
+    logme: float | None = None
+    feature_s: float | None = None  # seconds to get the features (a cache hit costs reading them)
+    cached: bool = False  # the features were on disk already
+    epoch_s: float | None = None  # seconds per training epoch, measured
+    finetune_s: float | None = None  # epoch_s x epochs
+    note: str = ""  # why it was not scored, or not eligible
+
+    @property
+    def scored(self) -> bool:
+        return self.probe_acc is not None
+
+
+@dataclass
+class Ranking:
+    """The candidates, best first, and the one picked."""
+
+    data: str
+    train_images: int
+    classes: int
+    epochs: int
+    budget: float | None
+    candidates: list[Candidate] = field(default_factory=list)
+    picked: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    score: str = SCORE
+    folds: int = FOLDS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Ranking:
+        values = dict(values)
+        values["candidates"] = [Candidate(**c) for c in values.get("candidates", [])]
+        return cls(**values)
+
+    def write(self, path: str | Path) -> Path:
+        from ..files import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Ranking:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise TransferlabError(f"{path}: not a readable ranking ({type(exc).__name__}); delete it to rank "
+                                   "again") from None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The table, one dict per candidate, as the CLI prints it."""
+        def num(value: float | None, digits: int = 3) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        out = []
+        for c in self.candidates:
+            out.append({"model": c.model, "crop": c.crop or "-",
+                        "probe_acc": "-" if c.probe_acc is None else f"{c.probe_acc:.3f}±{c.probe_se:.3f}",
+                        "knn_acc": num(c.knn_acc), **({"logme": num(c.logme)} if self.has_logme else {}),
+                        "epoch_s": num(c.epoch_s, 1), "features_s": num(c.feature_s, 1) + (" (cached)"
+                                                                                           if c.cached else ""),
+                        "note": "; ".join(filter(None, ["picked" if c.model == self.picked else "", c.note]))})
+        return out
+
+    @property
+    def has_logme(self) -> bool:
+        return any(c.logme is not None for c in self.candidates)
+
+    def table(self) -> str:
+        rows = self.rows()
+        if not rows:
+            return "(no candidates)"
+        keys = list(rows[0])
+        widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+        lines = ["  ".join(k.upper().ljust(widths[k]) for k in keys).rstrip()]
+        lines += ["  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip() for r in rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = self.rows()
+        head = "".join(f"<th>{escape(k)}</th>" for k in rows[0]) if rows else ""
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+        return (f"<p>ranking on {escape(self.data)}: {self.train_images} training images, {self.classes} classes, "
+                f"{self.seconds:.0f} s; picked <b>{escape(str(self.picked))}</b> ({escape(self.reason)})</p>"
+                f"<table><tr>{head}</tr>{body}</table>")
+
+
+def pick(candidates: Sequence[Candidate], budget: float | None = None) -> tuple[str | None, str]:
+    """The best ``probe_acc`` within ``budget``; within one standard error of it, the fastest epoch."""
+    eligible = [c for c in candidates if c.scored and (budget is None or c.finetune_s is None
+                                                       or c.finetune_s <= budget)]
+    if not eligible:
+        return None, "no candidate was scored within the budget"
+    best = max(eligible, key=lambda c: c.probe_acc)
+    close = [c for c in eligible if c.probe_acc >= best.probe_acc - best.probe_se]
+    chosen = min(close, key=lambda c: (c.epoch_s if c.epoch_s is not None else math.inf, -c.probe_acc))
+    if chosen is best:
+        return best.model, f"best {SCORE} {best.probe_acc:.3f}"
+    return chosen.model, (f"{SCORE} {chosen.probe_acc:.3f}, within one standard error ({best.probe_se:.3f}) of "
+                          f"{best.model}'s {best.probe_acc:.3f}, and faster ({chosen.epoch_s:.1f} s against "
+                          f"{best.epoch_s:.1f} s an epoch)")

@@ -1,0 +1,303 @@
+"""The study report: summary.json, report.md and a self-contained report.html over every variant's runs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import rundir
+from ..files import atomic_write, atomic_write_json, atomic_write_text
+from ..system import environment
+from .common import REPORT_CSS, format_table, html_image, html_table, load_predictions, read_json, read_jsonl
+from .figures import (
+    FIGURES_HINT,
+    MISTAKES_SHOWN,
+    confusion_figure,
+    mistake_rows,
+    mistakes_figure,
+    plot_accuracy,
+    plot_curves,
+    plot_group,
+    pm,
+    png,
+    pyplot,
+)
+
+__all__ = ["summarize_study", "write_study_report", "study_rows", "STUDY_METRICS"]
+
+log = logging.getLogger(__name__)
+
+
+def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where there are too few values)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+# the test metrics a study aggregates per variant, under their metrics.json names
+STUDY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc")
+
+
+def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[str, Any],
+                    changes: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]],
+                    wall_s: float | None = None) -> dict[str, Any]:
+    """Collect every finished run of a study (``runs``: variant, seed, run_dir relative to ``out``).
+
+    Variants are sorted by mean final test accuracy, best first; ``changes`` are the
+    config keys each variant changes, as resolved (``freeze: half`` -> a stage).
+    """
+    out = Path(out)
+    variants, classes, devices = [], None, set()
+    for name, overrides in study["variants"].items():
+        planned = [r for r in runs if r["variant"] == name]
+        rows = []
+        for entry in planned:
+            run_dir = out / entry["run_dir"]
+            metrics = read_json(run_dir / rundir.METRICS)
+            if not metrics:
+                continue
+            classes = classes or metrics.get("class_names")
+            devices.add(metrics.get("device"))
+            history = read_jsonl(run_dir / rundir.HISTORY)
+            split = "val" if any("val_acc" in h for h in history) else "test"  # runs with a validation split
+            test = metrics.get("test", {})  # the metric names of metrics.json and `evaluate`
+            rows.append({"seed": entry["seed"], "run_dir": entry["run_dir"], "test_acc": metrics["test_acc"],
+                         **{key: test.get(key) for key in STUDY_METRICS},
+                         "head_warmup_acc": (metrics.get("head_warmup") or {}).get("accuracy"),
+                         "epochs_trained": metrics.get("epochs_trained"), "wall_s": metrics["wall_s"],
+                         "train_images_per_s": metrics.get("train_images_per_s"),
+                         "zero_shot_acc": metrics.get("zero_shot_acc"), "confusion": metrics.get("confusion"),
+                         "curve": [h[f"{split}_acc"] for h in history if h.get(f"{split}_acc") is not None],
+                         "curve_split": split})
+        item: dict[str, Any] = {"name": name, "overrides": overrides, "changes": changes.get(name, {}),
+                                "planned": len(planned), "finished": len(rows), "runs": rows}
+        for key in ("test_acc", *STUDY_METRICS, "head_warmup_acc", "wall_s", "train_images_per_s", "zero_shot_acc"):
+            item[f"{key}_mean"], item[f"{key}_std"] = _stats([r[key] for r in rows])
+        variants.append(item)
+    order = list(study["variants"])
+    variants.sort(key=lambda v: (v["test_acc_mean"] is None, -(v["test_acc_mean"] or 0.0), order.index(v["name"])))
+    done = [v for v in variants if v["finished"]]
+    return {
+        "study": study["name"], "description": study.get("description", ""), "source": study.get("source"),
+        "out": str(out), "seeds": sorted({r["seed"] for r in runs}), "variant_order": order,
+        "groups": study.get("groups", {}), "base_config": base_config, "class_names": classes,
+        "runs_planned": len(runs), "runs_finished": sum(v["finished"] for v in variants),
+        "compute_s": round(sum(r["wall_s"] for v in variants for r in v["runs"]), 1),
+        "wall_s": round(wall_s, 1) if wall_s is not None else None,
+        "best_variant": done[0]["name"] if done else None, "devices": sorted(d for d in devices if d),
+        "environment": environment(), "written": _dt.datetime.now().isoformat(timespec="seconds"),
+        "variants": variants,
+    }
+
+
+def _changes_text(variant: dict[str, Any]) -> str:
+    parts = []
+    for key, value in variant["changes"].items():
+        asked = variant["overrides"].get(key, value)
+        if isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{key}={value}" + (f" ({asked})" if asked != variant["changes"][key] else ""))
+    return ", ".join(parts) or "(base config)"
+
+
+def study_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results table: one row per variant, best mean test accuracy first."""
+    reference = next((v for v in summary["variants"] if v["name"] == summary["variant_order"][0]), None)
+    ref_mean = reference["test_acc_mean"] if reference else None
+    rows = []
+    for rank, v in enumerate(summary["variants"], 1):
+        delta = None
+        if v["test_acc_mean"] is not None and ref_mean is not None and v is not reference:
+            delta = f"{100 * (v['test_acc_mean'] - ref_mean):+.1f}"
+        rows.append({
+            "#": rank, "variant": v["name"], "changes": _changes_text(v),
+            "test acc": pm(v["test_acc_mean"], v["test_acc_std"]),
+            f"Δ vs {summary['variant_order'][0]} (pts)": delta or "-",
+            "balanced acc": pm(v["balanced_accuracy_mean"], v["balanced_accuracy_std"]),
+            "macro F1": pm(v["macro_f1_mean"], v["macro_f1_std"]),
+            "head warm-up acc": pm(v["head_warmup_acc_mean"], v["head_warmup_acc_std"]),
+            "zero-shot": pm(v["zero_shot_acc_mean"], v["zero_shot_acc_std"]),
+            "s / run": f"{v['wall_s_mean']:.0f}" if v["wall_s_mean"] is not None else "-",
+            "train img/s": f"{v['train_images_per_s_mean']:.0f}" if v["train_images_per_s_mean"] else "-",
+            "seeds": f"{v['finished']}/{v['planned']}",
+        })
+    for column in ("zero-shot", "head warm-up acc", "balanced acc", "macro F1"):  # old runs, or none applies
+        if all(r[column] == "-" for r in rows):
+            for r in rows:
+                del r[column]
+    return rows
+
+
+def _representative(variant: dict[str, Any]) -> dict[str, Any]:
+    """The run of a variant whose final accuracy is closest to the variant's mean."""
+    return min(variant["runs"], key=lambda r: (abs(r["test_acc"] - variant["test_acc_mean"]), r["seed"]))
+
+
+def _predicted_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Prediction rows of a run's test images made now (runs older than ``test_predictions.csv``); absolute paths."""
+    from ..config import RunConfig
+    from ..data.datasets import resolve_data
+    from ..inference.predictor import load
+
+    config = RunConfig.load(run_dir / rundir.CONFIG)
+    dataset = resolve_data(config.data, config.seed, getattr(config, "test_fraction", config.val_fraction))
+    predictor = load(run_dir, device="cpu")
+    paths = list(dataset.test.paths)
+    rows = []
+    for start in range(0, len(paths), 32):
+        chunk = paths[start:start + 32]
+        for path, label, p in zip(chunk, dataset.test.labels[start:start + 32], predictor.predict_proba(chunk)):
+            pred = predictor.classes[int(p.argmax())]
+            true = dataset.classes[label]
+            rows.append({"path": str(path), "label": true, "predicted": pred, "correct": int(pred == true),
+                         **{f"prob_{c}": float(v) for c, v in zip(predictor.classes, p)}})
+    return rows
+
+
+def _prediction_rows(run_dir: Path, metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], Path | None]:
+    """The run's test predictions and the folder their paths are relative to (None: absolute paths)."""
+    rows = load_predictions(run_dir / rundir.PREDICTIONS)
+    if rows is not None and metrics.get("data_root"):
+        return rows, Path(metrics["data_root"])
+    return _predicted_rows(run_dir), None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "group"
+
+
+def write_study_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write ``summary.json``, ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``."""
+    out = Path(out)
+    best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
+    metrics: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    root = None
+    if best is not None:
+        run = _representative(best)
+        metrics = read_json(out / run["run_dir"] / rundir.METRICS) or {}
+        try:
+            rows, root = _prediction_rows(out / run["run_dir"], metrics)
+        except Exception as exc:  # noqa: BLE001 - a report without the image grid beats no report
+            log.warning("report: cannot predict the test images of %s (%s)", run["run_dir"], exc)
+        summary["best_run"] = {"variant": best["name"], "seed": run["seed"], "run_dir": run["run_dir"],
+                               "test_acc": run["test_acc"], "confusion": run["confusion"],
+                               "mistakes": mistake_rows(rows)}
+    figures: list[tuple[str, str, bytes]] = []  # (file stem, caption, png)
+    plotted = pyplot() is not None
+    if plotted and best is not None:
+        figures.append(("accuracy", "Final test accuracy by variant", png(plot_accuracy(summary))))
+        figures.append(("curves", "Learning curves", png(plot_curves(summary))))
+        for title, names in summary["groups"].items():
+            fig = plot_group(summary, title, names)
+            if fig is not None:
+                figures.append((f"group_{_slug(title)}", title, png(fig)))
+        br = summary["best_run"]
+        fig = confusion_figure(metrics, f"{br['variant']}, seed {br['seed']}: test acc {br['test_acc']:.3f}")
+        if fig is not None:
+            figures.append(("confusion", "Confusion matrix", png(fig)))
+        fig = mistakes_figure(rows, root, metrics["preprocessing"], MISTAKES_SHOWN) \
+            if metrics.get("preprocessing") else None
+        if fig is not None:
+            figures.append(("mistakes", "Most confidently misclassified test images", png(fig)))
+    for stem, _caption, data in figures:
+        atomic_write(out / "figures" / f"{stem}.png", lambda tmp, data=data: Path(tmp).write_bytes(data))
+    paths = {"summary": atomic_write_json(out / "summary.json", summary),
+             "md": atomic_write_text(out / "report.md", _markdown(summary, figures, plotted)),
+             "html": atomic_write_text(out / "report.html", _html(summary, figures, plotted))}
+    return paths
+
+
+def _title(summary: dict[str, Any]) -> str:
+    base = summary["base_config"]
+    return f"Study {summary['study']}: {Path(str(base['data'])).name}, {base['model']}"
+
+
+def _facts(summary: dict[str, Any]) -> list[str]:
+    base = summary["base_config"]
+    size = f"{base['image_size']} px" if base.get("image_size") else "the weights' own size"
+    facts = [f"{len(summary['variants'])} variants x {len(summary['seeds'])} seeds "
+             f"({summary['runs_finished']}/{summary['runs_planned']} runs finished); "
+             f"{base['epochs']} epochs per run, batch {base['batch_size']}, {size}",
+             f"compute: {summary['compute_s']:.0f} s over all runs"
+             + (f"; this invocation: {summary['wall_s']:.0f} s wall" if summary.get("wall_s") is not None else "")
+             + f"; device: {', '.join(summary['devices']) or '-'}"]
+    best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
+    if best:
+        facts.append(f"best: **{best['name']}** at {pm(best['test_acc_mean'], best['test_acc_std'])} "
+                     "test accuracy (mean ± std over seeds)")
+    return facts
+
+
+def _env_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in summary["environment"].items()]
+
+
+def _markdown(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotted: bool) -> str:
+    lines = [f"# {_title(summary)}", ""]
+    if summary["description"]:
+        lines += [summary["description"][:1].upper() + summary["description"][1:] + ".", ""]
+    lines += [f"- {fact}" for fact in _facts(summary)] + ["", "## Results", "", format_table(study_rows(summary)),
+                                                          ""]
+    if not plotted:
+        lines += [f"({FIGURES_HINT})", ""]
+    for stem, caption, _png_data in figures:
+        lines += [f"## {caption}" if stem in ("accuracy", "curves", "confusion", "mistakes") else f"### {caption}",
+                  "", f"![{caption}](figures/{stem}.png)", ""]
+    br = summary.get("best_run")
+    if br and not br["mistakes"]:
+        lines += [f"No misclassified test images for {br['variant']} seed {br['seed']}.", ""]
+    lines += ["## Base config", "", "```json", json.dumps(summary["base_config"], indent=2, sort_keys=True), "```",
+              "", "## Environment", "", format_table([{"": k, "value": v} for k, v in _env_rows(summary)]), "",
+              f"Written {summary['written']} by transferlab {summary['environment']['transferlab']}.", ""]
+    return "\n".join(lines)
+
+
+def _html(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotted: bool) -> str:
+    esc = html.escape
+    bold = re.compile(r"[*][*](.+?)[*][*]")
+    facts = "".join("<li>" + bold.sub(r"<b>\1</b>", esc(f)) + "</li>" for f in _facts(summary))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(_title(summary))}</title>"
+             f"<style>{REPORT_CSS}</style></head><body>", f"<h1>{esc(_title(summary))}</h1>"]
+    if summary["description"]:
+        parts.append(f"<p class=muted>{esc(summary['description'])}</p>")
+    parts += [f"<ul>{facts}</ul>", "<h2>Results</h2>", html_table(study_rows(summary))]
+    if not plotted:
+        parts.append(f"<p class=muted>({html.escape(FIGURES_HINT)})</p>")
+    by_stem = {stem: (caption, image) for stem, caption, image in figures}
+    for stem in ("accuracy", "curves"):
+        if stem in by_stem:
+            caption, image = by_stem[stem]
+            parts += [f"<h2>{esc(caption)}</h2>", html_image(image, caption)]
+    small = [(caption, image) for stem, caption, image in figures if stem.startswith("group_")]
+    if small:
+        parts.append("<h2>Ablations</h2><div class=small>")
+        parts += [f"<figure>{html_image(image, caption)}</figure>" for caption, image in small]
+        parts.append("</div>")
+    br = summary.get("best_run")
+    if br:
+        parts.append(f"<h2>Best variant: {esc(br['variant'])} (seed {br['seed']})</h2>")
+        if "confusion" in by_stem:
+            parts.append(html_image(by_stem["confusion"][1], "confusion matrix"))
+        if "mistakes" in by_stem:
+            parts += [f"<h3>Most confidently misclassified test images ({len(br['mistakes'])} wrong in all)</h3>",
+                      html_image(by_stem["mistakes"][1], "misclassified images")]
+        elif not br["mistakes"]:
+            parts.append("<p>No misclassified test images.</p>")
+    parts += ["<h2>Base config</h2>", f"<pre>{esc(json.dumps(summary['base_config'], indent=2, sort_keys=True))}</pre>",
+              "<h2>Environment</h2>", html_table([{"": k, "value": v} for k, v in _env_rows(summary)]),
+              f"<p class=muted>Written {esc(summary['written'])}; run directories under "
+              f"{esc(summary['out'])}/&lt;variant&gt;/seed&lt;k&gt;/.</p>", "</body></html>"]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,196 @@
+"""The training loop: one epoch over batches, its checkpointable state, stop requests and determinism.
+
+SIGINT/SIGTERM (:class:`StopRequest`) finish the current step; the caller then writes a
+checkpoint and raises :class:`TrainingInterrupted`. A non-finite loss raises
+:class:`TrainingDiverged` on every process at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..console import progress
+from ..data.batches import Batch
+from ..data.transforms import Preprocessing, normalize
+from ..errors import TransferlabError, opt
+from ..inference.forward import autocast
+from . import distributed
+
+__all__ = ["EpochState", "StopRequest", "TrainingInterrupted", "TrainingDiverged", "deterministic_mode",
+           "train_one_epoch", "LOSS_CEILING", "check_loss", "optimizer_step"]
+
+log = logging.getLogger("transferlab.train")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a whole step (and a checkpoint, if the run has a directory)."""
+
+    def __init__(self, message: str, signum: int, run_dir: Path | None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.run_dir = run_dir
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TrainingDiverged(TransferlabError):
+    """A non-finite training loss; every process raises it at the same step."""
+
+
+@contextmanager
+def deterministic_mode(threads: int | None = None) -> Iterator[None]:
+    """Deterministic kernels, no cuDNN autotuning and a fixed intra-op thread count; undone on exit.
+
+    Ops without a deterministic CUDA kernel warn rather than fail, so bit-identical
+    results are promised on CPU only.
+    """
+    import torch.utils.deterministic as det
+
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, det.fill_uninitialized_memory,
+                torch.get_num_threads())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = False  # NaN-filling every new tensor is a debugging aid, and slow
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.set_num_threads(threads or previous[-1])
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]
+        det.fill_uninitialized_memory = previous[4]
+        torch.set_num_threads(previous[5])
+
+
+
+class StopRequest:
+    """While installed (main thread only), SIGINT and SIGTERM ask training to stop after the current step.
+
+    A second signal stops at once (KeyboardInterrupt).
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.info("%s: finishing the current step, then saving a checkpoint (send it again to stop now)",
+                 signal.Signals(signum).name)
+
+    def __call__(self) -> bool:
+        return bool(self.signum)
+
+
+
+@dataclass
+class EpochState:
+    """The epoch in progress: steps done and running sums over the global batches (checkpointed)."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+LOSS_CEILING = 1e4  # a mean cross-entropy above it means the run has diverged (a sane one stays below ~10)
+
+
+def check_loss(mean_loss: float, where: str, lr_name: str = "lr") -> None:
+    """Raise :class:`TrainingDiverged` for a loss that is not finite or beyond :data:`LOSS_CEILING`."""
+    if not (math.isfinite(mean_loss) and mean_loss <= LOSS_CEILING):
+        raise TrainingDiverged(f"training diverged: loss is {mean_loss:.4g} at {where}; lower {opt(lr_name)} or "
+                               "check the data")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, where: str, lr_name: str = "lr") -> None:
+    """``optimizer.step()``; an update too large for float32 is a divergence, not a crash."""
+    try:
+        optimizer.step()
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        raise TrainingDiverged(f"training diverged: the update overflowed float32 at {where}; lower "
+                               f"{opt(lr_name)}") from None
+
+
+def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, loss_fn: nn.Module, pre: Preprocessing | None, device: torch.device,
+                    desc: str = "train", quiet: bool = False, reduction: str = "mean", world_size: int = 1,
+                    state: EpochState | None = None, stop: Callable[[], bool] | None = None,
+                    after_step: Callable[[EpochState, bool], None] | None = None,
+                    precision: str = "auto", lr_name: str = "lr") -> dict[str, float]:
+    """One pass over the training batches; returns mean loss, accuracy and images/s over the global batches.
+
+    ``pre`` normalises uint8 images (None: the inputs are cached features). ``loss_fn``
+    gives per-sample losses; each process scales its sum so that DDP's gradient average
+    is the ``reduction`` ("mean" or "sum") over the global batch. Loss sums, correct
+    counts and the ``stop`` flag are summed over processes every step, so all of them
+    stop (or diverge) at the same step; ``after_step(state, stopping)`` runs after each.
+    """
+    state = state or EpochState()
+    model.train()
+    bar = progress(batches, total=total - state.step, desc=desc, quiet=quiet, unit="batch")
+    last = time.perf_counter()
+    for inputs, labels, batch_total in bar:
+        y = labels.to(device, non_blocking=True)
+        if pre is None:
+            logits = model(inputs.to(device))
+        else:
+            with autocast(device, precision):
+                logits = model(normalize(inputs, pre, device))
+        losses = loss_fn(logits.float(), y)
+        loss = losses.sum() * (world_size / batch_total if reduction == "mean" else world_size)
+        loss_sum, correct, seen, stopping = distributed.all_reduce_sum(
+            [losses.sum().item(), int((logits.argmax(1) == y).sum()), y.numel(), float(stop() if stop else 0)])
+        where = f"{desc} step {state.step + 1}"
+        check_loss(loss_sum / max(seen, 1), where, lr_name)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer_step(optimizer, where, lr_name)
+        scheduler.step()
+        state.step += 1
+        state.loss_sum += loss_sum
+        state.correct += int(correct)
+        state.seen += int(seen)
+        state.seconds += time.perf_counter() - last
+        if after_step is not None:  # one process reads its own flag now; several agreed on it before the step
+            after_step(state, stopping > 0 or (world_size == 1 and stop is not None and stop()))
+        last = time.perf_counter()
+    return {"train_loss": state.loss_sum / max(1, state.seen), "train_acc": state.correct / max(1, state.seen),
+            "train_images_per_s": state.seen / max(state.seconds, 1e-9), "train_s": state.seconds}
+

@@ -1,0 +1,386 @@
+"""The Trainer, which owns a run, and ``finetune(config)``, the one helper of the recipe.
+
+``finetune`` hides optimizer construction, parameter groups, metric logging and the
+pretrained/scratch switch. The pieces live in their own modules: batches
+(:mod:`~transferlab.data.batches`), optimisation (:mod:`~transferlab.train.optim`), the loop
+(:mod:`~transferlab.train.loop`), forward passes (:mod:`~transferlab.inference.forward`) and the run
+directory (:mod:`~transferlab.rundir`).
+
+A run with ``out`` writes ``checkpoint.pt`` after every epoch (and every
+``checkpoint_every`` steps): model, optimizer, scheduler, every random generator,
+the epoch and step, and the running sums of the epoch in progress. Data order and
+crops are a function of (seed, epoch), so ``resume=True`` continues mid-epoch and,
+on CPU, ends with bit-identical weights and metrics. SIGINT/SIGTERM finish the
+current step, write a checkpoint and raise :class:`TrainingInterrupted`. Under
+torchrun every process trains its share of each global batch (see ``distributed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .. import rundir
+from ..config import AUTO, RunConfig, crop_region_px
+from ..console import Console
+from ..data.batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches
+from ..data.cache import decode
+from ..data.datasets import Dataset, Split, resolve_data
+from ..errors import TransferlabError, opt
+from ..evaluation.metrics import DIGITS, class_weights, metric_block
+from ..evaluation.selection import Selector
+from ..inference.forward import body_features, eval_batch, evaluate, predict_logits, resolve_device, score, use_bf16
+from ..models.model import TransferModel, create_model, load_body
+from ..models.weights import ResolvedWeights, load_state_dict, resolve_weights
+from ..rundir import save_model
+from . import distributed
+from .checkpoint import Checkpoints
+from .head_fit import HeadFit
+from .loop import EpochState, StopRequest, TrainingDiverged, TrainingInterrupted, deterministic_mode, train_one_epoch
+from .optim import build_optimizer, build_scheduler, fit_head
+from .outcome import Outcome
+from .result import PreparedData, RunResult
+
+if TYPE_CHECKING:
+    from ..ranking.result import Ranking
+
+__all__ = ["RunResult", "Trainer", "PreparedData"]
+# Names that lived here before the engine was split by concept; importable from here for one release.
+__all__ += ["train_one_epoch", "evaluate", "build_optimizer", "build_scheduler", "resolve_device", "save_model",
+            "eval_batch", "train_batches", "prefetch_batches", "fit_head", "score", "body_features",
+            "global_batches", "probe_batches", "EpochState", "StopRequest", "TrainingInterrupted",
+            "TrainingDiverged", "deterministic_mode", "predict_logits", "use_bf16", "RunConfig"]
+
+log = logging.getLogger(__name__)
+
+
+class Trainer(Checkpoints, HeadFit, Outcome):
+    """Owns a run: data preparation, the loop, evaluation, checkpoints and files.
+
+    With the whole body frozen (``freeze="body"``, a linear probe) the body runs
+    once per image and view, and the head trains on the cached features.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process trains its share of each global
+    batch through DistributedDataParallel, BatchNorm uses global-batch statistics,
+    evaluation and feature caching are sharded, and only rank 0 logs and writes files.
+
+    >>> result = Trainer(make_config(data="hotdog", epochs=3)).fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: RunConfig, quiet: bool = False, resume: bool = False,
+                 dataset: Dataset | None = None, force: bool = False, overwrite: bool = False,
+                 ranking: Ranking | None = None) -> None:
+        self.config = config.validate(force=force)
+        self.dist = distributed.context()
+        self.quiet = quiet or not self.dist.is_main
+        self.resume = resume
+        self.force, self.overwrite = force, overwrite
+        self.run_dir = Path(config.out) if config.out else None
+        self.start = time.perf_counter()
+        self.elapsed_before = 0.0
+        self.device = resolve_device(config.device)
+        if self.dist.enabled:
+            distributed.check_global_batch(config.batch_size, self.dist.world_size)
+            if self.device.type == "cuda":
+                if self.dist.local_rank >= torch.cuda.device_count():
+                    raise TransferlabError(f"LOCAL_RANK {self.dist.local_rank}: only {torch.cuda.device_count()} "
+                                           "GPUs here; start at most that many processes per node")
+                self.device = torch.device("cuda", self.dist.local_rank)
+        self.dataset = (dataset or resolve_data(config.data, config.seed, config.test_fraction)).with_validation(
+            config.carve_fraction, config.seed)
+        if config.model == AUTO:
+            raise TransferlabError(f"{opt('model', AUTO)} is chosen before a Trainer is made: use transferlab.finetune")
+        self.ranking = ranking  # the ranking that picked config.model (--model auto), recorded with the run
+        if config.select_metric == "roc_auc" and len(self.dataset.classes) != 2:
+            raise TransferlabError(f"{opt('select_metric', 'roc_auc')}: ROC-AUC needs two classes, "
+                                   f"{opt('data', config.data)} has {len(self.dataset.classes)}; choose loss, "
+                                   "accuracy, balanced_accuracy or macro_f1")
+        self.eval_split = "val" if self.dataset.val is not None else "test"  # what every epoch is scored on
+        self.selector = Selector(config.selection, config.early_stopping)
+        self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
+        self.pre = self.weights.preprocessing.with_sizes(config.image_size, config.resize_size)
+        if self.pre.resize_size < self.pre.crop_size:
+            raise TransferlabError(f"{opt('resize_size', self.pre.resize_size)}: smaller than the crop "
+                                   f"({opt('image_size', self.pre.crop_size)}); the crop would be padded with black")
+        self.train_pre = replace(self.pre, crop_size=config.train_image_size or self.pre.crop_size)
+        # training crops come from inside the eval crop's square, or from the whole image
+        self.crop_region = crop_region_px(config.crop_region, self.pre.crop_size)
+        self.probe = config.freeze == "body"
+        self.history: list[dict[str, Any]] = []
+        # where training stands; all of it goes into checkpoints
+        self.epochs_done = 0
+        self.epoch_state = EpochState()
+        self.images_seen, self.train_seconds = 0, 0.0
+        self.zero_shot: float | None = None
+        self.warmup: dict[str, Any] | None = None  # the head warm-up: its curve and its score on eval_split
+        self.threads = torch.get_num_threads()
+        self.last_checkpoint: str | None = None
+        self.data: PreparedData | None = None  # set by prepare()
+        self.test_paths: list[str] = []  # the test rows' files, relative to the data root
+        self.predictions: list[dict[str, Any]] = []  # the final model on every test image
+        self.body_passes = {"images": 0, "seconds": 0.0}  # what the body really computed for features
+        self.console = Console(quiet=self.quiet)
+        self.train_features: list[torch.Tensor] = []  # a probe's cached features: one tensor per view
+        self.eval_features: dict[str, torch.Tensor] = {}  # a probe's features of the val and test images
+
+    def say(self, msg: str, *args: Any) -> None:
+        if self.dist.is_main:
+            self.console.say(msg, *args)
+
+    # -- setup
+    def prepare(self) -> TransferModel:
+        """Build the model (weights loaded, new head, stages frozen) and decode the data into :attr:`data`.
+
+        What :meth:`fit` does first; benchmarks and tests call it to get a run's model and data alone.
+        """
+        model = self._build_model()
+        self._prepare_data()
+        return model
+
+    def _build_model(self) -> TransferModel:
+        torch.manual_seed(self.config.seed)
+        state = load_state_dict(self.weights.path) if self.weights.path else None
+        model = create_model(self.config.model, len(self.dataset.classes))
+        if state is not None:
+            try:
+                load_body(model, state)
+            except TransferlabError as exc:
+                raise TransferlabError(f"{opt('weights', self.config.weights)}: {exc}") from None
+        if self.config.head_init == "imagenet":
+            from .head_init import init_head_from_imagenet
+
+            init_head_from_imagenet(model, state, self.dataset, self.config.head_map, self.weights.categories,
+                                    pre=self.pre)
+        model.freeze(self.config.freeze)
+        model.keep_bn_stats = self.config.bn_stats == "keep" and self.config.pretrained
+        if self.dist.enabled and not self.probe:
+            model.net = distributed.sync_batchnorm(model.net, self.device)
+        return model.to(self.device, memory_format=torch.channels_last)
+
+    def _decode(self, split: Split, desc: str) -> tuple[list[torch.Tensor], torch.Tensor, str]:
+        decoded = decode(split.paths, self.pre, skip_bad=self.config.skip_bad_images, desc=desc, quiet=self.quiet)
+        labels = torch.tensor([split.labels[i] for i in decoded.kept], dtype=torch.long)
+        if len(decoded) == 0:
+            raise TransferlabError(f"{opt('data', self.config.data)}: no usable images left in the "
+                                   f"{desc.split()[-1]} split")
+        if desc.endswith("test"):  # the files of the test rows, as the run records them
+            self.test_paths = [self.dataset.relative(split.paths[i]) for i in decoded.kept]
+        return decoded.images, labels, decoded.key
+
+    def _prepare_data(self) -> None:
+        # local rank 0 decodes first and fills the disk cache; the other processes then read it
+        with distributed.local_main_first(self.dist):
+            train_images, train_labels, train_key = self._decode(self.dataset.train, "decode train")
+            test_images, test_labels, test_key = self._decode(self.dataset.test, "decode test")
+            val = self._decode(self.dataset.val, "decode val") if self.dataset.val is not None else None
+        self.data = PreparedData(train_images, train_labels, train_key, eval_batch(test_images, self.pre),
+                                 test_labels, test_key)
+        if val is not None:
+            self.data.val_images, self.data.val_labels, self.data.val_key = eval_batch(val[0], self.pre), *val[1:]
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def split_logits(self, model: TransferModel, split: str) -> torch.Tensor:
+        """The model's logits on the eval crops of ``split`` ("val" or "test")."""
+        num_classes = len(self.dataset.classes)
+        images = self.data.eval_images(split)
+        if self.probe:
+            return self._head_logits(model, self.eval_features[split])
+        if self.dist.enabled:  # each process predicts its shard of the images
+            index = distributed.shard(len(images), self.dist)
+            local = (predict_logits(model, images[index], self.pre, self.device, quiet=self.quiet,
+                                    precision=self.config.precision) if index else torch.empty(0, num_classes))
+            return distributed.gather_rows(local, index, len(images))
+        return predict_logits(model, images, self.pre, self.device, quiet=self.quiet, precision=self.config.precision)
+
+    def score_split(self, logits: torch.Tensor, split: str) -> dict[str, Any]:
+        return metric_block(logits, self.data.eval_labels(split), self.dataset.classes, split)
+
+    def _wrap(self, model: TransferModel) -> nn.Module:
+        """What the loop trains: the model (or, probing, its head), in DistributedDataParallel on several processes."""
+        target = model.head if self.probe else model
+        if not self.dist.enabled:
+            return target
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(target, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # -- the run
+    def fit(self) -> RunResult:
+        """Train and return the result; with ``out``, holding the run directory's lock throughout."""
+        if not (self.run_dir and self.dist.is_main):
+            return self._fit_in_group()
+        with rundir.locked(self.run_dir):
+            fresh = not (self.run_dir / rundir.CONFIG).exists()
+            try:
+                return self._fit_in_group()
+            except BaseException:
+                if fresh:  # failed before its first checkpoint: nothing to resume, so nothing is kept
+                    rundir.discard_unstarted(self.run_dir)
+                raise
+
+    def _fit_in_group(self) -> RunResult:
+        joined = False
+        try:
+            if self.config.deterministic:
+                with deterministic_mode(self.threads):
+                    joined = distributed.init_process_group(self.dist, self.device)
+                    result = self._fit()
+            else:
+                joined = distributed.init_process_group(self.dist, self.device)
+                result = self._fit()
+        except (TrainingInterrupted, TrainingDiverged):
+            if joined:  # every process stopped at the same step: leave the group cleanly
+                distributed.destroy_process_group()
+            raise
+        if joined:
+            distributed.destroy_process_group()
+        return result
+
+    def _fit(self) -> RunResult:
+        cfg = self.config
+        self.say("%s", self.dataset.describe())
+        self.say("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s %s%s",
+                 cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
+                 self.pre.interpolation, self.train_pre.crop_size, self.device, self.precision_name,
+                 f", {self.dist.world_size} processes of {cfg.batch_size // self.dist.world_size} images"
+                 if self.dist.enabled else "")
+        if self.run_dir:
+            rundir.check_run_dir(self.run_dir, cfg, self.resume, self.force, self.overwrite)
+        model = self.prepare()
+        if self.probe:
+            self._cache_features(model)
+        n_train = len(self.data.train_labels)
+        steps = len(global_batches(torch.arange(n_train), cfg.batch_size, self.dist.world_size))
+        if steps == 0:
+            raise TransferlabError(f"{opt('data', cfg.data)}: {n_train} training images cannot feed "
+                                   f"{self.dist.world_size} processes; start fewer")
+        optimizer = build_optimizer(cfg, model)
+        scheduler = build_scheduler(cfg, optimizer, steps)
+        loss_fn = nn.CrossEntropyLoss(weight=self._class_weights(), reduction="none",
+                                      label_smoothing=cfg.label_smoothing).to(self.device)
+        resumed = False
+        if self.run_dir:
+            if self.dist.is_main:
+                with rundir.writing(self.run_dir):
+                    if self.overwrite:
+                        rundir.clear(self.run_dir)
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    cfg.save(self.run_dir / rundir.CONFIG)
+                    if self.ranking is not None:
+                        self.ranking.write(self.run_dir / rundir.RANKING)
+            resumed = self.resume_checkpoint(model, optimizer, scheduler)
+        if not resumed:
+            if cfg.head_init == "imagenet":
+                split = self.eval_split
+                self.zero_shot = self.score_split(self.split_logits(model, split), split)["accuracy"]
+                self.say("zero-shot (head from ImageNet rows, before training): %s_acc %.3f", split, self.zero_shot)
+            if not self.probe:
+                self.head_warmup(model)
+            if self.dist.rank > 0:  # dropout masks differ between processes; rank 0 draws as one process would
+                torch.manual_seed(process_seed(cfg.seed, self.dist.rank))
+        net = self._wrap(model)
+        last: tuple[int, torch.Tensor] | None = None  # (epoch, test logits) when the epochs are scored on test
+        split = self.eval_split
+        with StopRequest() as stop:
+            for epoch in range(self.epochs_done + 1, cfg.epochs + 1):
+                if self.selector.stopped_early:  # resumed after the stop
+                    break
+                stats = self._train_epoch(net, model, optimizer, scheduler, loss_fn, epoch, steps, stop)
+                self.images_seen += stats["seen"]
+                self.train_seconds += stats["train_s"]
+                logits = self.split_logits(model, split)
+                block = self.score_split(logits, split)
+                last = (epoch, logits) if split == "test" else None
+                row = {"epoch": epoch, "train_loss": round(stats["train_loss"], DIGITS),
+                       "train_acc": round(stats["train_acc"], DIGITS),
+                       f"{split}_loss": block["nll"], f"{split}_acc": block["accuracy"]}
+                if self.selector.metric not in (None, "loss", "accuracy"):
+                    row[f"{split}_{self.selector.metric}"] = block.get(self.selector.metric)
+                row["wall_s"] = round(self.elapsed(), 3)
+                self.history.append(row)
+                self.epochs_done, self.epoch_state = epoch, EpochState()
+                stopping = self.selector.update(epoch, block, model.net)
+                self.console.epoch(row, cfg.epochs, stats["train_images_per_s"])
+                if self.run_dir:
+                    self.save_checkpoint(model, optimizer, scheduler, epoch)
+                    self.write_history()
+                if stopping:
+                    self.say("early stopping after epoch %d: no better %s %s for %d epochs", epoch, split,
+                             self.selector.metric, self.selector.waited)
+                    break
+                if self.probe and cfg.head_fit == "logreg":  # fitted to convergence: more epochs would repeat it
+                    break
+                if distributed.all_reduce_sum([stop()])[0] and epoch < cfg.epochs:
+                    raise self._interrupted(stop, f"after epoch {epoch}/{cfg.epochs}")
+        metrics = self.final_metrics(model, last)
+        if self.run_dir and self.dist.is_main:
+            with rundir.writing(self.run_dir):
+                rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics, self.predictions)
+        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model, self.predictions)
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.config.class_weights == "none":
+            return None
+        return class_weights(self.data.train_labels, len(self.dataset.classes))
+
+    def _train_epoch(self, net: nn.Module, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     loss_fn: nn.Module, epoch: int, steps: int, stop: StopRequest) -> dict[str, float]:
+        """One epoch (or the rest of one, after a resume), checkpointing every ``checkpoint_every`` steps."""
+        cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+        state = self.epoch_state
+        if self.probe:
+            features = self.train_features[(epoch - 1) % len(self.train_features)]
+            batches = probe_batches(features, self.data.train_labels, cfg.batch_size, cfg.seed, epoch, state.step,
+                                    rank, world)
+        else:
+            batches = train_batches(self.data.train_images, self.data.train_labels, cfg.batch_size, self.train_pre,
+                                    cfg.crop_scale, cfg.seed, epoch, state.step, rank, world,
+                                    prefetch=prefetch_batches(self.device), region=self.crop_region,
+                                    flips=cfg.flips)
+
+        def after_step(state: EpochState, stopping: bool) -> None:
+            done = (epoch - 1) * steps + state.step
+            due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and state.step < steps
+            if self.run_dir and (stopping or due):
+                self.save_checkpoint(model, optimizer, scheduler, epoch - 1, step=state.step)
+            if stopping:
+                raise self._interrupted(stop, f"at epoch {epoch}/{cfg.epochs} step {state.step}/{steps}")
+
+        if self.probe and cfg.head_fit == "logreg":
+            return self.logistic_epoch(model)
+        desc = f"epoch {epoch}/{cfg.epochs}"
+        try:
+            stats = train_one_epoch(net, batches, steps, optimizer, scheduler, loss_fn,
+                                    None if self.probe else self.train_pre, self.device, desc=desc, quiet=self.quiet,
+                                    reduction=cfg.loss_reduction, world_size=world, state=state, stop=stop,
+                                    after_step=after_step, precision=cfg.precision,
+                                    lr_name="probe_lr" if self.probe else "lr")
+        except TrainingDiverged as exc:
+            path = self.run_dir / rundir.CHECKPOINT if self.run_dir else None
+            kept = (f"the last good checkpoint (at {self.last_checkpoint}) is kept in {path}"
+                    if self.run_dir and self.last_checkpoint else "no checkpoint was written")
+            raise TrainingDiverged(f"{exc}; {kept}") from None
+        return {**stats, "seen": state.seen}
+
+    def _interrupted(self, stop: StopRequest, where: str) -> TrainingInterrupted:
+        signum = stop.signum or signal.SIGTERM  # another process got the signal
+        saved = f"checkpoint saved in {self.run_dir}" if self.run_dir else f"nothing saved (no {opt('out')})"
+        return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} {where}; {saved}", signum,
+                                   self.run_dir)
+
+    # -- files
+    def write_history(self) -> None:
+        if not self.dist.is_main:
+            return
+        with rundir.writing(self.run_dir):
+            rundir.write_history(self.run_dir, self.history)
+
