@@ -6,8 +6,10 @@ from conftest import make_folder, run_cli
 from safetensors import safe_open
 
 from transferlab.config import RunConfig, make_config
+from transferlab.inference.forward import use_bf16
 from transferlab.inference.predictor import load
 from transferlab.train import trainer as T
+from transferlab.workflows.finetuning import finetune
 
 TINY = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--quiet"]
 
@@ -55,7 +57,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"test_acc", "test", "selection", "epochs", "wall_s", "train_images_per_s", "class_names"}
     assert "best_test_acc" not in metrics and metrics["selection"]["kept"] == "last epoch"
-    assert metrics["precision"] == ("bf16" if T.use_bf16(torch.device("cpu")) else "fp32")  # what it computed in
+    assert metrics["precision"] == ("bf16" if use_bf16(torch.device("cpu")) else "fp32")  # what it computed in
     assert f"epochs on cpu ({metrics['precision']})" in (run / "report.html").read_text()
     assert metrics["class_names"] == ["blue", "red"] and metrics["test_acc"] == rows[-1]["test_acc"]
     with safe_open(str(run / "model.safetensors"), "pt") as fh:
@@ -117,7 +119,7 @@ def test_python_api_predicts_like_the_cli(tmp_path):
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
     base = make_config(data=str(data), image_size=64, batch_size=8, epochs=3, head_warmup_epochs=2)
-    full = T.finetune(base, out=str(tmp_path / "full"), quiet=True)
+    full = finetune(base, out=str(tmp_path / "full"), quiet=True)
 
     original = T.Trainer.save_checkpoint
 
@@ -128,10 +130,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
 
     monkeypatch.setattr(T.Trainer, "save_checkpoint", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        T.finetune(base, out=str(tmp_path / "part"), quiet=True)
+        finetune(base, out=str(tmp_path / "part"), quiet=True)
     monkeypatch.setattr(T.Trainer, "save_checkpoint", original)
     assert (tmp_path / "part" / "checkpoint.pt").exists() and not (tmp_path / "part" / "metrics.json").exists()
-    resumed = T.finetune(base, out=str(tmp_path / "part"), quiet=True, resume=True)
+    resumed = finetune(base, out=str(tmp_path / "part"), quiet=True, resume=True)
     for (name, a), (_, b) in zip(full.model.net.state_dict().items(), resumed.model.net.state_dict().items()):
         assert torch.equal(a, b), name
     assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in full.history]

@@ -21,7 +21,7 @@ from transferlab.data.transforms import normalize
 from transferlab.inference import export as E
 from transferlab.inference.forward import eval_batch
 from transferlab.inference.predictor import load
-from transferlab.train import trainer as T
+from transferlab.workflows.finetuning import finetune
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ TORCH_FREE = textwrap.dedent("""
 
 def test_onnx_alone_predicts_like_pytorch_on_hotdog_mini(hotdog_mini, tmp_path):
     run_dir = tmp_path / "hotdog"
-    T.finetune(make_config(data=str(hotdog_mini), image_size=96, epochs=1, out=str(run_dir)), quiet=True)
+    finetune(make_config(data=str(hotdog_mini), image_size=96, epochs=1, out=str(run_dir)), quiet=True)
     E.export_model(run_dir, "onnx")
     paths = sorted(str(p) for p in (hotdog_mini / "val").rglob("*.jpg"))
     assert len(paths) == 50

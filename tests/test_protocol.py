@@ -25,6 +25,7 @@ from transferlab.rundir import predictions_csv, read_predictions
 from transferlab.train import head_fit as headfit
 from transferlab.train import optim
 from transferlab.train import trainer as train
+from transferlab.workflows.finetuning import finetune
 
 TINY = {"image_size": 64, "batch_size": 8, "head_warmup_epochs": 2}
 
@@ -179,7 +180,7 @@ def selected_run(tmp_path_factory):
 
     train.Trainer.split_logits = spy
     try:
-        result = train.finetune(make_config(data=str(data), epochs=3, select_metric="accuracy", calibrate=True,
+        result = finetune(make_config(data=str(data), epochs=3, select_metric="accuracy", calibrate=True,
                                             val_fraction=0.2, out=str(root / "run"), **TINY), quiet=True)
     finally:
         train.Trainer.split_logits = original
@@ -245,7 +246,7 @@ def test_class_weights_reach_the_head_warmup_and_the_loss(tmp_path, monkeypatch)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(headfit, "fit_head", spy)
-    result = train.finetune(make_config(data=str(data), epochs=1, class_weights="balanced", **TINY), quiet=True)
+    result = finetune(make_config(data=str(data), epochs=1, class_weights="balanced", **TINY), quiet=True)
     # classes sort as blue, red: 12 / (2 * 3) and 12 / (2 * 9)
     assert torch.allclose(seen["weight"], torch.tensor([2.0, 12 / 18]))
     assert result.metrics["test"]["per_class"]["blue"]["support"] == 2

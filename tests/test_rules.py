@@ -189,10 +189,10 @@ def test_a_checkpoint_written_before_the_split_resumes_bit_identical(tmp_path):
             "--deterministic", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(old / "src")}
     # the old code trains epoch 1 and is stopped there: its checkpoint is the one after epoch 1
-    code = ("import sys\nimport transferlab.train.trainer as T\nassert T.__file__.startswith(sys.argv[1]), T.__file__\n"
+    code = ("import sys\nimport transferlab.train as T\nassert T.__file__.startswith(sys.argv[1]), T.__file__\n"
             "real = T.Trainer._checkpoint\n"
             "def stop(self, *a, **k):\n    real(self, *a, **k)\n    raise SystemExit(9)\n"
-            "T.Trainer._checkpoint = stop\nfrom transferlab.cli.commands import main\nmain(sys.argv[2:])\n")
+            "T.Trainer._checkpoint = stop\nfrom transferlab.cli import main\nmain(sys.argv[2:])\n")
     proc = subprocess.run([sys.executable, "-c", code, str(old), "train", *args, "--out", str(tmp_path / "part")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 9, proc.stderr

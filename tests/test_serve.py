@@ -19,7 +19,7 @@ from transferlab.config import make_config
 from transferlab.inference import serve as S
 from transferlab.inference.predictor import load
 from transferlab.inference.serve import create_app, headline, is_hotdog_model, make_server
-from transferlab.train import trainer as T
+from transferlab.workflows.finetuning import finetune
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     """A tiny model whose classes are hotdog / not_hotdog (trained on colors: fast, not smart)."""
     root = tmp_path_factory.mktemp("serve")
     data = make_folder(root / "data", {"train": 8, "val": 2}, classes=HOTDOG)
-    T.finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+    finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
     return root / "run", data
 
 

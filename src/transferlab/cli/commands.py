@@ -153,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .. import rundir
     from ..config import make_config
     from ..train.distributed import RESUME_ENV, check_global_batch, context, launch
-    from ..train.trainer import TrainingDiverged, TrainingInterrupted, finetune
+    from ..train.loop import TrainingDiverged, TrainingInterrupted
+    from ..workflows.finetuning import finetune
 
     ctx = context()
     if not ctx.is_main:  # rank 0 speaks for every process

@@ -120,7 +120,7 @@ def figures_inline() -> None:
     from IPython import get_ipython
     from matplotlib.figure import Figure
 
-    from .reporting.figures import png
+    from .figures import png
 
     get_ipython().display_formatter.formatters["image/png"].for_type(Figure, png)
 
