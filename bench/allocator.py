@@ -10,12 +10,12 @@ page faults 10x without making the step faster (README, "Speed").
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
+
+import _harness as harness
 
 STEP = """
 import json, resource, time, torch, torchvision
@@ -46,7 +46,7 @@ def run(thp: str, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -54,13 +54,11 @@ def main() -> None:
     for _ in range(args.repeats):
         for thp in ("0", "1"):
             results[thp].append(run(thp, args.steps))
-    summary = {f"thp{k}_img_s": round(statistics.median(r["img_s"] for r in v), 2) for k, v in results.items()}
-    summary.update({f"thp{k}_minor_faults": int(statistics.median(r["minor_faults"] for r in v))
+    summary = {f"thp{k}_img_s": harness.median((r["img_s"] for r in v), 2) for k, v in results.items()}
+    summary.update({f"thp{k}_minor_faults": int(harness.median(r["minor_faults"] for r in v))
                     for k, v in results.items()})
-    summary["speedup"] = round(summary["thp1_img_s"] / summary["thp0_img_s"], 3)
-    for key, value in summary.items():
-        print(f"{key:<20} {value}")
-    print(json.dumps(summary))
+    summary["speedup"] = harness.ratio(summary["thp1_img_s"], summary["thp0_img_s"], 3)
+    harness.report("allocator", summary, harness.pairs(summary))
 
 
 if __name__ == "__main__":

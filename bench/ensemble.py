@@ -10,12 +10,15 @@ the best pair. Nothing is trained; one table and one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
 import statistics
 from pathlib import Path
+
+import _harness as harness
+
+from transferlab.rundir import PREDICTIONS, RANKING
 
 
 def _probabilities(path: Path) -> tuple[list[str], list[str], list[list[float]]]:
@@ -37,18 +40,18 @@ def _accuracy(runs: dict[str, list[list[float]]], labels: list[int], members: tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("evidence", nargs="+", help="folders written by bench/rank_evidence.py")
     args = parser.parse_args()
-    report = []
+    results = []
     for folder in map(Path, args.evidence):
         per_seed = []
         for seed_dir in sorted(folder.glob("seed*")):
-            ranking = json.loads((seed_dir / "rank.json").read_text())
+            ranking = json.loads((seed_dir / RANKING).read_text())
             names = [c["model"] for c in ranking["candidates"] if c["probe_acc"] is not None]
             runs, labels, files = {}, None, None
             for name in names:
-                these, labels, runs[name] = _probabilities(seed_dir / name / "test_predictions.csv")
+                these, labels, runs[name] = _probabilities(seed_dir / name / PREDICTIONS)
                 if files is not None and these != files:
                     raise SystemExit(f"{seed_dir}: the runs were tested on different files")
                 files = these
@@ -61,13 +64,12 @@ def main() -> None:
                              "top2_models": names[:2]})
         means = {k: round(statistics.mean(s[k] for s in per_seed), 4)
                  for k in ("pick", "top2", "best_single", "best_pair")}
-        report.append({"evidence": str(folder), "means": means, "seeds": per_seed})
-    print(f"{'evidence':<36}{'auto pick':>10}{'top-2 mean':>12}{'best single':>13}{'best pair':>11}")
-    for r in report:
-        m = r["means"]
-        print(f"{Path(r['evidence']).name:<36}{m['pick']:>10.4f}{m['top2']:>12.4f}{m['best_single']:>13.4f}"
-              f"{m['best_pair']:>11.4f}")
-    print(json.dumps({"bench": "ensemble", "results": report}))
+        results.append({"evidence": str(folder), "means": means, "seeds": per_seed})
+    columns = [("evidence", lambda r: Path(r["evidence"]).name), ("auto pick", lambda r: r["means"]["pick"], ".4f"),
+               ("top-2 mean", lambda r: r["means"]["top2"], ".4f"),
+               ("best single", lambda r: r["means"]["best_single"], ".4f"),
+               ("best pair", lambda r: r["means"]["best_pair"], ".4f")]
+    harness.report("ensemble", {"results": results}, harness.table(results, columns))
 
 
 if __name__ == "__main__":

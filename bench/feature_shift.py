@@ -14,9 +14,7 @@ Prints a table and one JSON line.
 
 from __future__ import annotations
 
-import argparse
-import json
-
+import _harness as harness
 import torch
 from torch import nn
 
@@ -28,9 +26,9 @@ from transferlab.train.trainer import Trainer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="elpv")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = harness.parser(__doc__)
+    harness.add_data(parser, "elpv")
+    harness.add_seed(parser)
     parser.add_argument("--images", type=int, default=320)
     args = parser.parse_args()
 
@@ -58,8 +56,7 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     warmup = trainer.warmup["accuracy"]
     results = {"data": args.data, "head_warmup_acc": warmup, "images": n}
-    print(f"head warm-up test acc {warmup:.3f}; {n} training images\n")
-    print(f"| {'condition':<42} | loss  | acc   |\n|{'-' * 44}|-------|-------|")
+    print(f"head warm-up test acc {warmup:.3f}; {n} training images", flush=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name, (batch_stats, batches) in conditions.items():
         model.load_state_dict(state)  # batch statistics update the running ones: start from the same model
@@ -75,8 +72,10 @@ def main() -> None:
                 loss += float(loss_fn(logits, y))
                 correct += int((logits.argmax(1) == y).sum())
         results[name] = {"loss": round(loss / n, 3), "acc": round(correct / n, 3)}
-        print(f"| {name:<42} | {loss / n:.3f} | {correct / n:.3f} |")
-    print(json.dumps(results))
+    rows = [{"condition": name, **results[name]} for name in conditions]
+    harness.report("feature_shift", results,
+                   harness.table(rows, [("condition", "condition"), ("loss", "loss", ".3f"), ("acc", "acc", ".3f")],
+                                 title=""))
 
 
 if __name__ == "__main__":

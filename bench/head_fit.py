@@ -17,14 +17,11 @@ and are reused when finished.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from pathlib import Path
+
+import _harness as harness
 
 from transferlab.config import make_config
-from transferlab.rundir import METRICS, is_finished
-from transferlab.workflows.finetuning import finetune
 
 ARMS = {
     "finetune": {},
@@ -34,49 +31,47 @@ ARMS = {
 }
 
 
-def _metrics(options: dict, out: Path) -> dict:
-    if is_finished(out):
-        return json.loads((out / METRICS).read_text())
+def _options(options: dict) -> dict:
+    """An arm's options as ``make_config`` takes them (``probe_long`` resolved to its epochs)."""
     options = dict(options)
     if options.pop("probe_long", False):  # as long as a fine-tune's head: warm-up + epochs
         base = make_config(**options)
         options["epochs"] = base.epochs + base.head_warmup_epochs
-    return finetune(make_config(**options, out=str(out)), quiet=True, resume=(out / "checkpoint.pt").exists()).metrics
+    return options
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
+    parser = harness.parser(__doc__)
+    harness.add_data(parser)
     parser.add_argument("--models", default="mobilenet_v2")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    harness.add_seeds(parser)
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--out", default=None)
+    harness.add_run_options(parser)
+    harness.add_out(parser, "head-fit")
     args = parser.parse_args()
-    common = {k: v for k, v in {"epochs": args.epochs, "image_size": args.image_size}.items() if v is not None}
-    out = Path(args.out or f"runs/head-fit-{Path(args.data).name}")
+    common = harness.run_options(args)
+    out = harness.out_dir(args)
     rows = []
     for model in args.models.split(","):
         for arm in args.arms.split(","):
             accs, bal, walls = [], [], []
             for seed in args.seeds:
-                m = _metrics({"data": args.data, "model": model, "seed": seed, **common, **ARMS[arm]},
-                             out / model / arm / f"seed{seed}")
+                m = harness.run(_options({"data": args.data, "model": model, "seed": seed, **common, **ARMS[arm]}),
+                                out / model / arm / f"seed{seed}")
                 accs.append(m["test_acc"])
                 bal.append(m["test"]["balanced_accuracy"])
                 walls.append(m["wall_s"])
                 print(f"{model} {arm} seed {seed}: test_acc {m['test_acc']:.4f} in {m['wall_s']:.0f} s", flush=True)
-            rows.append({"model": model, "arm": arm, "test_acc": round(statistics.mean(accs), 4),
-                         "sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+            test_acc, sd = harness.mean_sd(accs, 4)
+            rows.append({"model": model, "arm": arm, "test_acc": test_acc, "sd": sd,
                          "balanced_acc": round(statistics.mean(bal), 4), "accs": accs,
-                         "wall_s": round(statistics.median(walls), 1)})
-    print(f"\n{args.data}, seeds {args.seeds}, options {common or 'defaults'}")
-    print(f"{'model':<24}{'arm':<17}{'test_acc':>9}{'sd':>7}{'bal_acc':>9}{'wall_s':>8}  per seed")
-    for r in rows:
-        print(f"{r['model']:<24}{r['arm']:<17}{r['test_acc']:>9.4f}{r['sd']:>7.3f}{r['balanced_acc']:>9.4f}"
-              f"{r['wall_s']:>8.0f}  {' '.join(f'{a:.3f}' for a in r['accs'])}")
-    print(json.dumps({"bench": "head_fit", "data": args.data, "options": common, "rows": rows}))
+                         "wall_s": harness.median(walls, 1)})
+    columns = [("model", "model"), ("arm", "arm"), ("test_acc", "test_acc", ".4f"), ("sd", "sd", ".3f"),
+               ("bal_acc", "balanced_acc", ".4f"), ("wall_s", "wall_s", ".0f"),
+               ("per seed", lambda r: " ".join(f"{a:.3f}" for a in r["accs"]))]
+    title = f"\n{args.data}, seeds {args.seeds}, options {common or 'defaults'}"
+    harness.report("head_fit", {"data": args.data, "options": common, "rows": rows},
+                   harness.table(rows, columns, title=title))
 
 
 if __name__ == "__main__":

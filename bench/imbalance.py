@@ -18,10 +18,10 @@ one with the fewest training images (ELPV: defective).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
+
+import _harness as harness
 
 ARMS = {
     "defaults": {},
@@ -49,9 +49,9 @@ def run_arm(data: str, seed: int, options: dict, budget: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="elpv")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = harness.parser(__doc__)
+    harness.add_data(parser, "elpv")
+    harness.add_seeds(parser)
     parser.add_argument("--arms", nargs="+", default=["defaults", "balanced", "select_loss"], choices=list(ARMS),
                         help="(default: defaults balanced select_loss)")
     parser.add_argument("--budget", choices=["defaults", "demo"], default="defaults",
@@ -64,16 +64,15 @@ def main() -> None:
             results[arm].append(row)
             print(f"{arm:16s} seed {seed}: " + "  ".join(f"{k} {row[k]:.4f}" for k in COLUMNS)
                   + f"  best_epoch {row['best_epoch']}  {row['wall_s']:.0f} s", flush=True)
-    print(f"\n| arm | {' | '.join(COLUMNS)} | (mean over seeds {', '.join(map(str, args.seeds))}) |")
-    print("|---" * (len(COLUMNS) + 2) + "|")
     summary = {}
     for arm, rows in results.items():
         means = {k: round(statistics.mean(r[k] for r in rows), 4) for k in COLUMNS}
         per_seed = {k: [r[k] for r in rows] for k in COLUMNS}
         summary[arm] = {"mean": means, "per_seed": per_seed, "best_epoch": [r["best_epoch"] for r in rows]}
-        print(f"| {arm} | " + " | ".join(f"{means[k]:.3f}" for k in COLUMNS) + " | |")
-    print(json.dumps({"bench": "imbalance", "data": args.data, "budget": args.budget, "seeds": args.seeds,
-                      "arms": summary}))
+    columns = [("arm", "arm"), *((k, k, ".3f") for k in COLUMNS)]
+    harness.report("imbalance", {"data": args.data, "budget": args.budget, "seeds": args.seeds, "arms": summary},
+                   harness.table([{"arm": arm, **s["mean"]} for arm, s in summary.items()], columns,
+                                 title=f"\nmean over seeds {', '.join(map(str, args.seeds))}:"))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ it also predicts every image under DIR with the 1000-class ImageNet head in fp32
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import time
+
+import _harness as harness
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--images", type=int, default=64, help="images per timed pass")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 8])
@@ -83,26 +82,27 @@ def main() -> None:
                 times[v].append(time.perf_counter() - start)
     base_key = ("plain NCHW fp32", args.batch_sizes[0])
     base = outputs[base_key]
-    plain_rate = args.images / statistics.median(times[base_key])
+    plain_rate = args.images / harness.median(times[base_key])
     rows = []
     for v in variants:
-        rate = args.images / statistics.median(times[v])
+        rate = args.images / harness.median(times[v])
         diff = float((outputs[v] - base).abs().max() / base.abs().max())
         rows.append({"variant": v[0], "batch_size": v[1], "images_per_s": round(rate, 1),
-                     "ratio": round(rate / plain_rate, 2), "max_rel_diff": float(f"{diff:.2g}")})
-    print(f"{args.model} body, {pre.crop_size} px, {args.images} images per pass, {torch.get_num_threads()} threads, "
-          f"AMX: {cpu_has_amx()}; ratio to {base_key[0]} at batch {base_key[1]}")
-    print(f"{'variant':<28} {'batch':>5} {'images/s':>9} {'ratio':>6} {'max rel diff':>13}")
-    for row in rows:
-        print(f"{row['variant']:<28} {row['batch_size']:>5} {row['images_per_s']:>9} {row['ratio']:>6} "
-              f"{row['max_rel_diff']:>13}")
+                     "ratio": harness.ratio(rate, plain_rate, 2), "max_rel_diff": float(f"{diff:.2g}")})
+    columns = [("variant", "variant"), ("batch", "batch_size"), ("images/s", "images_per_s"), ("ratio", "ratio"),
+               ("max rel diff", "max_rel_diff")]
     summary = {"model": args.model, "threads": torch.get_num_threads(), "amx": cpu_has_amx(), "rows": rows}
+    photos = None
     if args.photos:
         summary["photos"] = compare_on_photos(args.model, args.photos)
-        print(f"bf16 vs fp32 on {summary['photos']['images']} photos (ImageNet head): "
-              f"top-1 agreement {summary['photos']['top1_agreement']}, "
-              f"largest probability change {summary['photos']['max_prob_change']}")
-    print(json.dumps(summary))
+        photos = (f"bf16 vs fp32 on {summary['photos']['images']} photos (ImageNet head): "
+                  f"top-1 agreement {summary['photos']['top1_agreement']}, "
+                  f"largest probability change {summary['photos']['max_prob_change']}")
+    harness.report("inference", summary,
+                   harness.table(rows, columns, title=f"{args.model} body, {pre.crop_size} px, {args.images} images "
+                                 f"per pass, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}; ratio to "
+                                 f"{base_key[0]} at batch {base_key[1]}"),
+                   photos)
 
 
 def compare_on_photos(model_name: str, folder: str) -> dict:

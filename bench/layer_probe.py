@@ -13,10 +13,9 @@ Prints a table and one JSON line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
+import _harness as harness
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -66,8 +65,8 @@ def score(train: dict, val: dict, y_train: np.ndarray, y_val: np.ndarray, names:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="elpv")
+    parser = harness.parser(__doc__)
+    harness.add_data(parser, "elpv")
     parser.add_argument("--model", default="tf_efficientnet_lite2", help="a timm EfficientNet(-Lite)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the weights' own")
     args = parser.parse_args()
@@ -87,17 +86,17 @@ def main() -> None:
             "stages 3-last": deep, "stages 3-last, max": [n + "-max" for n in deep],
             "stages 3-last, mean+max": deep + [n + "-max" for n in deep]}
     rows = [{"arm": arm, **score(train, val, y_train, y_val, names)} for arm, names in arms.items()]
-    print(f"\n{args.data}, {args.model} at {pre.crop_size} px, frozen; {len(y_train)} train / {len(y_val)} "
-          f"validation images; features in {extract_s:.0f} s")
-    print(f"{'features':<26}{'cv_acc':>8}{'val_acc':>9}{'val_auc':>9}{'C':>7}")
-    for r in rows:
-        print(f"{r['arm']:<26}{r['cv_acc']:>8.4f}{r['val_acc']:>9.4f}{r['val_auc']:>9.4f}{r['c']:>7g}")
     reference = rows[0]["val_acc"]
     best = max(rows, key=lambda r: r["cv_acc"])
-    print(f"best on cross-validation: {best['arm']}, val_acc {best['val_acc']:.4f} "
-          f"({best['val_acc'] - reference:+.4f} against the last stage)")
-    print(json.dumps({"bench": "layer_probe", "data": args.data, "model": args.model, "crop": pre.crop_size,
-                      "extract_s": round(extract_s, 1), "rows": rows, "best": best["arm"]}))
+    columns = [("features", "arm"), ("cv_acc", "cv_acc", ".4f"), ("val_acc", "val_acc", ".4f"),
+               ("val_auc", "val_auc", ".4f"), ("C", "c", "g")]
+    harness.report(
+        "layer_probe", {"data": args.data, "model": args.model, "crop": pre.crop_size,
+                        "extract_s": round(extract_s, 1), "rows": rows, "best": best["arm"]},
+        harness.table(rows, columns, title=f"\n{args.data}, {args.model} at {pre.crop_size} px, frozen; "
+                      f"{len(y_train)} train / {len(y_val)} validation images; features in {extract_s:.0f} s"),
+        f"best on cross-validation: {best['arm']}, val_acc {best['val_acc']:.4f} "
+        f"({best['val_acc'] - reference:+.4f} against the last stage)")
 
 
 if __name__ == "__main__":

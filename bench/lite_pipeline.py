@@ -15,11 +15,10 @@ JSON line. ``bench/verify_efficientnet_lite.py`` is the independent check this o
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
+import _harness as harness
 import torch
 
 from transferlab.data.transforms import decode_one, normalize
@@ -49,7 +48,7 @@ def run(name: str, paths: list[Path], device: torch.device) -> dict[str, object]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--photos", default=str(REPO.parent / "shared" / "datasets" / "hotdog-mini"))
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--threads", type=int, default=2)
@@ -60,9 +59,6 @@ def main() -> None:
     rows = [run(name, paths, torch.device("cpu")) for name in ["mobilenet_v2", *[m for m in args.models
                                                                                  if m != "mobilenet_v2"]]]
     reference = rows[0]["logits"].argmax(1)
-    print("| model | weights | crop/resize | interp | mean/std | hot-dog top-5 | hot-dog top-1 | agree MNv2 | conf "
-          "| fold max diff | img/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         probs = row.pop("logits").softmax(1)
         top5 = probs.topk(5, 1).indices
@@ -70,11 +66,13 @@ def main() -> None:
                    hotdog_top1=round(float((top5[is_hotdog, 0] == HOTDOG).float().mean()), 3),
                    agree_mnv2=round(float((top5[:, 0] == reference).float().mean()), 3),
                    mean_conf=round(float(probs.max(1).values.mean()), 3))
-        print(f"| {row['model']} | {row['source']} | {row['crop']}/{row['resize']} | {row['interpolation']} "
-              f"| {row['mean']}/{row['std']} | {row['hotdog_top5']} | {row['hotdog_top1']} | {row['agree_mnv2']} "
-              f"| {row['mean_conf']} | {row['fold_max_diff']:.1e} | {row['images_per_s']} |")
-    print(json.dumps({"torch": torch.__version__, "threads": args.threads, "photos": len(paths),
-                      "hotdog_photos": int(is_hotdog.sum()), "rows": rows}))
+    columns = [("model", "model"), ("weights", "source"), ("crop/resize", lambda r: f"{r['crop']}/{r['resize']}"),
+               ("interp", "interpolation"), ("mean/std", lambda r: f"{r['mean']}/{r['std']}"),
+               ("hot-dog top-5", "hotdog_top5"), ("hot-dog top-1", "hotdog_top1"), ("agree MNv2", "agree_mnv2"),
+               ("conf", "mean_conf"), ("fold max diff", "fold_max_diff", ".1e"), ("img/s", "images_per_s")]
+    harness.report("lite_pipeline", {"torch": torch.__version__, "threads": args.threads, "photos": len(paths),
+                                     "hotdog_photos": int(is_hotdog.sum()), "rows": rows},
+                   harness.table(rows, columns))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ train/ and test/. The task is instance recognition among many similar food photo
 
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 
+import _harness as harness
 from PIL import Image, ImageEnhance
 
 HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
@@ -51,18 +51,20 @@ def build(source: Path, out: Path, classes: int, train: int, test: int, size: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--source", default=str(HOTDOG_MINI))
     parser.add_argument("--out", default="runs/many-classes")
     parser.add_argument("--classes", type=int, default=101)
     parser.add_argument("--train", type=int, default=20)
     parser.add_argument("--test", type=int, default=5)
     parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_seed(parser)
     args = parser.parse_args()
     data = build(Path(args.source), Path(args.out) / "data", args.classes, args.train, args.test, args.size,
                  args.seed)
-    print(f"{data}: {args.classes} classes x ({args.train} train + {args.test} test) crops of {args.size} px")
+    harness.report("many_classes", {"data": str(data), "source": args.source, "classes": args.classes,
+                                    "train": args.train, "test": args.test, "size": args.size, "seed": args.seed},
+                   f"{data}: {args.classes} classes x ({args.train} train + {args.test} test) crops of {args.size} px")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ uses bf16 on CPUs with AMX (``transferlab.inference.forward.cpu_has_amx``).
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import time
+
+import _harness as harness
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 160])
@@ -53,16 +52,15 @@ def main() -> None:
                 start = time.perf_counter()
                 step(x, y, bf16)
                 times[bf16].append(time.perf_counter() - start)
-        fp32, bf16 = (args.batch_size / statistics.median(times[k]) for k in (False, True))
+        fp32, bf16 = (args.batch_size / harness.median(times[k]) for k in (False, True))
         rows.append({"size": size, "fp32_img_s": round(fp32, 1), "bf16_img_s": round(bf16, 1),
-                     "bf16_ratio": round(bf16 / fp32, 2)})
-    print(f"{args.model} training step, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"AMX: {cpu_has_amx()}")
-    print(f"{'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
-    for row in rows:
-        print(f"{row['size']:>5} {row['fp32_img_s']:>11} {row['bf16_img_s']:>11} {row['bf16_ratio']:>10}")
-    print(json.dumps({"model": args.model, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                      "amx": cpu_has_amx(), "rows": rows}))
+                     "bf16_ratio": harness.ratio(bf16, fp32, 2)})
+    columns = [("size", "size"), ("fp32 img/s", "fp32_img_s"), ("bf16 img/s", "bf16_img_s"),
+               ("bf16/fp32", "bf16_ratio")]
+    harness.report("precision", {"model": args.model, "batch_size": args.batch_size,
+                                 "threads": torch.get_num_threads(), "amx": cpu_has_amx(), "rows": rows},
+                   harness.table(rows, columns, title=f"{args.model} training step, batch {args.batch_size}, "
+                                 f"{torch.get_num_threads()} threads, AMX: {cpu_has_amx()}"))
 
 
 if __name__ == "__main__":

@@ -14,39 +14,29 @@ interrupted bench continues. Point TRANSFERLAB_HOME at an empty folder for cold 
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
+import _harness as harness
 from scipy.stats import kendalltau
 
 from transferlab.config import make_config
 from transferlab.ranking.ranker import rank
 from transferlab.ranking.result import Ranking
-from transferlab.rundir import METRICS, RANKING, is_finished
-from transferlab.workflows.finetuning import finetune
+from transferlab.rundir import RANKING
 
 SCORES = ("probe_acc", "knn_acc", "logme")
 
 
-def _run(config, out: Path) -> dict:
-    if is_finished(out):
-        return json.loads((out / METRICS).read_text())
-    return finetune(config, quiet=True, resume=(out / "checkpoint.pt").exists(), overwrite=False).metrics
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--out", default=None)
+    parser = harness.parser(__doc__)
+    harness.add_data(parser)
+    harness.add_seeds(parser)
+    harness.add_run_options(parser)
+    harness.add_out(parser, "rank-evidence")
     args = parser.parse_args()
-    options = {k: v for k, v in {"epochs": args.epochs, "image_size": args.image_size}.items() if v is not None}
-    out = Path(args.out or f"runs/rank-evidence-{Path(args.data).name}")
+    options = harness.run_options(args)
+    out = harness.out_dir(args)
     per_seed = []
     for seed in args.seeds:
         base = make_config(data=args.data, seed=seed, **options)
@@ -64,9 +54,8 @@ def main() -> None:
         for cand in ranking.candidates:
             if not cand.scored:
                 continue
-            run_dir = out / f"seed{seed}" / cand.model
-            metrics = _run(make_config(data=args.data, seed=seed, model=cand.model, out=str(run_dir), **options),
-                           run_dir)
+            metrics = harness.run({"data": args.data, "seed": seed, "model": cand.model, **options},
+                                  out / f"seed{seed}" / cand.model)
             run_epoch_s = metrics["train_images"] / metrics["train_images_per_s"]
             runs[cand.model] = {"test_acc": metrics["test_acc"], "wall_s": metrics["wall_s"],
                                 "epoch_s": cand.epoch_s, "run_epoch_s": round(run_epoch_s, 1),
@@ -78,13 +67,12 @@ def main() -> None:
     models = list(per_seed[0]["runs"])
     rows = []
     for m in models:
-        accs = [s["runs"][m]["test_acc"] for s in per_seed]
+        test_acc, test_sd = harness.mean_sd([s["runs"][m]["test_acc"] for s in per_seed], 4)
         row = {"model": m, **{k: round(statistics.mean(s["runs"][m][k] for s in per_seed), 4) for k in SCORES},
-               "test_acc": round(statistics.mean(accs), 4),
-               "test_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
-               "finetune_s": round(statistics.median(s["runs"][m]["wall_s"] for s in per_seed), 1),
-               "epoch_s": round(statistics.median(s["runs"][m]["epoch_s"] for s in per_seed), 1),
-               "run_epoch_s": round(statistics.median(s["runs"][m]["run_epoch_s"] for s in per_seed), 1)}
+               "test_acc": test_acc, "test_sd": test_sd,
+               "finetune_s": harness.median((s["runs"][m]["wall_s"] for s in per_seed), 1),
+               "epoch_s": harness.median((s["runs"][m]["epoch_s"] for s in per_seed), 1),
+               "run_epoch_s": harness.median((s["runs"][m]["run_epoch_s"] for s in per_seed), 1)}
         rows.append(row)
     rows.sort(key=lambda r: -r["probe_acc"])
     taus = {}
@@ -95,24 +83,23 @@ def main() -> None:
         taus[score] = {"means": round(float(tau_means), 3), "per_seed_mean": round(statistics.mean(tau_seeds), 3)}
     picks = [{"seed": s["seed"], "picked": s["picked"], "test_acc": s["runs"][s["picked"]]["test_acc"],
               "best_test_acc": max(r["test_acc"] for r in s["runs"].values())} for s in per_seed]
-    rank_s = statistics.median(s["rank_s"] for s in per_seed)
-    pick_s = statistics.median(s["runs"][s["picked"]]["wall_s"] for s in per_seed)
+    rank_s = harness.median(s["rank_s"] for s in per_seed)
+    pick_s = harness.median(s["runs"][s["picked"]]["wall_s"] for s in per_seed)
 
-    print(f"\n{args.data}: {len(per_seed)} seeds, options {options or 'defaults'}")
-    print(f"{'model':<24}{'probe_acc':>10}{'knn_acc':>9}{'logme':>8}{'test_acc':>10}{'sd':>7}{'finetune_s':>12}"
-          f"{'epoch_s ranked':>16}{'epoch_s run':>13}")
-    for r in rows:
-        print(f"{r['model']:<24}{r['probe_acc']:>10.3f}{r['knn_acc']:>9.3f}{r['logme']:>8.3f}{r['test_acc']:>10.4f}"
-              f"{r['test_sd']:>7.3f}{r['finetune_s']:>12.0f}{r['epoch_s']:>16.1f}{r['run_epoch_s']:>13.1f}")
-    for score, t in taus.items():
-        print(f"Kendall tau {score} vs test_acc: {t['means']:+.3f} on seed means, {t['per_seed_mean']:+.3f} per seed")
-    for p in picks:
-        print(f"seed {p['seed']}: auto picked {p['picked']} -> {p['test_acc']:.4f} (best of them "
-              f"{p['best_test_acc']:.4f})")
-    print(f"ranking {rank_s:.0f} s (median) against {pick_s:.0f} s for one fine-tune of the pick: "
-          f"{rank_s / pick_s:.2f}x")
-    print(json.dumps({"bench": "rank_evidence", "data": args.data, "options": options, "rows": rows, "tau": taus,
-                      "picks": picks, "rank_s": rank_s, "pick_finetune_s": pick_s}))
+    columns = [("model", "model"), ("probe_acc", "probe_acc", ".3f"), ("knn_acc", "knn_acc", ".3f"),
+               ("logme", "logme", ".3f"), ("test_acc", "test_acc", ".4f"), ("sd", "test_sd", ".3f"),
+               ("finetune_s", "finetune_s", ".0f"), ("epoch_s ranked", "epoch_s", ".1f"),
+               ("epoch_s run", "run_epoch_s", ".1f")]
+    harness.report(
+        "rank_evidence", {"data": args.data, "options": options, "rows": rows, "tau": taus, "picks": picks,
+                          "rank_s": rank_s, "pick_finetune_s": pick_s},
+        harness.table(rows, columns, title=f"\n{args.data}: {len(per_seed)} seeds, options {options or 'defaults'}"),
+        *(f"Kendall tau {score} vs test_acc: {t['means']:+.3f} on seed means, {t['per_seed_mean']:+.3f} per seed"
+          for score, t in taus.items()),
+        *(f"seed {p['seed']}: auto picked {p['picked']} -> {p['test_acc']:.4f} (best of them "
+          f"{p['best_test_acc']:.4f})" for p in picks),
+        f"ranking {rank_s:.0f} s (median) against {pick_s:.0f} s for one fine-tune of the pick: "
+        f"{harness.ratio(rank_s, pick_s):.2f}x")
 
 
 if __name__ == "__main__":

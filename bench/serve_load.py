@@ -9,7 +9,7 @@ waits for ``GET /health`` and runs each scenario: ``--clients`` threads share ``
 ``--timeout`` seconds. "small" posts a 640x480 RGB PNG (the reference); "large" posts a
 ``--large-side`` square RGBA PNG (40 Mpx by default) that compresses to a few hundred kB,
 the memory stress case. A background thread reads the server's VmRSS from /proc every 50 ms.
-Prints a Markdown table, then one JSON line with every number, the ratios against "small"
+Prints a table, then one JSON line with every number, the ratios against "small"
 and the machine. Traffic goes to 127.0.0.1 only; the server is stopped on every exit path.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import io
-import json
 import os
 import platform
 import signal
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import httpx
 import numpy as np
 from PIL import Image
@@ -77,12 +77,9 @@ def make_dataset(folder: Path, train: int = 8, val: int = 3) -> None:
 
 def train_run(workdir: Path) -> Path:
     """A tiny trained run (one epoch at 64 px) in workdir/run."""
-    import transferlab as tl
-
     data, run_dir = workdir / "data", workdir / "run"
     make_dataset(data)
-    tl.finetune(tl.make_config(data=str(data), image_size=64, batch_size=8, epochs=1, head_warmup_epochs=0,
-                               out=str(run_dir)), quiet=True)
+    harness.run({"data": str(data), "image_size": 64, "batch_size": 8, "epochs": 1, "head_warmup_epochs": 0}, run_dir)
     return run_dir
 
 
@@ -299,24 +296,17 @@ def run_scenario(name: str, server: subprocess.Popen[bytes], base: str, body: by
 # --- report --------------------------------------------------------------------------------------------------------
 
 
-def ratio(numerator: float | None, denominator: float | None, floor: float = 0.0) -> float | None:
-    """numerator / denominator, None when either is missing or the denominator is not above ``floor``."""
-    if numerator is None or denominator is None or denominator <= floor:
-        return None
-    return round(numerator / denominator, 3)
-
-
 def versus_small(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Each scenario against "small": p50/p95 latency, throughput, absolute peak RSS and RSS growth."""
     reference = next((r for r in results if r["scenario"] == "small"), None)
     if reference is None:
         return {}
     return {r["scenario"]: {
-        "p50_ratio": ratio(r["p50_ms"], reference["p50_ms"]),
-        "p95_ratio": ratio(r["p95_ms"], reference["p95_ms"]),
-        "throughput_ratio": ratio(r["req_per_s"], reference["req_per_s"]),
-        "rss_peak_ratio": ratio(r["rss_peak_mb"], reference["rss_peak_mb"]),
-        "rss_growth_ratio": ratio(r["rss_growth_mb"], reference["rss_growth_mb"], floor=1.0),  # None below 1 MB
+        "p50_ratio": harness.ratio(r["p50_ms"], reference["p50_ms"], 3),
+        "p95_ratio": harness.ratio(r["p95_ms"], reference["p95_ms"], 3),
+        "throughput_ratio": harness.ratio(r["req_per_s"], reference["req_per_s"], 3),
+        "rss_peak_ratio": harness.ratio(r["rss_peak_mb"], reference["rss_peak_mb"], 3),
+        "rss_growth_ratio": harness.ratio(r["rss_growth_mb"], reference["rss_growth_mb"], 3, floor=1.0),  # None < 1 MB
         "rss_growth_minus_small_mb": round(r["rss_growth_mb"] - reference["rss_growth_mb"], 1),
     } for r in results if r is not reference}
 
@@ -336,30 +326,25 @@ def machine() -> dict[str, Any]:
             "mem_total_mb": None if total_kib is None else round(total_kib / 1024)}
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
+def results_table(results: list[dict[str, Any]]) -> str:
     """One row per scenario."""
-    def cell(value: Any) -> str:
-        return "-" if value is None else str(value)
+    def codes(r: dict[str, Any]) -> str:
+        text = ", ".join(f"{k}x{v}" for k, v in r["statuses"].items()) or "-"
+        return text + (f" ({r['not_sent']} not sent)" if r["not_sent"] else "")
 
-    header = ["scenario", "upload kB", "requests", "ok", "errors", "status codes", "p50 ms", "p95 ms", "max ms",
-              "req/s", "RSS before MB", "RSS peak MB", "RSS growth MB", "RSS after MB", "wall s"]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in results:
-        codes = ", ".join(f"{k}x{v}" for k, v in r["statuses"].items()) or "-"
-        if r["not_sent"]:
-            codes += f" ({r['not_sent']} not sent)"
-        values = [r["scenario"], r["upload_kb"], r["requests"], r["ok"], r["errors"], codes, r["p50_ms"],
-                  r["p95_ms"], r["max_ms"], r["req_per_s"], r["rss_before_mb"], r["rss_peak_mb"],
-                  r["rss_growth_mb"], r["rss_after_mb"], r["wall_s"]]
-        rows.append("| " + " | ".join(cell(v) for v in values) + " |")
-    return "\n".join(rows)
+    columns = [("scenario", "scenario"), ("upload kB", "upload_kb"), ("requests", "requests"), ("ok", "ok"),
+               ("errors", "errors"), ("status codes", codes), ("p50 ms", "p50_ms"), ("p95 ms", "p95_ms"),
+               ("max ms", "max_ms"), ("req/s", "req_per_s"), ("RSS before MB", "rss_before_mb"),
+               ("RSS peak MB", "rss_peak_mb"), ("RSS growth MB", "rss_growth_mb"), ("RSS after MB", "rss_after_mb"),
+               ("wall s", "wall_s")]
+    return harness.table(results, columns)
 
 
 # --- main ----------------------------------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--run", type=Path, help="an existing run directory (default: train a tiny one)")
     parser.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
     parser.add_argument("--requests", type=int, default=40, help="requests per scenario (default 40)")
@@ -414,13 +399,12 @@ def main() -> None:
         run_dir = args.run if args.run is not None else train_run(workdir)
         measured = serve_and_load(run_dir, workdir, args)
     results = measured.pop("results")
-    print(markdown_table(results))
-    summary = {"bench": "serve_load", "clients": args.clients, "requests": args.requests, "timeout_s": args.timeout,
+    summary = {"clients": args.clients, "requests": args.requests, "timeout_s": args.timeout,
                "large_side": args.large_side, "run": str(args.run) if args.run else "tiny (trained here)",
                **measured, "scenarios": {r["scenario"]: {k: v for k, v in r.items() if k != "scenario"}
                                          for r in results},
                "vs_small": versus_small(results), "machine": machine()}
-    print(json.dumps(summary))
+    harness.report("serve_load", summary, results_table(results))
 
 
 if __name__ == "__main__":

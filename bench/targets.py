@@ -20,19 +20,15 @@ finished, so a second call only prints.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
+import _harness as harness
 import torch
 
-from transferlab.config import RunConfig, make_config
 from transferlab.data.datasets import resolve_data
 from transferlab.inference.predictor import evaluate_run, load
-from transferlab.rundir import CONFIG, METRICS, is_finished
-from transferlab.workflows.finetuning import finetune
+from transferlab.rundir import RunDir
 
 VAL_FRACTION = 0.2
 LITE2 = "tf_efficientnet_lite2"
@@ -78,17 +74,11 @@ CANDIDATES: dict[str, dict[str, dict]] = {
 }
 
 
-def _metrics(options: dict, out: Path) -> dict:
-    if is_finished(out):
-        return json.loads((out / METRICS).read_text())
-    return finetune(make_config(**options, out=str(out)), quiet=True, resume=(out / "checkpoint.pt").exists()).metrics
-
-
 def _val_tta(run: Path, data: str) -> dict[str, float]:
     """Validation accuracy of a validation run's model, on the run's own validation split, without and
     with ``--tta`` (six views)."""
     predictor = load(run, "cpu", precision=None)
-    cfg = RunConfig.load(run / CONFIG)
+    cfg = RunDir(run).config()
     ds = resolve_data(data, cfg.seed, cfg.test_fraction, cfg.carve_fraction)
     index = {c: i for i, c in enumerate(predictor.classes)}
     labels = torch.tensor([index[ds.classes[y]] for y in ds.val.labels])
@@ -97,23 +87,23 @@ def _val_tta(run: Path, data: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = harness.parser(__doc__)
+    harness.add_data(parser)
+    harness.add_seeds(parser)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds per run on the whole training split")
     parser.add_argument("--candidates", default=None, help="comma-separated names (default: all of the data's)")
-    parser.add_argument("--out", default=None)
+    harness.add_out(parser, "targets")
     parser.add_argument("--val-only", action="store_true", help="score the candidates on validation and stop")
     args = parser.parse_args()
     name = Path(args.data).name
     candidates = CANDIDATES[name]
     if args.candidates:
         candidates = {k: candidates[k] for k in args.candidates.split(",")}
-    out = Path(args.out or f"runs/targets-{name}")
+    out = harness.out_dir(args)
 
     rows = []
     for arm, options in candidates.items():
-        m = _metrics({"data": args.data, "seed": 0, "val_fraction": VAL_FRACTION, **options}, out / "val" / arm)
+        m = harness.run({"data": args.data, "seed": 0, "val_fraction": VAL_FRACTION, **options}, out / "val" / arm)
         full_s = m["wall_s"] / (1 - VAL_FRACTION)  # the epochs scale with the training images
         rows.append({"arm": arm, "options": options, "val_acc": m["val"]["accuracy"], "val_nll": m["val"]["nll"],
                      "wall_s": round(m["wall_s"], 1), "full_s_estimate": round(full_s), "fits": full_s <= args.budget})
@@ -122,8 +112,14 @@ def main() -> None:
     if not fitting:
         raise SystemExit(f"no candidate fits a budget of {args.budget:.0f} s")
     pick = max(fitting, key=lambda r: (r["val_acc"], -r["val_nll"]))
+    candidates_table = harness.table(
+        rows, [("candidate", "arm"), ("val_acc", "val_acc", ".4f"), ("val_nll", "val_nll", ".4f"),
+               ("wall_s", "wall_s", ".0f"), ("full_s", "full_s_estimate"),
+               ("fits", lambda r: "yes" if r["fits"] else "no"), ("", lambda r: "<- pick" if r is pick else "")],
+        title=f"\n{args.data}: candidates on a validation fifth of train (seed 0), budget {args.budget:.0f} s")
     if args.val_only:
-        print(f"pick on validation: {pick['arm']} (val_acc {pick['val_acc']:.4f})")
+        harness.report("targets", {"data": args.data, "candidates": rows, "pick": pick["arm"]}, candidates_table,
+                       f"pick on validation: {pick['arm']} (val_acc {pick['val_acc']:.4f})")
         return
     # Test-time augmentation is a choice too: the finals use it only where it paid on validation.
     val_tta = _val_tta(out / "val" / pick["arm"], args.data)
@@ -132,32 +128,26 @@ def main() -> None:
     finals = []
     for seed in args.seeds:
         run = out / "test" / pick["arm"] / f"seed{seed}"
-        m = _metrics({"data": args.data, "seed": seed, **pick["options"]}, run)
+        m = harness.run({"data": args.data, "seed": seed, **pick["options"]}, run)
         start = time.perf_counter()
         test = evaluate_run(run, args.data, device="cpu", tta=True) if tta else m["test"]
         finals.append({"seed": seed, "test_acc": test["accuracy"], "balanced_acc": test["balanced_accuracy"],
                        "wall_s": round(m["wall_s"], 1), "tta_s": round(time.perf_counter() - start, 1) if tta else 0.0})
         print(f"test {pick['arm']} seed {seed}: acc {test['accuracy']:.4f} in {m['wall_s']:.0f} s", flush=True)
 
-    print(f"\n{args.data}: candidates on a validation fifth of train (seed 0), budget {args.budget:.0f} s")
-    print(f"{'candidate':<32}{'val_acc':>8}{'val_nll':>9}{'wall_s':>8}{'full_s':>8}  fits")
-    for r in rows:
-        mark = "  <- pick" if r is pick else ""
-        print(f"{r['arm']:<32}{r['val_acc']:>8.4f}{r['val_nll']:>9.4f}{r['wall_s']:>8.0f}{r['full_s_estimate']:>8}"
-              f"  {'yes' if r['fits'] else 'no'}{mark}")
-    accs = [f["test_acc"] for f in finals]
-    print(f"\n--tta on the pick's validation run: val_acc {val_tta['tta_False']:.4f} without, "
-          f"{val_tta['tta_True']:.4f} with; the finals are scored {'with' if tta else 'without'} it")
-    print(f"\n{pick['arm']} {pick['options']} on the whole training split, test split:")
-    for f in finals:
-        tta_s = f" (+ {f['tta_s']:.0f} s scoring the test split with --tta)" if tta else ""
-        print(f"seed {f['seed']}: test_acc {f['test_acc']:.4f}  balanced {f['balanced_acc']:.4f}  "
-              f"{f['wall_s']:.0f} s{tta_s}")
-    mean = statistics.mean(accs)
-    print(f"mean {mean:.4f} (sd {statistics.stdev(accs) if len(accs) > 1 else 0.0:.4f}); "
-          f"longest run {max(f['wall_s'] for f in finals):.0f} s")
-    print(json.dumps({"bench": "targets", "data": args.data, "candidates": rows, "pick": pick["arm"],
-                      "val_tta": val_tta, "tta": tta, "finals": finals, "test_acc": round(mean, 4)}))
+    mean, sd = harness.mean_sd([f["test_acc"] for f in finals])
+    finals_columns = [("seed", "seed"), ("test_acc", "test_acc", ".4f"), ("balanced_acc", "balanced_acc", ".4f"),
+                      ("wall_s", "wall_s", ".0f")] + ([("tta_s", "tta_s", ".0f")] if tta else [])
+    harness.report(
+        "targets", {"data": args.data, "candidates": rows, "pick": pick["arm"], "val_tta": val_tta, "tta": tta,
+                    "finals": finals, "test_acc": round(mean, 4)},
+        candidates_table,
+        f"\n--tta on the pick's validation run: val_acc {val_tta['tta_False']:.4f} without, "
+        f"{val_tta['tta_True']:.4f} with; the finals are scored {'with' if tta else 'without'} it",
+        harness.table(finals, finals_columns,
+                      title=f"\n{pick['arm']} {pick['options']} on the whole training split, test split"
+                            + (" (tta_s: seconds scoring the test split with --tta)" if tta else "") + ":"),
+        f"mean {mean:.4f} (sd {sd:.4f}); longest run {max(f['wall_s'] for f in finals):.0f} s")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _harness as harness
 
 REFERENCE_EPOCHS = 5
 
@@ -144,7 +145,7 @@ def arm_pipeline(data: str, seed: int, rounds: int = 5) -> dict:
     from transferlab.data.batches import prefetch_batches, train_batches
     from transferlab.data.transforms import normalize
     from transferlab.inference.forward import use_bf16
-    from transferlab.train.loop import train_one_epoch
+    from transferlab.train.loop import Step, train_one_epoch
     from transferlab.train.optim import build_optimizer, build_scheduler
     from transferlab.train.trainer import Trainer
 
@@ -180,12 +181,12 @@ def arm_pipeline(data: str, seed: int, rounds: int = 5) -> dict:
     for r in range(rounds):
         batches = train_batches(data.train_images, data.train_labels, cfg.batch_size, pre, cfg.crop_scale,
                                 seed, r + 1, prefetch=prefetch_batches(trainer.device))
-        stats = train_one_epoch(model, batches, steps, optimizer, scheduler, loss_fn, pre, trainer.device,
+        stats = train_one_epoch(model, batches, steps, Step(optimizer, scheduler, loss_fn, pre, trainer.device),
                                 quiet=True)
         full.append(n / stats["train_s"])
         bare.append(bare_epoch())
-    return {"pipeline_img_s": statistics.median(full), "tensors_img_s": statistics.median(bare),
-            "efficiency": statistics.median(full) / statistics.median(bare), "crop": pre.crop_size,
+    return {"pipeline_img_s": harness.median(full), "tensors_img_s": harness.median(bare),
+            "efficiency": harness.ratio(harness.median(full), harness.median(bare)), "crop": pre.crop_size,
             "batch_size": cfg.batch_size, "bf16": bf16}
 
 
@@ -209,10 +210,10 @@ def time_to(history: list[dict], target: float) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="elpv")
+    parser = harness.parser(__doc__)
+    harness.add_data(parser, "elpv")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_seed(parser)
     parser.add_argument("--extra", type=json.loads, default={}, help="JSON overrides of transferlab's config")
     parser.add_argument("--skip", default="", help="comma-separated arms to skip: frozen,pipeline")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
@@ -241,50 +242,44 @@ def main() -> None:
         rounds.append(r)
     pipeline = None if "pipeline" in skip else run_arm("pipeline", args)
 
-    ref_acc = statistics.median(r["reference"]["final_acc"] for r in rounds)
-    ref_wall = statistics.median(r["reference"]["wall_s"] for r in rounds)
+    def median(arm: str, key: str, digits: int | None) -> float:
+        return harness.median((r[arm][key] for r in rounds), digits)
+
+    ref_wall = median("reference", "wall_s", None)
     reach = [time_to(r["transferlab"]["history"], r["reference"]["final_acc"]) for r in rounds]
     reached = [t for t in reach if t is not None]
-    tl_to_acc = statistics.median(reached) if len(reached) == len(reach) else None
-    ratio = ref_wall / tl_to_acc if tl_to_acc else None
+    tl_to_acc = harness.median(reached) if len(reached) == len(reach) else None
     def frozen_ratio(arm: str, imports: bool = False) -> float:
         def seconds(result: dict) -> float:
             return result["wall_s"] + (result["import_s"] if imports else 0.0)
 
-        return round(statistics.median(seconds(r["reference-frozen"]) / seconds(r[arm]) for r in rounds), 2)
+        return harness.median((seconds(r["reference-frozen"]) / seconds(r[arm]) for r in rounds), 2)
 
     summary = {
         "data": args.data, "repeats": args.repeats, "cpu_threads": os.cpu_count(),
-        "reference_final_acc": round(ref_acc, 4), "reference_wall_s": round(ref_wall, 1),
-        "transferlab_final_acc": round(statistics.median(r["transferlab"]["final_acc"] for r in rounds), 4),
-        "transferlab_wall_s": round(statistics.median(r["transferlab"]["wall_s"] for r in rounds), 1),
+        "reference_final_acc": median("reference", "final_acc", 4), "reference_wall_s": round(ref_wall, 1),
+        "transferlab_final_acc": median("transferlab", "final_acc", 4),
+        "transferlab_wall_s": median("transferlab", "wall_s", 1),
         "transferlab_s_to_reference_acc": round(tl_to_acc, 1) if tl_to_acc else None,
-        "time_to_accuracy_ratio": round(ratio, 2) if ratio else None,
+        "time_to_accuracy_ratio": harness.ratio(ref_wall, tl_to_acc, 2),
         "pipeline_efficiency": round(pipeline["efficiency"], 3) if pipeline else None,
         "frozen_body_ratio": frozen_ratio("transferlab-probe") if "frozen" not in skip else None,
         "frozen_body_ratio_cached": frozen_ratio("transferlab-probe-cached") if "frozen" not in skip else None,
     }
     if "frozen" not in skip:
-        summary["reference_frozen_wall_s"] = round(statistics.median(r["reference-frozen"]["wall_s"]
-                                                                     for r in rounds), 1)
-        summary["probe_wall_s"] = round(statistics.median(r["transferlab-probe"]["wall_s"] for r in rounds), 1)
-        summary["probe_cached_wall_s"] = round(statistics.median(r["transferlab-probe-cached"]["wall_s"]
-                                                                 for r in rounds), 1)
-        summary["probe_final_acc"] = round(statistics.median(r["transferlab-probe"]["final_acc"]
-                                                             for r in rounds), 4)
+        summary["reference_frozen_wall_s"] = median("reference-frozen", "wall_s", 1)
+        summary["probe_wall_s"] = median("transferlab-probe", "wall_s", 1)
+        summary["probe_cached_wall_s"] = median("transferlab-probe-cached", "wall_s", 1)
+        summary["probe_final_acc"] = median("transferlab-probe", "final_acc", 4)
         summary["frozen_body_ratio_with_imports"] = frozen_ratio("transferlab-probe", imports=True)
-        summary["import_torch_torchvision_s"] = round(statistics.median(r["reference-frozen"]["import_s"]
-                                                                        for r in rounds), 2)
+        summary["import_torch_torchvision_s"] = median("reference-frozen", "import_s", 2)
     if pipeline:
         summary.update({k: round(v, 2) if isinstance(v, float) else v for k, v in pipeline.items()
                         if k != "efficiency"})
-    width = max(map(len, summary))
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
-    for i, r in enumerate(rounds):
-        for name in ("reference", "transferlab"):
-            curve = " ".join(f"{h['test_acc']:.3f}@{h['wall_s']:.0f}s" for h in r[name]["history"])
-            print(f"round {i} {name:<12} {curve}")
-    print(json.dumps(summary))
+    curves = [f"round {i} {name:<12} " + " ".join(f"{h['test_acc']:.3f}@{h['wall_s']:.0f}s"
+                                                  for h in r[name]["history"])
+              for i, r in enumerate(rounds) for name in ("reference", "transferlab")]
+    harness.report("time_to_accuracy", summary, harness.pairs(summary), *curves)
 
 
 if __name__ == "__main__":

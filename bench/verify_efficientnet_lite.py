@@ -23,7 +23,6 @@ Needs ``timm`` (no hub access).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -32,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _harness as harness
 import timm
 import torch
 import torchvision
@@ -284,7 +284,7 @@ def resolve_photos(value: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--photos", default="../shared/datasets/hotdog-mini")
     parser.add_argument("--models", nargs="+", choices=sorted(WEIGHTS), default=sorted(WEIGHTS))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["tf_same", "pt_sym"],
@@ -303,7 +303,7 @@ def main() -> None:
     reference_top1 = mobilenet_probs.argmax(1)
     rows = [{"model": "mobilenet_v2", "variant": "torchvision", "norm": "imagenet", "interp": "bilinear",
              "size": 224, **metrics(mobilenet_probs, is_hotdog, reference_top1)}]
-    report: dict[str, object] = {
+    summary: dict[str, object] = {
         "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
         "threads": args.threads, "photos": len(paths), "hotdog_photos": int(is_hotdog.sum()), "weights": {},
     }
@@ -319,8 +319,8 @@ def main() -> None:
             if any(problems.values()):
                 raise SystemExit(f"{name} -> {variant}: key mapping failed: {json.dumps(problems)}")
         stages = [len(stage) for stage in model.blocks]  # convert() checked the source has the same
-        report["weights"][name] = {"path": str(path), "sha256": digest, "tensors": len(source),
-                                   "mapped": len(states[name, variant]), "stage_lengths": stages}
+        summary["weights"][name] = {"path": str(path), "sha256": digest, "tensors": len(source),
+                                    "mapped": len(states[name, variant]), "stage_lengths": stages}
         print(f"{name}: {path.name} sha256 ok; {len(source)} tensors -> {len(states[name, variant])} timm keys, "
               f"0 unmatched either side, all shapes equal; stages {stages}")
     print()
@@ -336,30 +336,21 @@ def main() -> None:
                 for norm in args.norms:
                     batch = normalize(cache[interp], norm)
                     probs = predict(model, batch, args.batch_size)
-                    rows.append({"model": f"efficientnet_{name}", "variant": variant, "norm": norm, "interp": interp,
-                                 "size": info.resolution, **metrics(probs, is_hotdog, reference_top1),
-                                 **stem_check(model, batch)})
-                    print_row(rows[-1], header=len(rows) == 2)
+                    row = {"model": f"efficientnet_{name}", "variant": variant, "norm": norm, "interp": interp,
+                           "size": info.resolution, **metrics(probs, is_hotdog, reference_top1),
+                           **stem_check(model, batch)}
+                    rows.append(row)
+                    print(f"{row['model']} {variant} {norm} {interp}: hotdog top-5 {row['hotdog_top5']:.3f} "
+                          f"top-1 {row['hotdog_top1']:.3f}", flush=True)
 
-    print("\nreference:")
-    print_row(rows[0], header=True)
-    report["rows"] = rows
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(report))
-
-
-def print_row(row: dict[str, object], header: bool) -> None:
-    """One markdown table row, with the header first when asked."""
-    if header:
-        print("| model              | variant        | norm     | interp   | size | hotdog top-5 | hotdog top-1 "
-              "| agree MNv2 | mean conf | stem abs z | stem var |")
-        print(f"|{'-' * 20}|{'-' * 16}|{'-' * 10}|{'-' * 10}|------|--------------|--------------|------------|"
-              "-----------|------------|----------|")
-    stem = (f" {row['stem_abs_z']:>10.2f} | {row['stem_var_ratio']:>8.2f} |" if "stem_abs_z" in row
-            else f" {'-':>10} | {'-':>8} |")
-    print(f"| {row['model']:<18} | {row['variant']:<14} | {row['norm']:<8} | {row['interp']:<8} | {row['size']:>4} "
-          f"| {row['hotdog_top5']:>12.3f} | {row['hotdog_top1']:>12.3f} | {row['agree_mnv2']:>10.3f} "
-          f"| {row['mean_conf']:>9.3f} |{stem}", flush=True)
+    summary["rows"] = rows
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    columns = [("model", "model"), ("variant", "variant"), ("norm", "norm"), ("interp", "interp"), ("size", "size"),
+               ("hotdog top-5", "hotdog_top5", ".3f"), ("hotdog top-1", "hotdog_top1", ".3f"),
+               ("agree MNv2", "agree_mnv2", ".3f"), ("mean conf", "mean_conf", ".3f"),
+               ("stem abs z", "stem_abs_z", ".2f"), ("stem var", "stem_var_ratio", ".2f")]
+    harness.report("verify_efficientnet_lite", summary,
+                   harness.table(rows, columns, title="\nthe first row is the reference (torchvision's MobileNetV2):"))
 
 
 if __name__ == "__main__":

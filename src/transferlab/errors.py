@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TransferlabError", "opt", "render"]
+__all__ = ["TransferlabError", "opt", "render", "first_line"]
 
 _MARK, _SEP = "\x1f", "\x1e"
 _NO_VALUE = object()
@@ -36,6 +36,19 @@ def render(text: str, cli: bool = False) -> str:
         return f"{name}=True" if name in SWITCHES else f"{name}="
 
     return re.sub(f"{_MARK}([^{_MARK}]*){_MARK}", spell, text)
+
+
+def first_line(exc: BaseException, limit: int | None = None, default: str | None = None, typed: bool = False) -> str:
+    """The first line of an exception's message (cut to ``limit`` characters), for a one-line error.
+
+    An exception with no text gives ``default``, or its type's name (``EOFError`` from an empty file);
+    ``typed`` puts the type's name in front (``OSError: disk full``).
+    """
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if default is None or typed else default
+    line = text.splitlines()[0][:limit]
+    return f"{type(exc).__name__}: {line}" if typed else line
 
 
 def _is_number(text: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
-           "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache"]
+           "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache",
+           "own_entries", "MADE_HERE"]
 
 # What transferlab keeps on disk, by kind (README, "Caches"). `weights` is torch's own hub cache,
 # which other programs share: it is cleared only when asked for by name.
@@ -118,12 +120,47 @@ def cache_usage() -> dict[str, tuple[Path, int, int]]:
     return usage
 
 
-def clear_cache(kind: str) -> int:
-    """Delete a kind of cache; returns the bytes freed."""
+# What transferlab itself writes under each kind; nothing else there is ever deleted (a user's files stay).
+MADE_HERE = ".transferlab-made"  # marker in every folder transferlab builds (datasets/elpv, datasets/hotdog)
+_OWN_FILES = {"decoded": re.compile(r"\.?[0-9a-f]{32}\.safetensors(\..*\.tmp)?"),
+              "features": re.compile(r"\.?[0-9a-f]{32}\.safetensors(\..*\.tmp)?"),
+              "downloads": re.compile(r"\.?hotdog\.zip(\..*\.tmp)?")}
+
+
+def own_entries(kind: str) -> tuple[list[Path], list[Path]]:
+    """The entries of a cache folder that transferlab wrote, and the others (which it never deletes).
+
+    ``weights`` is torch's hub cache, shared with other programs: every file there counts (it is
+    cleared only when asked for by name).
+    """
+    path = cache_path(kind)
+    if not path.is_dir() or path.is_symlink():
+        return [], []
+    own, other = [], []
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            mine = False
+        elif kind == "weights":
+            mine = entry.is_file()
+        elif kind == "datasets":
+            mine = entry.is_dir() and (entry / MADE_HERE).is_file()
+        else:
+            mine = entry.is_file() and bool(_OWN_FILES[kind].fullmatch(entry.name))
+        (own if mine else other).append(entry)
+    return own, other
+
+
+def clear_cache(kind: str) -> tuple[int, list[Path]]:
+    """Delete what transferlab wrote in a kind of cache: the bytes freed, and the entries kept (not its own)."""
     import shutil
 
-    path = cache_path(kind)
-    freed = sum(p.stat().st_size for p in _files(path))
-    if path.is_dir():
-        shutil.rmtree(path)
-    return freed
+    own, other = own_entries(kind)
+    freed = 0
+    for entry in own:
+        if entry.is_dir():
+            freed += sum(p.stat().st_size for p in _files(entry))
+            shutil.rmtree(entry)
+        else:
+            freed += entry.stat().st_size
+            entry.unlink()
+    return freed, other

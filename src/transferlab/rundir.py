@@ -19,20 +19,24 @@ command line and studies alike:
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
 import random
+import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import RunConfig, upgrade
-from .errors import TransferlabError, opt
+from .errors import TransferlabError, first_line, opt
 from .files import atomic_write, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -45,7 +49,8 @@ __all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS",
            "LOCK", "is_finished", "config_differences", "saved_differences", "check_run_dir", "check_output",
            "resume_config", "save_model", "write_history", "write_metrics", "predictions_csv", "read_predictions",
            "write_checkpoint", "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
-           "foreign_files", "writing", "locked", "discard_unstarted"]
+           "foreign_files", "writing", "locked", "discard_unstarted", "RunDir", "REPLACED",
+           "restore_replaced", "drop_replaced"]
 
 CONFIG = "config.json"
 HISTORY = "metrics.jsonl"
@@ -56,6 +61,7 @@ PREDICTIONS = "test_predictions.csv"  # the final model on every test image (see
 REPORT = "report.html"
 RANKING = "rank.json"  # --model auto: the ranking that picked the model (see transferlab.ranking.ranker)
 LOCK = ".lock"
+REPLACED = ".replaced"  # --overwrite: the run being replaced, until the new one has its first checkpoint
 # a run's own files; nothing else may write them
 RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT, RANKING)
 
@@ -99,16 +105,21 @@ def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, 
                   overwrite: bool = False) -> None:
     """Refuse, with one line, to start ``config`` in ``run_dir`` where that would lose or mix up a run."""
     run_dir = Path(run_dir)
+    named = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if named and not RunDir(run_dir).holds_run():
+        raise TransferlabError(f"{opt('out', run_dir)}: holds {', '.join(named)}, but not a run's (no run config or "
+                               f"model of transferlab); choose a new or empty folder ({opt('overwrite')} replaces "
+                               "only a run)")
     if is_finished(run_dir) and not overwrite:
         raise TransferlabError(f"{opt('out', run_dir)}: a finished run is already there ({MODEL}); choose another "
                                f"{opt('out')}, or pass {opt('overwrite')} to train it again")
-    if overwrite:
-        return
     foreign = foreign_files(run_dir)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise TransferlabError(f"{opt('out', run_dir)}: not empty and not a run ({shown}); choose a new or empty "
-                               f"folder, or pass {opt('overwrite')} to write the run's files there anyway")
+                               f"folder ({opt('overwrite')} replaces only a run, and nothing else in its folder)")
+    if overwrite:
+        return
     if not resume and (run_dir / CHECKPOINT).is_file():
         raise TransferlabError(f"{opt('out', run_dir)}: an interrupted run is there ({CHECKPOINT}); pass "
                                f"{opt('resume')} to continue it, or {opt('overwrite')} to start over")
@@ -158,13 +169,20 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     atomic_write_json(run_dir / METRICS, metrics)
 
 
-def check_output(run_dir: str | Path, path: str | Path, option: str) -> None:
-    """Refuse to write an output (export, predictions) onto a folder or onto one of the run's own files."""
+def check_output(run_dir: str | Path, path: str | Path, option: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse to write an output (export, predictions) onto a folder, onto one of a run's own files (this run's
+    or any other's), or onto one of the command's ``inputs``."""
     path = Path(path)
     if path.is_dir():
         raise TransferlabError(f"{opt(option, path)}: is a folder; give a file name")
-    if path.resolve() in {(Path(run_dir) / name).resolve() for name in RUN_FILES}:
+    target = path.resolve()
+    if target in {(Path(run_dir) / name).resolve() for name in RUN_FILES}:
         raise TransferlabError(f"{opt(option, path)}: {path.name} is one of the run's own files; write elsewhere")
+    if target.name in RUN_FILES and RunDir(target.parent).holds_run():
+        raise TransferlabError(f"{opt(option, path)}: {path.name} is one of the files of the run in {target.parent}; "
+                               "write elsewhere")
+    if target in {Path(item).resolve() for item in inputs}:
+        raise TransferlabError(f"{opt(option, path)}: is one of the inputs; write elsewhere")
 
 
 def finish(run_dir: Path, model: TransferModel, classes: Sequence[str], pre: Preprocessing, config: RunConfig,
@@ -175,6 +193,7 @@ def finish(run_dir: Path, model: TransferModel, classes: Sequence[str], pre: Pre
         atomic_write_text(run_dir / PREDICTIONS, predictions_csv(predictions, classes))
     write_metrics(run_dir, metrics)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    drop_replaced(run_dir)
 
 
 def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -182,6 +201,7 @@ def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     import torch
 
     atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+    drop_replaced(run_dir)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -193,7 +213,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         for key in ("model", "optimizer", "scheduler", "epoch", "history", "elapsed"):
             state[key]  # noqa: B018 - a KeyError names the missing entry
     except Exception as exc:  # noqa: BLE001
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # an empty file: EOFError()
+        reason = first_line(exc)  # an empty file: EOFError()
         raise TransferlabError(f"{path}: cannot resume from this checkpoint ({reason}); "
                                "delete it to start over") from None
     return state
@@ -237,17 +257,48 @@ def position(epoch: int, step: int) -> str:
 
 
 def clear(run_dir: Path) -> None:
-    """Remove a run's own files (not anything else the folder holds), before it is trained again."""
+    """Set a run's own files aside (into ``RUN/.replaced``) before it is trained again (``--overwrite``).
+
+    They stay there until the new run writes its first checkpoint (:func:`write_checkpoint`), and come
+    back if it fails before that (:func:`discard_unstarted`): the old model is never lost for nothing.
+    """
+    aside = run_dir / REPLACED
+    if aside.is_dir():  # an earlier replacement that never reached its first checkpoint: the old run is there
+        restore_replaced(run_dir)
+    names = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not names:
+        return
+    aside.mkdir()
+    for name in names:
+        os.replace(run_dir / name, aside / name)
+
+
+def restore_replaced(run_dir: Path) -> None:
+    """Put the files of a run set aside by :func:`clear` back, over what the failed replacement wrote."""
+    aside = run_dir / REPLACED
+    if not aside.is_dir():
+        return
     for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+        if (aside / name).exists():
+            os.replace(aside / name, run_dir / name)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def drop_replaced(run_dir: Path) -> None:
+    """The replacement has its first checkpoint: the run it replaces goes."""
+    aside = run_dir / REPLACED
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def foreign_files(run_dir: Path) -> list[str]:
     """Names in ``run_dir`` that no run writes (a run directory holds one run and nothing else)."""
     if not run_dir.is_dir():
         return []
-    return sorted(name for name in os.listdir(run_dir)
-                  if name not in RUN_FILES and name != LOCK and not (name.startswith(".") and name.endswith(".tmp")))
+    return sorted(name for name in os.listdir(run_dir) if name not in RUN_FILES and name not in (LOCK, REPLACED)
+                  and not (name.startswith(".") and name.endswith(".tmp")))
 
 
 @contextmanager
@@ -275,7 +326,7 @@ def locked(run_dir: Path) -> Iterator[None]:
                                f"{opt('out')}") from None
     path = run_dir / LOCK
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -304,11 +355,30 @@ def locked(run_dir: Path) -> Iterator[None]:
                 pass
 
 
+def _open_lock(path: Path) -> int:
+    """Open (or create) a lock file: a regular file, never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TransferlabError(f"{path}: is a symbolic link, not transferlab's lock; remove it") from None
+        raise TransferlabError(f"{path}: cannot open the run's lock ({exc.strerror or exc}); fix the permissions, "
+                               f"or choose another {opt('out')}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TransferlabError(f"{path}: is not a regular file, not transferlab's lock; remove it")
+    return fd
+
+
 def discard_unstarted(run_dir: Path) -> None:
-    """Remove what a run that failed before its first checkpoint wrote (it cannot be resumed)."""
+    """Remove what a run that failed before its first checkpoint wrote (it cannot be resumed); a run it was
+    replacing (``--overwrite``) comes back."""
+    if (run_dir / REPLACED).is_dir():
+        restore_replaced(run_dir)
+        return
     if (run_dir / CHECKPOINT).exists() or is_finished(run_dir):
         return
-    for name in (CONFIG, HISTORY):
+    for name in (CONFIG, HISTORY, RANKING):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -332,3 +402,84 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             if key.startswith("prob_"):
                 row[key] = float(row[key])
     return rows
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None where it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory, read back: the one reader of the files a run writes.
+
+    Each reader gives None (or ``[]``, ``{}``) where its file is missing or unreadable, so a report or a
+    study can describe an unfinished or older run; what must exist is checked by the caller.
+    """
+
+    path: Path
+
+    def config_dict(self) -> dict[str, Any] | None:
+        """``config.json`` as saved (a dict), or None."""
+        values = _read_json(self.path / CONFIG)
+        return values if isinstance(values, dict) else None
+
+    def config(self) -> RunConfig:
+        """The run's config (today's defaults for the keys an older run did not write)."""
+        return RunConfig.load(self.path / CONFIG) if (self.path / CONFIG).is_file() else RunConfig()
+
+    def metrics(self) -> dict[str, Any] | None:
+        """``metrics.json`` (a finished run's final metrics), or None."""
+        values = _read_json(self.path / METRICS)
+        return values if isinstance(values, dict) else None
+
+    def history(self) -> list[dict[str, Any]]:
+        """``metrics.jsonl``: one row per epoch so far."""
+        try:
+            return [json.loads(line) for line in (self.path / HISTORY).read_text().splitlines() if line.strip()]
+        except (OSError, ValueError, RecursionError):
+            return []
+
+    def predictions(self) -> list[dict[str, Any]] | None:
+        """``test_predictions.csv`` rows (:func:`read_predictions`), or None (runs older than the file)."""
+        try:
+            return read_predictions(self.path / PREDICTIONS)
+        except (OSError, ValueError, KeyError, TypeError, csv.Error):
+            return None
+
+    def ranking(self) -> dict[str, Any] | None:
+        """``rank.json`` of a ``--model auto`` run, or None."""
+        values = _read_json(self.path / RANKING)
+        return values if isinstance(values, dict) else None
+
+    def model_metadata(self) -> dict[str, str]:
+        """The model file's metadata (class names, preprocessing, model, config), without loading its tensors."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path / MODEL), "np") as fh:
+                return dict(fh.metadata() or {})
+        except Exception:  # noqa: BLE001 - a missing or damaged file has no metadata
+            return {}
+
+    def holds_run(self) -> bool:
+        """Whether the folder's files are a run's: a ``config.json`` that reads as a run config, or a model
+        file with a run's metadata (a user's own ``config.json`` or ``report.html`` is not a run)."""
+        values = self.config_dict()
+        if values is not None and {"data", "model"} <= values.keys():
+            try:
+                RunConfig.from_dict(upgrade(dict(values)))
+                return True
+            except Exception:  # noqa: BLE001 - not a run config
+                pass
+        return {"class_names", "preprocessing", "model"} <= self.model_metadata().keys()
+
+    def test_split(self) -> tuple[int, float, list[str] | None]:
+        """The seed and test fraction the run split its data with, and its recorded test files (None: not recorded)."""
+        config = self.config()
+        split = (self.metrics() or {}).get("test_split")
+        files = split.get("files") if isinstance(split, dict) else None
+        return config.seed, config.test_fraction, files

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._faces import lazy_face
 
-_EXPORTS = {  # module -> the public names it defines
+_EXPORTS = {  # module -> the public names it lends the package
     "commands": ("main", "build_parser"),
 }
 __all__ = ["main", "build_parser"]

@@ -225,7 +225,7 @@ def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..workflows.study import demo
+    from ..workflows.compare import demo
 
     demo(args.out, quiet=args.quiet, **({"model": args.model} if args.model else {}))
     return 0
@@ -281,7 +281,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from ..files import atomic_write_text
         from ..rundir import check_output
 
-        check_output(args.run_dir, args.out, "out")
+        check_output(args.run_dir, args.out, "out", inputs=paths)
         buffer = io.StringIO()
         failed = _predict_rows(predictor, paths, args, buffer)
         atomic_write_text(args.out, buffer.getvalue())
@@ -359,15 +359,18 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ..files import CACHE_KINDS, cache_usage, clear_cache
+    from ..files import CACHE_KINDS, cache_path, cache_usage, clear_cache
 
     if args.clear is not None:
         kinds = [k for k in CACHE_KINDS if k != "weights"] if args.clear == "all" else [args.clear]
         if not set(kinds) <= set(CACHE_KINDS):
             raise TransferlabError(f"--clear {args.clear}: choose one of {', '.join(CACHE_KINDS)} or all")
         for kind in kinds:
-            freed = clear_cache(kind)
+            freed, kept = clear_cache(kind)
             print(f"cleared {kind}: {freed / 1e6:.1f} MB")
+            if kept:
+                shown = ", ".join(p.name for p in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+                print(f"  kept {len(kept)} entries transferlab did not write in {cache_path(kind)}: {shown}")
         return 0
     usage = cache_usage()
     width = max(len(k) for k in usage)

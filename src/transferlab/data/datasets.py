@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import RunConfig
 from ..errors import TransferlabError, opt
-from ..files import cache_dir, download_timeout, file_digest
+from ..files import MADE_HERE, cache_dir, download_timeout, file_digest
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to_tensor
 from .transforms import decode_one
 
 __all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "Split", "Dataset",
-           "resolve_data", "scan_folder", "stratified_split", "split_difference", "max_pixels", "load_rgb",
-           "to_tensor", "decode_one",
-           "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL", "HOTDOG_SHA1"]
+           "resolve_data", "dataset_for", "scan_folder", "stratified_split", "split_difference", "max_pixels",
+           "load_rgb", "to_tensor", "decode_one", "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL",
+           "HOTDOG_SHA1"]
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,13 @@ def resolve_data(spec: str, seed: int = 0, test_fraction: float = 0.25, val_frac
     return _resolve(spec, seed, test_fraction).with_validation(val_fraction, seed)
 
 
+def dataset_for(config: RunConfig, data: str | None = None, validation: bool = True) -> Dataset:
+    """A run's dataset, from its config: its data (or ``data``) split with its seed and test fraction, and
+    (``validation``) the validation split carved as the config says. The one way a run finds its data."""
+    dataset = resolve_data(data or config.data, config.seed, config.test_fraction)
+    return dataset.with_validation(config.carve_fraction, config.seed) if validation else dataset
+
+
 def _resolve(spec: str, seed: int, test_fraction: float) -> Dataset:
     if not str(spec).strip():
         raise TransferlabError(f"{opt('data')} is empty; give DIR (an ImageFolder root), elpv or hotdog")
@@ -320,6 +328,7 @@ def _materialise(target: Path, build) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         build(tmp)
+        (tmp / MADE_HERE).touch()  # `transferlab cache --clear` deletes only folders that carry it
         os.replace(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import TransferlabError
+from ..errors import TransferlabError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +102,7 @@ def _unusable(name: str, exc: BaseException, advice: str) -> ImageError:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return ImageError(f"{name}: cannot read ({exc.strerror}); fix its permissions or remove it", "unreadable")
         return ImageError(f"{name}: cannot read ({exc.strerror}); {advice}", "unreadable")
-    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    first = first_line(exc, 200, default="")
     reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return ImageError(f"{name}: cannot decode ({reason}); the file is truncated or damaged; {advice}", "damaged")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._faces import lazy_face
 
-_EXPORTS = {  # module -> the public names it defines
+_EXPORTS = {  # module -> the public names it lends the package
     "metrics": ("metric_block", "fit_temperature", "prediction_rows", "class_weights", "expected_calibration_error",
         "binary_curves"),
     "selection": ("Selector",),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._faces import lazy_face
 
-_EXPORTS = {  # module -> the public names it defines
+_EXPORTS = {  # module -> the public names it lends the package
     "predictor": ("Predictor", "load", "evaluate_run", "tta_views", "TTA_VIEWS"),
     "forward": ("resolve_device", "use_bf16", "eval_batch", "predict_logits", "body_features", "cpu_has_amx"),
     "export": ("export_model", "onnx_predict", "read_metadata"),

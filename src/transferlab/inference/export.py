@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import load_rgb
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, first_line, opt
 from ..files import atomic_write, atomic_write_json
 from ..rundir import check_output, locked
 
@@ -73,7 +73,7 @@ def _export_onnx(net: Any, example: Any, path: str) -> None:
         raise TransferlabError(f"{opt('fmt', 'onnx')} needs onnx and onnxscript ({exc}); "
                                "run `pip install 'transferlab[export]'`") from None
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200, default="")
         raise TransferlabError(f"ONNX export failed ({type(exc).__name__}: {first}); "
                                f"try {opt('fmt', 'torchscript')}") from None
 
@@ -154,6 +154,9 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
                                    f"{Path(path) / ('model' + FORMATS[fmt])}")
     for path in (target, metadata_path):
         check_output(run_dir, path, "out")
+    if metadata_path.exists() and not _is_export_metadata(metadata_path):
+        raise TransferlabError(f"{opt('out', target)}: {metadata_path} exists and is not the metadata of an export "
+                               "(its sidecar would replace it); give the model file another name")
     if metadata_path == target:
         raise TransferlabError(f"{opt('out', target)}: the metadata goes to {metadata_path}; "
                                f"give the model file another suffix, e.g. {FORMATS[fmt]}")
@@ -192,6 +195,15 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         metadata["exports"] = {**_previous_exports(metadata_path, metadata), fmt: record}
         atomic_write_json(metadata_path, metadata)
         return Exported(target, metadata_path, fmt, worst, tuple(batch_sizes))
+
+
+def _is_export_metadata(path: Path) -> bool:
+    """Whether ``path`` is the JSON an export wrote (so a new export may replace it)."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(values, dict) and {"format", "class_names", "input_name", "transferlab_version"} <= values.keys()
 
 
 def _previous_exports(path: Path, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:

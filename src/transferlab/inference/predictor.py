@@ -22,10 +22,10 @@ from torchvision.transforms.v2 import functional as F
 
 from .. import rundir
 from ..config import PRECISIONS
-from ..data.datasets import IMAGE_EXTENSIONS, resolve_data, split_difference
+from ..data.datasets import IMAGE_EXTENSIONS, dataset_for, split_difference
 from ..data.images import ImageError
 from ..data.transforms import Preprocessing, decode_one, resize_shorter
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, first_line, opt
 from ..files import atomic_write_text
 from ..models.model import TransferModel, create_model, folded
 from ..models.weights import load_state_dict
@@ -179,7 +179,7 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
     try:
         model.net.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc, 200)
         raise TransferlabError(f"{path}: its tensors do not fit {model_name} with {len(classes)} classes ({first}); "
                                "the file is damaged or was edited: train the run again") from None
     if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
@@ -187,18 +187,6 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
     dev = resolve_device(device)
     return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev, model_name,
                      precision)
-
-
-def _run_split(run_dir: Path) -> tuple[int, float, list[str] | None]:
-    """The seed and test fraction a run split its data with, and its recorded test files (None: not recorded)."""
-    from ..config import RunConfig
-
-    config = RunConfig.load(run_dir / rundir.CONFIG) if (run_dir / rundir.CONFIG).is_file() else RunConfig()
-    try:
-        recorded = json.loads((run_dir / rundir.METRICS).read_text()).get("test_split", {}).get("files")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    return config.seed, config.test_fraction, recorded
 
 
 def _check_metadata(classes: tuple[str, ...], pre: Preprocessing, precision: str) -> None:
@@ -242,8 +230,9 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
     if per_image is not None:
         rundir.check_output(run_dir, per_image, "per_image")
     predictor = load(run_dir, device, precision=None)
-    seed, fraction, recorded = _run_split(Path(run_dir))
-    ds = resolve_data(data, seed, fraction)
+    run = rundir.RunDir(Path(run_dir))
+    recorded = run.test_split()[2]
+    ds = dataset_for(run.config(), data=data, validation=False)
     if recorded is not None:
         difference = split_difference(recorded, ds.test_files())
         if difference:

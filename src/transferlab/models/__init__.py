@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._faces import lazy_face
 
-_EXPORTS = {  # module -> the public names it defines
+_EXPORTS = {  # module -> the public names it lends the package
     "model": ("TransferModel", "create_model", "list_model_names", "param_groups", "stage_names", "load_body",
         "model_source", "folded"),
     "weights": ("ResolvedWeights", "resolve_weights", "load_state_dict", "imagenet_categories"),

@@ -21,6 +21,8 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import first_line
+
 __all__ = ["CATALOG_FILE", "TIMM_CATALOG_FILE", "ModelRow", "build_catalog", "build_timm_catalog", "catalog",
            "timm_catalog", "find_models", "find_timm_models", "model_rows"]
 
@@ -99,7 +101,7 @@ def build_timm_catalog(names: list[str] | None = None, stages: bool = True) -> d
         except TransferlabError as exc:
             excluded[arch] = str(exc).split(": ", 1)[-1]
         except Exception as exc:  # noqa: BLE001 - timm cannot build it here: left out, with the reason
-            excluded[arch] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            excluded[arch] = first_line(exc, 120, typed=True)
     return {"timm": _version("timm"), "models": models, "excluded": excluded}
 
 

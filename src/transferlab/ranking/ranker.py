@@ -31,7 +31,7 @@ import torch
 from ..config import AUTO, RunConfig, crop_region_px
 from ..data.batches import prefetch_batches, train_batches
 from ..data.cache import decode
-from ..data.datasets import Dataset, resolve_data
+from ..data.datasets import Dataset, dataset_for
 from ..data.transforms import Preprocessing, center_crop
 from ..errors import TransferlabError, opt
 from ..files import file_digest
@@ -39,7 +39,7 @@ from ..models.model import TransferModel, create_model, folded, load_body
 from ..models.weights import load_state_dict, resolve_weights
 from ..train import distributed
 from ..train.features import feature_key, run_features
-from ..train.loop import train_one_epoch
+from ..train.loop import Step, train_one_epoch
 from ..train.optim import build_optimizer
 from ..train.probes import knn_cv, logme, probe_cv
 from .result import Candidate, Ranking, pick
@@ -77,10 +77,10 @@ def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.T
                       prefetch=prefetch_batches(device), region=region, flips=config.flips)
         for epoch in itertools.count(1))
     steps = len(images) / config.batch_size  # the last, partial batch costs its share
+    step = Step(optimizer, scheduler, loss_fn, train_pre, device, precision=config.precision)
 
     def run(n: int) -> float:
-        return train_one_epoch(model, itertools.islice(batches, n), n, optimizer, scheduler, loss_fn, train_pre,
-                               device, quiet=True, precision=config.precision)["train_s"]
+        return train_one_epoch(model, itertools.islice(batches, n), n, step, quiet=True)["train_s"]
 
     run(WARMUP_STEPS)
     return round(statistics.median(run(1) for _ in range(TIMED_STEPS)) * steps, 2)
@@ -157,8 +157,7 @@ def rank(config: RunConfig | None = None, models: Sequence[str] | None = None, b
         raise TransferlabError(f"{opt('budget', budget)}: must be a positive number of seconds")
     start = time.perf_counter()
     if dataset is None:
-        dataset = resolve_data(config.data, config.seed, config.test_fraction).with_validation(
-            config.carve_fraction, config.seed)
+        dataset = dataset_for(config)
     names = list(models) if models else offline_models()
     if not names:
         raise TransferlabError(f"{opt('models')}: no model has weights on this machine; name some, or install "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._faces import lazy_face
 
-_EXPORTS = {  # module -> the public names it defines
+_EXPORTS = {  # module -> the public names it lends the package
     "run": ("write_run_report", "summary_html"),
     "study": ("summarize_study", "write_study_report", "study_rows"),
     "common": ("format_table", "figures_inline"),

@@ -8,18 +8,15 @@ without matplotlib the report still has every table, and says how to get the fig
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import logging
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ..console import in_notebook
 
-__all__ = ["format_table", "read_json", "read_jsonl", "load_predictions", "html_table", "html_image", "REPORT_CSS",
+__all__ = ["format_table", "html_table", "html_image", "REPORT_CSS",
            "figures_inline"]
 
 log = logging.getLogger(__name__)
@@ -44,33 +41,6 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
 
 # --------------------------------------------------------------------------- the summary
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None where it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """A JSON-lines file's rows (``metrics.jsonl``), or [] where it is missing or unreadable."""
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
-
-
-def load_predictions(path: Path) -> list[dict[str, Any]] | None:
-    """``test_predictions.csv`` rows (:func:`~transferlab.rundir.read_predictions`), or None where the
-    file is missing or unreadable (runs older than it)."""
-    from ..rundir import read_predictions
-
-    try:
-        return read_predictions(path)
-    except (OSError, ValueError, KeyError, TypeError, csv.Error):
-        return None
 
 
 # --------------------------------------------------------------------------- the best run

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__, rundir
 from ..config import crop_region_px
-from ..errors import TransferlabError
+from ..errors import TransferlabError, first_line
 from ..files import atomic_write_text
 from ..ranking.result import Ranking
 from ..system import environment
-from .common import REPORT_CSS, html_image, html_table, load_predictions, read_json, read_jsonl
+from .common import REPORT_CSS, html_image, html_table
 from .figures import FIGURES_HINT, MISTAKES_SHOWN, confusion_figure, confusion_matrix, mistakes_figure, png, pyplot
 from .run_figures import (
     ECE_BINS,
@@ -142,13 +142,10 @@ def summary_html(metrics: dict[str, Any], history: Sequence[dict[str, Any]]) -> 
 # --------------------------------------------------------------------------- the report file
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _resolve_dataset(config: dict[str, Any], metrics: dict[str, Any]) -> tuple[Dataset | None, str | None]:
+def _resolve_dataset(run_dir: Path, config: dict[str, Any],
+                     metrics: dict[str, Any]) -> tuple[Dataset | None, str | None]:
     """The run's data, found again from its files without downloading anything, or why not."""
-    from ..data.datasets import resolve_data
+    from ..data.datasets import dataset_for
     from ..files import cache_path
 
     spec = metrics.get("data_root") or config.get("data")
@@ -156,11 +153,10 @@ def _resolve_dataset(config: dict[str, Any], metrics: dict[str, Any]) -> tuple[D
         return None, "the run's files name no data"
     if spec == "hotdog" and not (cache_path("datasets") / "hotdog").is_dir():
         return None, "the hotdog dataset is not downloaded on this machine"
-    fraction = config.get("test_fraction", config.get("val_fraction", 0.25))
     try:
-        return resolve_data(str(spec), int(config.get("seed", 0)), float(fraction)), None
+        return dataset_for(rundir.RunDir(run_dir).config(), data=str(spec), validation=False), None
     except Exception as exc:  # noqa: BLE001 - the report is written without its images
-        return None, f"cannot read the data at {spec} ({_first_line(exc)})"
+        return None, f"cannot read the data at {spec} ({first_line(exc)})"
 
 
 def _crop_examples(dataset: Dataset, seed: int, n: int = CROP_IMAGES) -> list[tuple[Path, str]]:
@@ -194,7 +190,7 @@ def _image_sections(run_dir: Path, config: dict[str, Any], metrics: dict[str, An
     pre = Preprocessing.from_dict(metrics["preprocessing"])
     reason = None
     if dataset is None:
-        dataset, reason = _resolve_dataset(config, metrics)
+        dataset, reason = _resolve_dataset(run_dir, config, metrics)
     parts: list[str] = []
     if dataset is not None:
         region = crop_region_px(config.get("crop_region", "center"), pre.crop_size)
@@ -333,14 +329,10 @@ def write_run_report(run_dir: str | Path, dataset: Dataset | None = None) -> Pat
     images cannot be read, the report says so in one line and holds everything else.
     """
     run_dir = Path(run_dir)
-    config = read_json(run_dir / rundir.CONFIG)
-    metrics = read_json(run_dir / rundir.METRICS)
-    if not isinstance(config, dict) and not isinstance(metrics, dict):
-        raise TransferlabError(f"{run_dir}: not a run directory (no readable {rundir.CONFIG} or {rundir.METRICS}); "
+    run = rundir.RunDir(run_dir)
+    config, metrics = run.config_dict(), run.metrics()
+    if not run.holds_run():
+        raise TransferlabError(f"{run_dir}: not a run directory (no run {rundir.CONFIG} or model of transferlab); "
                                "give the folder a run was trained into")
-    config = config if isinstance(config, dict) else {}
-    metrics = metrics if isinstance(metrics, dict) else {}
-    history = read_jsonl(run_dir / rundir.HISTORY)
-    rows = load_predictions(run_dir / rundir.PREDICTIONS)
-    text = _report_html(run_dir, config, metrics, history, rows, dataset)
+    text = _report_html(run_dir, config or {}, metrics or {}, run.history(), run.predictions(), dataset)
     return atomic_write_text(run_dir / rundir.REPORT, text)

@@ -15,7 +15,7 @@ from typing import Any
 from .. import rundir
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..system import environment
-from .common import REPORT_CSS, format_table, html_image, html_table, load_predictions, read_json, read_jsonl
+from .common import REPORT_CSS, format_table, html_image, html_table
 from .figures import (
     FIGURES_HINT,
     MISTAKES_SHOWN,
@@ -65,12 +65,12 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
         rows = []
         for entry in planned:
             run_dir = out / entry["run_dir"]
-            metrics = read_json(run_dir / rundir.METRICS)
+            metrics = rundir.RunDir(run_dir).metrics()
             if not metrics:
                 continue
             classes = classes or metrics.get("class_names")
             devices.add(metrics.get("device"))
-            history = read_jsonl(run_dir / rundir.HISTORY)
+            history = rundir.RunDir(run_dir).history()
             split = "val" if any("val_acc" in h for h in history) else "test"  # runs with a validation split
             test = metrics.get("test", {})  # the metric names of metrics.json and `evaluate`
             rows.append({"seed": entry["seed"], "run_dir": entry["run_dir"], "test_acc": metrics["test_acc"],
@@ -147,12 +147,10 @@ def _representative(variant: dict[str, Any]) -> dict[str, Any]:
 
 def _predicted_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Prediction rows of a run's test images made now (runs older than ``test_predictions.csv``); absolute paths."""
-    from ..config import RunConfig
-    from ..data.datasets import resolve_data
+    from ..data.datasets import dataset_for
     from ..inference.predictor import load
 
-    config = RunConfig.load(run_dir / rundir.CONFIG)
-    dataset = resolve_data(config.data, config.seed, getattr(config, "test_fraction", config.val_fraction))
+    dataset = dataset_for(rundir.RunDir(run_dir).config(), validation=False)
     predictor = load(run_dir, device="cpu")
     paths = list(dataset.test.paths)
     rows = []
@@ -168,7 +166,7 @@ def _predicted_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def _prediction_rows(run_dir: Path, metrics: dict[str, Any]) -> tuple[list[dict[str, Any]], Path | None]:
     """The run's test predictions and the folder their paths are relative to (None: absolute paths)."""
-    rows = load_predictions(run_dir / rundir.PREDICTIONS)
+    rows = rundir.RunDir(run_dir).predictions()
     if rows is not None and metrics.get("data_root"):
         return rows, Path(metrics["data_root"])
     return _predicted_rows(run_dir), None
@@ -187,7 +185,7 @@ def write_study_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Pa
     root = None
     if best is not None:
         run = _representative(best)
-        metrics = read_json(out / run["run_dir"] / rundir.METRICS) or {}
+        metrics = rundir.RunDir(out / run["run_dir"]).metrics() or {}
         try:
             rows, root = _prediction_rows(out / run["run_dir"], metrics)
         except Exception as exc:  # noqa: BLE001 - a report without the image grid beats no report

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, first_line, opt
 
 __all__ = ["Context", "context", "init_process_group", "destroy_process_group", "barrier", "local_main_first",
            "all_reduce_sum", "gather_rows", "gather_objects", "shard", "sync_batchnorm", "GlobalBatchNorm",
@@ -77,7 +77,7 @@ def init_process_group(ctx: Context, device: torch.device) -> bool:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
     except (ValueError, RuntimeError) as exc:
-        raise TransferlabError(f"cannot join the torchrun process group ({str(exc).splitlines()[0]}); "
+        raise TransferlabError(f"cannot join the torchrun process group ({first_line(exc)}); "
                                "start the run with torchrun or `transferlab train --nproc N`") from None
     return True
 

@@ -30,7 +30,7 @@ from ..inference.forward import autocast
 from . import distributed
 
 __all__ = ["EpochState", "StopRequest", "TrainingInterrupted", "TrainingDiverged", "deterministic_mode",
-           "train_one_epoch", "LOSS_CEILING", "check_loss", "optimizer_step"]
+           "Step", "train_one_epoch", "LOSS_CEILING", "check_loss", "optimizer_step"]
 
 log = logging.getLogger("transferlab.train")
 
@@ -148,20 +148,38 @@ def optimizer_step(optimizer: torch.optim.Optimizer, where: str, lr_name: str = 
                                f"{opt(lr_name)}") from None
 
 
-def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, loss_fn: nn.Module, pre: Preprocessing | None, device: torch.device,
-                    desc: str = "train", quiet: bool = False, reduction: str = "mean", world_size: int = 1,
-                    state: EpochState | None = None, stop: Callable[[], bool] | None = None,
-                    after_step: Callable[[EpochState, bool], None] | None = None,
-                    precision: str = "auto", lr_name: str = "lr") -> dict[str, float]:
+@dataclass(frozen=True)
+class Step:
+    """How one training step runs: what it optimises, on which inputs, where and in what precision.
+
+    ``pre`` normalises uint8 images (None: the inputs are cached features). ``loss_fn`` gives
+    per-sample losses; each process scales its sum so that DDP's gradient average is the
+    ``reduction`` ("mean" or "sum") over the global batch of ``world_size`` processes.
+    ``lr_name`` is the option an error about the step's learning rate names.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    pre: Preprocessing | None
+    device: torch.device
+    reduction: str = "mean"
+    world_size: int = 1
+    precision: str = "auto"
+    lr_name: str = "lr"
+
+
+def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, step: Step,
+                    state: EpochState | None = None, desc: str = "train", quiet: bool = False,
+                    stop: Callable[[], bool] | None = None,
+                    after_step: Callable[[EpochState, bool], None] | None = None) -> dict[str, float]:
     """One pass over the training batches; returns mean loss, accuracy and images/s over the global batches.
 
-    ``pre`` normalises uint8 images (None: the inputs are cached features). ``loss_fn``
-    gives per-sample losses; each process scales its sum so that DDP's gradient average
-    is the ``reduction`` ("mean" or "sum") over the global batch. Loss sums, correct
-    counts and the ``stop`` flag are summed over processes every step, so all of them
-    stop (or diverge) at the same step; ``after_step(state, stopping)`` runs after each.
+    Loss sums, correct counts and the ``stop`` flag are summed over processes every step, so all
+    of them stop (or diverge) at the same step; ``after_step(state, stopping)`` runs after each.
     """
+    optimizer, scheduler, loss_fn, pre, device = step.optimizer, step.scheduler, step.loss_fn, step.pre, step.device
+    reduction, world_size, precision, lr_name = step.reduction, step.world_size, step.precision, step.lr_name
     state = state or EpochState()
     model.train()
     bar = progress(batches, total=total - state.step, desc=desc, quiet=quiet, unit="batch")

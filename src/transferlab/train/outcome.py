@@ -2,101 +2,102 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import opt
-from ..evaluation.metrics import fit_temperature, prediction_rows
-from ..inference.forward import use_bf16
+from ..evaluation.metrics import fit_temperature, metric_block, prediction_rows
 from ..system import environment
 
 if TYPE_CHECKING:
+    from ..evaluation.selection import Selector
     from ..models.model import TransferModel
+    from .checkpoint import RunState
+    from .context import RunContext
+    from .result import PreparedData
 
-__all__ = ["Outcome", "scale_head"]
-
-
-class Outcome:
-    """The end of a :class:`~transferlab.train.Trainer` run: the epoch kept, calibration, the test split once."""
-
-    def final_metrics(self, model: TransferModel, last: tuple[int, torch.Tensor] | None) -> dict[str, Any]:
-        """Keep the selected epoch, calibrate on validation if asked, score the test split once: ``metrics.json``.
-
-        ``last``: the last epoch's test logits when the epochs were scored on test (no second pass).
-        Sets ``self.predictions``, the final model on every test image.
-        """
-        cfg = self.config
-        self.selector.restore(model.net)
-        selection = self.selector.summary(self.epochs_done)
-        if selection["metric"] is not None:
-            self.say("keeping epoch %d of %d, the best on validation by %s%s", selection["best_epoch"],
-                     self.epochs_done, selection["metric"], " (stopped early)" if selection["stopped_early"] else "")
-        else:
-            self.say("keeping the last epoch (no selection; %s or %s choose on a validation split)",
-                     opt("select_metric"), opt("early_stopping"))
-        temperature = None
-        if cfg.calibrate:  # folded into the head, so the saved model predicts calibrated probabilities
-            temperature = fit_temperature(self.split_logits(model, "val"), self.data.val_labels)
-            scale_head(model, 1.0 / temperature)
-        # every choice is made; now the test split, once
-        reuse = last and last[0] == selection["best_epoch"] and not self.selector.best_state and temperature is None
-        test_logits = last[1] if reuse else self.split_logits(model, "test")
-        calibration = None
-        if temperature is not None:
-            calibration = {"temperature": temperature, "split": "val",
-                           "ece_before": self.score_split(test_logits * temperature, "test")["ece"]}
-        test = self.score_split(test_logits, "test")
-        if calibration:
-            calibration["ece_after"] = test["ece"]
-            self.say("calibrated on validation: temperature %.3f, test ECE %.4f -> %.4f", calibration["temperature"],
-                     calibration["ece_before"], calibration["ece_after"])
-        self.predictions = prediction_rows(self.test_paths, self.data.test_labels.tolist(),
-                                           test_logits.softmax(1), self.dataset.classes)
-        metrics: dict[str, Any] = {
-            "test_acc": test["accuracy"], "test_loss": test["nll"], "test": test,
-            "selection": selection, "epochs": cfg.epochs, "epochs_trained": self.epochs_done,
-            "wall_s": round(self.elapsed(), 3), **self.throughput(),
-            "class_names": list(self.dataset.classes), "per_class_acc": [test["per_class"][c]["recall"]
-                                                                         for c in self.dataset.classes],
-            "confusion": test["confusion"]["matrix"], "weights": self.weights.describe(),
-            "preprocessing": self.pre.to_dict(), "train_crop_size": self.train_pre.crop_size,
-            "device": str(self.device), "precision": self.precision_name, "train_images": len(self.data.train_labels),
-            "val_images": len(self.data.val_labels) if self.data.val_labels is not None else 0,
-            "test_images": len(self.data.test_labels), "probe": self.probe, "processes": self.dist.world_size,
-            "data_root": str(self.dataset.root), "environment": environment(),
-            "test_split": {"source": self.dataset.test_source, "seed": cfg.seed, "fraction": cfg.test_fraction,
-                           "files": self.dataset.test_files()},
-        }
-        if self.data.val_labels is not None:
-            metrics["val"] = self.score_split(self.split_logits(model, "val"), "val")
-            metrics["val_split"] = {"source": self.dataset.val_source, "fraction": cfg.carve_fraction}
-        if calibration:
-            metrics["calibration"] = calibration
-        if self.ranking is not None:
-            metrics["ranking"] = self.ranking.to_dict()
-        if self.zero_shot is not None:
-            metrics["zero_shot_acc"] = self.zero_shot
-        if self.warmup is not None:
-            metrics["head_warmup"] = self.warmup
-            if self.warmup["split"] == "test":  # the name older readers know
-                metrics["head_warmup_acc"] = self.warmup["accuracy"]
-        self.console.done(metrics)
-        return metrics
+__all__ = ["final_metrics", "throughput", "scale_head"]
 
 
-    @property
-    def precision_name(self) -> str:
-        """The run computes in: ``bf16`` (autocast) or ``fp32``, as :func:`~transferlab.inference.use_bf16` says."""
-        return "bf16" if use_bf16(self.device, self.config.precision) else "fp32"
+def final_metrics(ctx: RunContext, model: TransferModel, data: PreparedData, state: RunState, selector: Selector,
+                  split_logits: Callable[[str], torch.Tensor], last: tuple[int, torch.Tensor] | None,
+                  facts: dict[str, Any], say: Callable[[str], None]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Keep the selected epoch, calibrate on validation if asked, score the test split once.
 
-    def throughput(self) -> dict[str, Any]:
-        """Training images per second; a probe's body passes per second for its features instead."""
-        if self.probe:
-            done = self.body_passes
-            return {"feature_images_per_s": round(done["images"] / done["seconds"], 1) if done["seconds"] else None,
-                    "features_cached": done["images"] == 0}
-        return {"train_images_per_s": round(self.images_seen / self.train_seconds, 1) if self.train_seconds else None}
+    Returns ``metrics.json`` and the final model's prediction on every test image. ``split_logits(split)``:
+    the model's logits on a split's eval crops; ``last``: the last epoch's test logits when the epochs were
+    scored on test (no second pass); ``facts``: what the run knows besides (``elapsed()``, ``throughput``,
+    ``test_paths``, ``ranking``); ``say``: where the run's lines go.
+    """
+    cfg, classes = ctx.config, ctx.dataset.classes
+
+    def score(logits: torch.Tensor, split: str) -> dict[str, Any]:
+        return metric_block(logits, data.eval_labels(split), classes, split)
+
+    selector.restore(model.net)
+    selection = selector.summary(state.epochs_done)
+    if selection["metric"] is not None:
+        say(f"keeping epoch {selection['best_epoch']} of {state.epochs_done}, the best on validation by "
+            f"{selection['metric']}{' (stopped early)' if selection['stopped_early'] else ''}")
+    else:
+        say(f"keeping the last epoch (no selection; {opt('select_metric')} or {opt('early_stopping')} choose on a "
+            "validation split)")
+    temperature = None
+    if cfg.calibrate:  # folded into the head, so the saved model predicts calibrated probabilities
+        temperature = fit_temperature(split_logits("val"), data.val_labels)
+        scale_head(model, 1.0 / temperature)
+    # every choice is made; now the test split, once
+    reuse = last and last[0] == selection["best_epoch"] and not selector.best_state and temperature is None
+    test_logits = last[1] if reuse else split_logits("test")
+    calibration = None
+    if temperature is not None:
+        calibration = {"temperature": temperature, "split": "val",
+                       "ece_before": score(test_logits * temperature, "test")["ece"]}
+    test = score(test_logits, "test")
+    if calibration:
+        calibration["ece_after"] = test["ece"]
+        say(f"calibrated on validation: temperature {calibration['temperature']:.3f}, test ECE "
+            f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+    predictions = prediction_rows(facts["test_paths"], data.test_labels.tolist(), test_logits.softmax(1), classes)
+    metrics: dict[str, Any] = {
+        "test_acc": test["accuracy"], "test_loss": test["nll"], "test": test,
+        "selection": selection, "epochs": cfg.epochs, "epochs_trained": state.epochs_done,
+        "wall_s": round(facts["elapsed"](), 3), **facts["throughput"],
+        "class_names": list(classes), "per_class_acc": [test["per_class"][c]["recall"] for c in classes],
+        "confusion": test["confusion"]["matrix"], "weights": ctx.weights.describe(),
+        "preprocessing": ctx.pre.to_dict(), "train_crop_size": ctx.train_pre.crop_size,
+        "device": str(ctx.device), "precision": ctx.precision_name, "train_images": len(data.train_labels),
+        "val_images": len(data.val_labels) if data.val_labels is not None else 0,
+        "test_images": len(data.test_labels), "probe": ctx.probe, "processes": ctx.dist.world_size,
+        "data_root": str(ctx.dataset.root), "environment": environment(),
+        "test_split": {"source": ctx.dataset.test_source, "seed": cfg.seed, "fraction": cfg.test_fraction,
+                       "files": ctx.dataset.test_files()},
+    }
+    if data.val_labels is not None:
+        metrics["val"] = score(split_logits("val"), "val")
+        metrics["val_split"] = {"source": ctx.dataset.val_source, "fraction": cfg.carve_fraction}
+    if calibration:
+        metrics["calibration"] = calibration
+    if facts.get("ranking") is not None:
+        metrics["ranking"] = facts["ranking"].to_dict()
+    if state.zero_shot is not None:
+        metrics["zero_shot_acc"] = state.zero_shot
+    if state.warmup is not None:
+        metrics["head_warmup"] = state.warmup
+        if state.warmup["split"] == "test":  # the name older readers know
+            metrics["head_warmup_acc"] = state.warmup["accuracy"]
+    return metrics, predictions
+
+
+def throughput(ctx: RunContext, state: RunState, body_passes: dict[str, Any]) -> dict[str, Any]:
+    """Training images per second; a probe's body passes per second for its features instead."""
+    if ctx.probe:
+        done = body_passes
+        return {"feature_images_per_s": round(done["images"] / done["seconds"], 1) if done["seconds"] else None,
+                "features_cached": done["images"] == 0}
+    return {"train_images_per_s": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None}
 
 
 def scale_head(model: TransferModel, factor: float) -> None:

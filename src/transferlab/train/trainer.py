@@ -1,10 +1,11 @@
-"""The Trainer, which owns a run, and ``finetune(config)``, the one helper of the recipe.
+"""The Trainer, which owns a run: its model, data, loop, checkpoints and files.
 
-``finetune`` hides optimizer construction, parameter groups, metric logging and the
-pretrained/scratch switch. The pieces live in their own modules: batches
-(:mod:`~transferlab.data.batches`), optimisation (:mod:`~transferlab.train.optim`), the loop
-(:mod:`~transferlab.train.loop`), forward passes (:mod:`~transferlab.inference.forward`) and the run
-directory (:mod:`~transferlab.rundir`).
+The pieces are plain functions over explicit state: batches (:mod:`~transferlab.data.batches`),
+optimisation (:mod:`~transferlab.train.optim`), the loop (:mod:`~transferlab.train.loop`), the head
+warm-up (:mod:`~transferlab.train.head_fit`), checkpoints (:mod:`~transferlab.train.checkpoint`), the
+final metrics (:mod:`~transferlab.train.outcome`) and the run directory (:mod:`~transferlab.rundir`).
+The Trainer holds a frozen :class:`~transferlab.train.context.RunContext` (what the run is set up with)
+and a :class:`~transferlab.train.checkpoint.RunState` (where it stands), and passes them on.
 
 A run with ``out`` writes ``checkpoint.pt`` after every epoch (and every
 ``checkpoint_every`` steps): model, optimizer, scheduler, every random generator,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,40 +29,42 @@ import torch
 from torch import nn
 
 from .. import rundir
-from ..config import AUTO, RunConfig, crop_region_px
+from ..config import AUTO, RunConfig
 from ..console import Console
 from ..data.batches import global_batches, prefetch_batches, probe_batches, process_seed, train_batches
 from ..data.cache import decode
-from ..data.datasets import Dataset, Split, resolve_data
+from ..data.datasets import Dataset, Split, dataset_for
 from ..errors import TransferlabError, opt
 from ..evaluation.metrics import DIGITS, class_weights, metric_block
 from ..evaluation.selection import Selector
-from ..inference.forward import body_features, eval_batch, evaluate, predict_logits, resolve_device, score, use_bf16
+from ..inference.forward import eval_batch, predict_logits, resolve_device
 from ..models.model import TransferModel, create_model, load_body
 from ..models.weights import ResolvedWeights, load_state_dict, resolve_weights
-from ..rundir import save_model
-from . import distributed
-from .checkpoint import Checkpoints
-from .head_fit import HeadFit
-from .loop import EpochState, StopRequest, TrainingDiverged, TrainingInterrupted, deterministic_mode, train_one_epoch
-from .optim import build_optimizer, build_scheduler, fit_head
-from .outcome import Outcome
+from . import checkpoint, distributed, head_fit, outcome
+from .checkpoint import RunState
+from .context import RunContext
+from .loop import (
+    EpochState,
+    Step,
+    StopRequest,
+    TrainingDiverged,
+    TrainingInterrupted,
+    deterministic_mode,
+    train_one_epoch,
+)
+from .optim import build_optimizer, build_scheduler
 from .result import PreparedData, RunResult
 
 if TYPE_CHECKING:
     from ..ranking.result import Ranking
 
-__all__ = ["RunResult", "Trainer", "PreparedData"]
-# Names that lived here before the engine was split by concept; importable from here for one release.
-__all__ += ["train_one_epoch", "evaluate", "build_optimizer", "build_scheduler", "resolve_device", "save_model",
-            "eval_batch", "train_batches", "prefetch_batches", "fit_head", "score", "body_features",
-            "global_batches", "probe_batches", "EpochState", "StopRequest", "TrainingInterrupted",
-            "TrainingDiverged", "deterministic_mode", "predict_logits", "use_bf16", "RunConfig"]
+__all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
+_CONTEXT_NAMES = frozenset({f.name for f in fields(RunContext)} | {"probe"})
 
 
-class Trainer(Checkpoints, HeadFit, Outcome):
+class Trainer:
     """Owns a run: data preparation, the loop, evaluation, checkpoints and files.
 
     With the whole body frozen (``freeze="body"``, a linear probe) the body runs
@@ -71,64 +74,63 @@ class Trainer(Checkpoints, HeadFit, Outcome):
     batch through DistributedDataParallel, BatchNorm uses global-batch statistics,
     evaluation and feature caching are sharded, and only rank 0 logs and writes files.
 
+    ``model="auto"`` is resolved before a Trainer is made (:func:`transferlab.finetune`);
+    ``ranking`` is the ranking that picked ``config.model``, recorded with the run.
+
     >>> result = Trainer(make_config(data="hotdog", epochs=3)).fit()  # doctest: +SKIP
     """
 
     def __init__(self, config: RunConfig, quiet: bool = False, resume: bool = False,
                  dataset: Dataset | None = None, force: bool = False, overwrite: bool = False,
                  ranking: Ranking | None = None) -> None:
-        self.config = config.validate(force=force)
-        self.dist = distributed.context()
-        self.quiet = quiet or not self.dist.is_main
-        self.resume = resume
-        self.force, self.overwrite = force, overwrite
-        self.run_dir = Path(config.out) if config.out else None
-        self.start = time.perf_counter()
-        self.elapsed_before = 0.0
-        self.device = resolve_device(config.device)
-        if self.dist.enabled:
-            distributed.check_global_batch(config.batch_size, self.dist.world_size)
-            if self.device.type == "cuda":
-                if self.dist.local_rank >= torch.cuda.device_count():
-                    raise TransferlabError(f"LOCAL_RANK {self.dist.local_rank}: only {torch.cuda.device_count()} "
-                                           "GPUs here; start at most that many processes per node")
-                self.device = torch.device("cuda", self.dist.local_rank)
-        self.dataset = (dataset or resolve_data(config.data, config.seed, config.test_fraction)).with_validation(
-            config.carve_fraction, config.seed)
+        config = config.validate(force=force)
         if config.model == AUTO:
             raise TransferlabError(f"{opt('model', AUTO)} is chosen before a Trainer is made: use transferlab.finetune")
-        self.ranking = ranking  # the ranking that picked config.model (--model auto), recorded with the run
-        if config.select_metric == "roc_auc" and len(self.dataset.classes) != 2:
+        dist = distributed.context()
+        device = resolve_device(config.device)
+        if dist.enabled:
+            distributed.check_global_batch(config.batch_size, dist.world_size)
+            if device.type == "cuda":
+                if dist.local_rank >= torch.cuda.device_count():
+                    raise TransferlabError(f"LOCAL_RANK {dist.local_rank}: only {torch.cuda.device_count()} "
+                                           "GPUs here; start at most that many processes per node")
+                device = torch.device("cuda", dist.local_rank)
+        dataset = dataset.with_validation(config.carve_fraction, config.seed) if dataset else dataset_for(config)
+        if config.select_metric == "roc_auc" and len(dataset.classes) != 2:
             raise TransferlabError(f"{opt('select_metric', 'roc_auc')}: ROC-AUC needs two classes, "
-                                   f"{opt('data', config.data)} has {len(self.dataset.classes)}; choose loss, "
+                                   f"{opt('data', config.data)} has {len(dataset.classes)}; choose loss, "
                                    "accuracy, balanced_accuracy or macro_f1")
-        self.eval_split = "val" if self.dataset.val is not None else "test"  # what every epoch is scored on
+        weights: ResolvedWeights = resolve_weights(config.model, config.weights)
+        pre = weights.preprocessing.with_sizes(config.image_size, config.resize_size)
+        if pre.resize_size < pre.crop_size:
+            raise TransferlabError(f"{opt('resize_size', pre.resize_size)}: smaller than the crop "
+                                   f"({opt('image_size', pre.crop_size)}); the crop would be padded with black")
+        self.ctx = RunContext(config, dataset, weights, pre, replace(pre, crop_size=config.train_image_size or
+                                                                      pre.crop_size),
+                              device, dist, quiet or not dist.is_main, Path(config.out) if config.out else None)
+        self.resume, self.force, self.overwrite = resume, force, overwrite
+        self.ranking = ranking
         self.selector = Selector(config.selection, config.early_stopping)
-        self.weights: ResolvedWeights = resolve_weights(config.model, config.weights)
-        self.pre = self.weights.preprocessing.with_sizes(config.image_size, config.resize_size)
-        if self.pre.resize_size < self.pre.crop_size:
-            raise TransferlabError(f"{opt('resize_size', self.pre.resize_size)}: smaller than the crop "
-                                   f"({opt('image_size', self.pre.crop_size)}); the crop would be padded with black")
-        self.train_pre = replace(self.pre, crop_size=config.train_image_size or self.pre.crop_size)
-        # training crops come from inside the eval crop's square, or from the whole image
-        self.crop_region = crop_region_px(config.crop_region, self.pre.crop_size)
-        self.probe = config.freeze == "body"
-        self.history: list[dict[str, Any]] = []
-        # where training stands; all of it goes into checkpoints
-        self.epochs_done = 0
-        self.epoch_state = EpochState()
-        self.images_seen, self.train_seconds = 0, 0.0
-        self.zero_shot: float | None = None
-        self.warmup: dict[str, Any] | None = None  # the head warm-up: its curve and its score on eval_split
-        self.threads = torch.get_num_threads()
-        self.last_checkpoint: str | None = None
+        self.state = RunState(threads=torch.get_num_threads())
+        self.start = time.perf_counter()
+        self.console = Console(quiet=self.ctx.quiet)
         self.data: PreparedData | None = None  # set by prepare()
         self.test_paths: list[str] = []  # the test rows' files, relative to the data root
         self.predictions: list[dict[str, Any]] = []  # the final model on every test image
         self.body_passes = {"images": 0, "seconds": 0.0}  # what the body really computed for features
-        self.console = Console(quiet=self.quiet)
         self.train_features: list[torch.Tensor] = []  # a probe's cached features: one tensor per view
         self.eval_features: dict[str, torch.Tensor] = {}  # a probe's features of the val and test images
+
+    def __getattr__(self, name: str) -> Any:
+        """The run's fixed facts (``config``, ``dataset``, ``pre``, ``device``, ...) are the context's."""
+        if name in _CONTEXT_NAMES:
+            return getattr(self.ctx, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def warmup(self) -> dict[str, Any] | None:
+        """The head warm-up's record (its curve and its score on the eval split), once it ran."""
+        return self.state.warmup
 
     def say(self, msg: str, *args: Any) -> None:
         if self.dist.is_main:
@@ -186,14 +188,15 @@ class Trainer(Checkpoints, HeadFit, Outcome):
             self.data.val_images, self.data.val_labels, self.data.val_key = eval_batch(val[0], self.pre), *val[1:]
 
     def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start
+        """Wall seconds of the run, those before a resume included."""
+        return self.state.elapsed_before + time.perf_counter() - self.start
 
     def split_logits(self, model: TransferModel, split: str) -> torch.Tensor:
         """The model's logits on the eval crops of ``split`` ("val" or "test")."""
         num_classes = len(self.dataset.classes)
         images = self.data.eval_images(split)
         if self.probe:
-            return self._head_logits(model, self.eval_features[split])
+            return head_fit.head_logits(self.ctx, model, self.eval_features[split])
         if self.dist.enabled:  # each process predicts its shard of the images
             index = distributed.shard(len(images), self.dist)
             local = (predict_logits(model, images[index], self.pre, self.device, quiet=self.quiet,
@@ -203,6 +206,13 @@ class Trainer(Checkpoints, HeadFit, Outcome):
 
     def score_split(self, logits: torch.Tensor, split: str) -> dict[str, Any]:
         return metric_block(logits, self.data.eval_labels(split), self.dataset.classes, split)
+
+    def head_warmup(self, model: TransferModel) -> None:
+        """Fit the new head on cached body features before the body moves (:func:`.head_fit.head_warmup`)."""
+        record, line = head_fit.head_warmup(self.ctx, model, self.data, self._class_weights(), self.body_passes)
+        self.state.warmup = record
+        if line:
+            self.say("%s", line)
 
     def _wrap(self, model: TransferModel) -> nn.Module:
         """What the loop trains: the model (or, probing, its head), in DistributedDataParallel on several processes."""
@@ -219,11 +229,13 @@ class Trainer(Checkpoints, HeadFit, Outcome):
         if not (self.run_dir and self.dist.is_main):
             return self._fit_in_group()
         with rundir.locked(self.run_dir):
-            fresh = not (self.run_dir / rundir.CONFIG).exists()
+            fresh = not any((self.run_dir / name).exists() for name in rundir.RUN_FILES)
             try:
                 return self._fit_in_group()
             except BaseException:
-                if fresh:  # failed before its first checkpoint: nothing to resume, so nothing is kept
+                # failed before its first checkpoint: nothing to resume, so nothing is kept (a run it replaced
+                # with --overwrite comes back)
+                if fresh or (self.run_dir / rundir.REPLACED).is_dir():
                     rundir.discard_unstarted(self.run_dir)
                 raise
 
@@ -231,7 +243,7 @@ class Trainer(Checkpoints, HeadFit, Outcome):
         joined = False
         try:
             if self.config.deterministic:
-                with deterministic_mode(self.threads):
+                with deterministic_mode(self.state.threads):
                     joined = distributed.init_process_group(self.dist, self.device)
                     result = self._fit()
             else:
@@ -246,18 +258,19 @@ class Trainer(Checkpoints, HeadFit, Outcome):
         return result
 
     def _fit(self) -> RunResult:
-        cfg = self.config
+        cfg, state = self.config, self.state
         self.say("%s", self.dataset.describe())
         self.say("model %s, weights %s (%s), preprocessing crop %d resize %d %s, train crop %d, device %s %s%s",
                  cfg.model, self.weights.name, self.weights.source, self.pre.crop_size, self.pre.resize_size,
-                 self.pre.interpolation, self.train_pre.crop_size, self.device, self.precision_name,
+                 self.pre.interpolation, self.train_pre.crop_size, self.device, self.ctx.precision_name,
                  f", {self.dist.world_size} processes of {cfg.batch_size // self.dist.world_size} images"
                  if self.dist.enabled else "")
         if self.run_dir:
             rundir.check_run_dir(self.run_dir, cfg, self.resume, self.force, self.overwrite)
         model = self.prepare()
         if self.probe:
-            self._cache_features(model)
+            self.train_features, self.eval_features = head_fit.view_features(self.ctx, model, self.data,
+                                                                             self.body_passes)
         n_train = len(self.data.train_labels)
         steps = len(global_batches(torch.arange(n_train), cfg.batch_size, self.dist.world_size))
         if steps == 0:
@@ -267,6 +280,8 @@ class Trainer(Checkpoints, HeadFit, Outcome):
         scheduler = build_scheduler(cfg, optimizer, steps)
         loss_fn = nn.CrossEntropyLoss(weight=self._class_weights(), reduction="none",
                                       label_smoothing=cfg.label_smoothing).to(self.device)
+        step = Step(optimizer, scheduler, loss_fn, None if self.probe else self.train_pre, self.device,
+                    cfg.loss_reduction, self.dist.world_size, cfg.precision, "probe_lr" if self.probe else "lr")
         resumed = False
         if self.run_dir:
             if self.dist.is_main:
@@ -278,25 +293,26 @@ class Trainer(Checkpoints, HeadFit, Outcome):
                     if self.ranking is not None:
                         self.ranking.write(self.run_dir / rundir.RANKING)
             resumed = self.resume_checkpoint(model, optimizer, scheduler)
+            state = self.state
         if not resumed:
             if cfg.head_init == "imagenet":
-                split = self.eval_split
-                self.zero_shot = self.score_split(self.split_logits(model, split), split)["accuracy"]
-                self.say("zero-shot (head from ImageNet rows, before training): %s_acc %.3f", split, self.zero_shot)
+                split = self.ctx.eval_split
+                state.zero_shot = self.score_split(self.split_logits(model, split), split)["accuracy"]
+                self.say("zero-shot (head from ImageNet rows, before training): %s_acc %.3f", split, state.zero_shot)
             if not self.probe:
                 self.head_warmup(model)
             if self.dist.rank > 0:  # dropout masks differ between processes; rank 0 draws as one process would
                 torch.manual_seed(process_seed(cfg.seed, self.dist.rank))
         net = self._wrap(model)
         last: tuple[int, torch.Tensor] | None = None  # (epoch, test logits) when the epochs are scored on test
-        split = self.eval_split
+        split = self.ctx.eval_split
         with StopRequest() as stop:
-            for epoch in range(self.epochs_done + 1, cfg.epochs + 1):
+            for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
                 if self.selector.stopped_early:  # resumed after the stop
                     break
-                stats = self._train_epoch(net, model, optimizer, scheduler, loss_fn, epoch, steps, stop)
-                self.images_seen += stats["seen"]
-                self.train_seconds += stats["train_s"]
+                stats = self._train_epoch(net, model, step, epoch, steps, stop)
+                state.images_seen += stats["seen"]
+                state.train_seconds += stats["train_s"]
                 logits = self.split_logits(model, split)
                 block = self.score_split(logits, split)
                 last = (epoch, logits) if split == "test" else None
@@ -306,8 +322,8 @@ class Trainer(Checkpoints, HeadFit, Outcome):
                 if self.selector.metric not in (None, "loss", "accuracy"):
                     row[f"{split}_{self.selector.metric}"] = block.get(self.selector.metric)
                 row["wall_s"] = round(self.elapsed(), 3)
-                self.history.append(row)
-                self.epochs_done, self.epoch_state = epoch, EpochState()
+                state.history.append(row)
+                state.epochs_done, state.epoch_state = epoch, EpochState()
                 stopping = self.selector.update(epoch, block, model.net)
                 self.console.epoch(row, cfg.epochs, stats["train_images_per_s"])
                 if self.run_dir:
@@ -321,22 +337,27 @@ class Trainer(Checkpoints, HeadFit, Outcome):
                     break
                 if distributed.all_reduce_sum([stop()])[0] and epoch < cfg.epochs:
                     raise self._interrupted(stop, f"after epoch {epoch}/{cfg.epochs}")
-        metrics = self.final_metrics(model, last)
+        facts = {"elapsed": self.elapsed, "throughput": outcome.throughput(self.ctx, state, self.body_passes),
+                 "test_paths": self.test_paths, "ranking": self.ranking}
+        metrics, self.predictions = outcome.final_metrics(
+            self.ctx, model, self.data, state, self.selector, lambda s: self.split_logits(model, s), last, facts,
+            lambda line: self.say("%s", line))
+        self.console.done(metrics)
         if self.run_dir and self.dist.is_main:
             with rundir.writing(self.run_dir):
                 rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics, self.predictions)
-        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, self.history, model, self.predictions)
+        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, state.history, model, self.predictions)
 
     def _class_weights(self) -> torch.Tensor | None:
         if self.config.class_weights == "none":
             return None
         return class_weights(self.data.train_labels, len(self.dataset.classes))
 
-    def _train_epoch(self, net: nn.Module, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     loss_fn: nn.Module, epoch: int, steps: int, stop: StopRequest) -> dict[str, float]:
+    def _train_epoch(self, net: nn.Module, model: TransferModel, step: Step, epoch: int, steps: int,
+                     stop: StopRequest) -> dict[str, float]:
         """One epoch (or the rest of one, after a resume), checkpointing every ``checkpoint_every`` steps."""
         cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
-        state = self.epoch_state
+        state = self.state.epoch_state
         if self.probe:
             features = self.train_features[(epoch - 1) % len(self.train_features)]
             batches = probe_batches(features, self.data.train_labels, cfg.batch_size, cfg.seed, epoch, state.step,
@@ -344,30 +365,29 @@ class Trainer(Checkpoints, HeadFit, Outcome):
         else:
             batches = train_batches(self.data.train_images, self.data.train_labels, cfg.batch_size, self.train_pre,
                                     cfg.crop_scale, cfg.seed, epoch, state.step, rank, world,
-                                    prefetch=prefetch_batches(self.device), region=self.crop_region,
+                                    prefetch=prefetch_batches(self.device), region=self.ctx.crop_region,
                                     flips=cfg.flips)
 
         def after_step(state: EpochState, stopping: bool) -> None:
             done = (epoch - 1) * steps + state.step
             due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and state.step < steps
             if self.run_dir and (stopping or due):
-                self.save_checkpoint(model, optimizer, scheduler, epoch - 1, step=state.step)
+                self.save_checkpoint(model, step.optimizer, step.scheduler, epoch - 1, step=state.step)
             if stopping:
                 raise self._interrupted(stop, f"at epoch {epoch}/{cfg.epochs} step {state.step}/{steps}")
 
         if self.probe and cfg.head_fit == "logreg":
-            return self.logistic_epoch(model)
-        desc = f"epoch {epoch}/{cfg.epochs}"
+            stats, line = head_fit.logistic_epoch(self.ctx, model, self.train_features, self.data.train_labels)
+            self.say("%s", line)
+            return stats
         try:
-            stats = train_one_epoch(net, batches, steps, optimizer, scheduler, loss_fn,
-                                    None if self.probe else self.train_pre, self.device, desc=desc, quiet=self.quiet,
-                                    reduction=cfg.loss_reduction, world_size=world, state=state, stop=stop,
-                                    after_step=after_step, precision=cfg.precision,
-                                    lr_name="probe_lr" if self.probe else "lr")
+            stats = train_one_epoch(net, batches, steps, step, state, desc=f"epoch {epoch}/{cfg.epochs}",
+                                    quiet=self.quiet, stop=stop, after_step=after_step)
         except TrainingDiverged as exc:
             path = self.run_dir / rundir.CHECKPOINT if self.run_dir else None
-            kept = (f"the last good checkpoint (at {self.last_checkpoint}) is kept in {path}"
-                    if self.run_dir and self.last_checkpoint else "no checkpoint was written")
+            last = self.state.last_checkpoint
+            kept = (f"the last good checkpoint (at {last}) is kept in {path}"
+                    if self.run_dir and last else "no checkpoint was written")
             raise TrainingDiverged(f"{exc}; {kept}") from None
         return {**stats, "seen": state.seen}
 
@@ -378,9 +398,28 @@ class Trainer(Checkpoints, HeadFit, Outcome):
                                    self.run_dir)
 
     # -- files
+    def save_checkpoint(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                        epoch: int, step: int = 0) -> None:
+        """Save what a resume needs after ``epoch`` whole epochs and ``step`` steps (:func:`.checkpoint.save`)."""
+        checkpoint.save(self.ctx, self.state, model, optimizer, scheduler, self.selector, epoch, step, self.elapsed())
+
+    def resume_checkpoint(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> bool:
+        """Load the latest checkpoint into the model, optimizer, scheduler and this run's state; False if none."""
+        path = self.run_dir / rundir.CHECKPOINT
+        if not self.resume:
+            return False
+        if not path.is_file():
+            self.say("resume: no checkpoint in %s, starting from epoch 1", self.run_dir)
+            return False
+        self.state = checkpoint.restore(self.ctx, path, model, optimizer, scheduler, self.selector,
+                                        self.state.threads)
+        self.start = time.perf_counter()
+        self.write_history()  # the history of the checkpoint, not rows written after it
+        self.say("resuming %s from the checkpoint at %s", self.run_dir, self.state.last_checkpoint)
+        return True
+
     def write_history(self) -> None:
         if not self.dist.is_main:
             return
         with rundir.writing(self.run_dir):
-            rundir.write_history(self.run_dir, self.history)
-
+            rundir.write_history(self.run_dir, self.state.history)

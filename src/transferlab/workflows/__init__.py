@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._faces import lazy_face
 
-_EXPORTS = {  # module -> the public names it defines
+_EXPORTS = {  # module -> the public names it lends the package
     "finetuning": ("finetune", "resolve_model", "choose_model"),
     "compare": ("compare_scratch", "demo", "DEMO"),
     "study": ("run_study", "plan_study"),

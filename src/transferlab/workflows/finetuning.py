@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import rundir
 from ..config import AUTO, RunConfig, make_config
-from ..data.datasets import Dataset, resolve_data
+from ..data.datasets import Dataset, dataset_for
 from ..ranking import ranker
 from ..ranking.result import Ranking
 from ..train.result import RunResult
@@ -40,8 +40,7 @@ def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool 
     dataset = None
     if config.model == AUTO:  # the ranking scores the run's own training split (its validation carved off)
         config.validate(force=force)
-        dataset = resolve_data(config.data, config.seed, config.test_fraction).with_validation(
-            config.carve_fraction, config.seed)
+        dataset = dataset_for(config)
     saved = Path(config.out) / rundir.RANKING if config.out and resume else None
     config, ranking = resolve_model(config, saved, dataset, quiet, ranking)
     trainer = Trainer(config, quiet=quiet, resume=resume, force=force, overwrite=overwrite, dataset=dataset,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,9 +19,10 @@ from ..reporting.study import summarize_study, write_study_report
 from .finetuning import choose_model, finetune
 from .study_spec import Study, resolve_freeze
 
-__all__ = ["StudyRun", "plan_study", "run_study"]
+__all__ = ["StudyRun", "plan_study", "run_study", "check_study_dir", "STUDY_FILE"]
 
 log = logging.getLogger(__name__)
+STUDY_FILE = "study.json"  # what makes a folder a study's: the study, its base config and seeds
 
 
 # --------------------------------------------------------------------------- studies
@@ -89,11 +91,11 @@ def _preflight(study: Study, name: str, config: RunConfig) -> None:
     except TransferlabError as exc:
         raise TransferlabError(f"{where}: {exc} (or, in a study, half or all_but_last)") from None
     if config.head_init == "imagenet":
-        from ..data.datasets import resolve_data
+        from ..data.datasets import dataset_for
         from ..models.weights import imagenet_categories
         from ..train.head_init import resolve_head_map
 
-        classes = resolve_data(config.data, config.seed, config.test_fraction).classes
+        classes = dataset_for(config, validation=False).classes
         categories = imagenet_categories(config.model)
         try:
             resolve_head_map(classes, config.head_map, categories)
@@ -117,12 +119,13 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
     their checkpoint. Returns the summary.
     """
     out = Path(out)
+    check_study_dir(out)
     base, ranking = choose_model(base, out, quiet, echo)
     runs = plan_study(study, base, out, seeds)
     for run in runs:
         _check_same_config(run)
     say = echo or (lambda _line: None)
-    atomic_write_json(out / "study.json", {"study": study.to_dict(), "base_config": base.to_dict(),
+    atomic_write_json(out / STUDY_FILE, {"study": study.to_dict(), "base_config": base.to_dict(),
                                             "seeds": list(seeds)})
     start = time.perf_counter()
     todo = sum(not run.finished for run in runs)
@@ -146,6 +149,26 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
     files = write_study_report(out, summary)
     say(f"report: {files['html']} ({files['md'].name}, {files['summary'].name})")
     return summary
+
+
+def check_study_dir(out: Path) -> None:
+    """Refuse, with one line, a study folder that is not new, empty or a study's own (its ``study.json``).
+
+    A study writes ``summary.json``, ``report.md``, ``report.html`` and ``figures/`` at its top: never over a
+    run, and never over a folder of the user's own files.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TransferlabError(f"{opt('out', out)}: is a file; choose a folder for the study")
+    if rundir.RunDir(out).holds_run():
+        raise TransferlabError(f"{opt('out', out)}: holds a run, not a study; choose a new or empty folder")
+    entries = sorted(name for name in os.listdir(out) if not name.startswith("."))
+    study = _read_summary(out / STUDY_FILE)
+    if entries and entries != [rundir.RANKING] and not (isinstance(study, dict) and "study" in study):
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise TransferlabError(f"{opt('out', out)}: not empty and not a study ({shown}); choose a new or empty "
+                               "folder")
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, first_line, opt
 
 __all__ = ["Study", "BUILTIN_STUDIES", "STUDY_ALIASES", "SYMBOLIC_FREEZE", "load_study", "study_from_dict",
            "resolve_freeze", "list_studies"]
@@ -163,7 +163,7 @@ def _read(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise TransferlabError(f"{opt('spec', path)}: not valid YAML ({first})") from None
 
 

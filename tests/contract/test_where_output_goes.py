@@ -1,0 +1,155 @@
+"""Where output goes: no command modifies or deletes what the user wrote (a run that ``--overwrite`` names is
+replaced only once its replacement exists)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_image, run_cli
+
+from transferlab import rundir
+from transferlab.train.trainer import Trainer
+
+TINY = ("--image-size", 32, "--batch-size", 4, "--epochs", 1, "--quiet")
+
+
+def _copy_run(tiny_run, tmp_path: Path, name: str = "run") -> Path:
+    copy = tmp_path / name
+    shutil.copytree(tiny_run[0], copy)
+    return copy
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cache_clear_deletes_only_what_transferlab_wrote(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TRANSFERLAB_HOME", str(home))
+    users = {home / "datasets" / "mine" / "photo.jpg": b"mine", home / "downloads" / "notes.txt": b"notes",
+             home / "decoded" / "keep.txt": b"keep", home / "datasets" / "hotdog" / "a.jpg": b"no marker: not ours"}
+    for path, data in users.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    ours = [home / "decoded" / f"{'a' * 32}.safetensors", home / "features" / f"{'b' * 32}.safetensors",
+            home / "downloads" / "hotdog.zip", home / "datasets" / "elpv" / "train" / "x.png"]
+    for path in ours:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    (home / "datasets" / "elpv" / ".transferlab-made").touch()
+
+    proc = run_cli("cache", "--clear")
+    assert proc.returncode == 0, proc.stderr
+    assert all(path.read_bytes() == data for path, data in users.items())
+    assert not any(path.exists() for path in ours)
+    assert "kept 2 entries transferlab did not write" in proc.stdout  # datasets: mine, hotdog
+
+
+@pytest.mark.parametrize("name", ["config.json", "report.html", "metrics.json", "test_predictions.csv", "rank.json"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_the_users_files_named_like_a_runs_is_not_a_run(image_folder, tmp_path, name, overwrite):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text('{"title": "my own notes"}\n')
+    before = _snapshot(out)
+    proc = run_cli("train", "--data", image_folder, "--out", out, *TINY, *(["--overwrite"] if overwrite else []))
+    assert proc.returncode == 2
+    assert f"holds {name}, but not a run's" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert _snapshot(out) == before
+
+
+def test_overwrite_refuses_a_folder_of_other_files(image_folder, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = run_cli("train", "--data", image_folder, "--out", out, *TINY, "--overwrite")
+    assert proc.returncode == 2 and "not empty and not a run (notes.txt)" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tiny_run, tmp_path, monkeypatch):
+    run = _copy_run(tiny_run, tmp_path)
+    data = tiny_run[1]
+    before = _snapshot(run)
+
+    def fail(self, model):  # after the old files were set aside, before the first checkpoint
+        from transferlab.errors import TransferlabError
+
+        raise TransferlabError("the new run failed before its first checkpoint")
+
+    monkeypatch.setattr(Trainer, "head_warmup", fail)
+    proc = run_cli("train", "--data", data, "--out", run, "--image-size", 64, "--batch-size", 8, "--epochs", 1,
+                   "--quiet", "--overwrite")
+    assert proc.returncode == 2 and "failed before its first checkpoint" in proc.stderr
+    assert _snapshot(run) == before  # the old model, metrics and report, byte for byte
+    assert not (run / rundir.REPLACED).exists()
+
+    monkeypatch.undo()
+    proc = run_cli("train", "--data", data, "--out", run, "--image-size", 64, "--batch-size", 8, "--epochs", 1,
+                   "--quiet", "--overwrite", "--seed", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / rundir.CONFIG).read_text())["seed"] == 1 and rundir.is_finished(run)
+    assert not (run / rundir.REPLACED).exists()
+
+
+def test_a_lock_that_is_a_symbolic_link_is_refused(image_folder, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink(victim, out / rundir.LOCK)
+    proc = run_cli("train", "--data", image_folder, "--out", out, *TINY)
+    assert proc.returncode == 2 and "is a symbolic link, not transferlab's lock" in proc.stderr
+    assert victim.read_text() == "precious"
+
+
+def test_study_out_is_never_a_run_or_a_folder_of_the_users_files(tiny_run, image_folder, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report")
+    proc = run_cli("study", "--data", image_folder, "--out", mine, *TINY)
+    assert proc.returncode == 2 and "not empty and not a study (report.md)" in proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["report.md"]
+    run = _copy_run(tiny_run, tmp_path)
+    before = _snapshot(run)
+    proc = run_cli("study", "--data", image_folder, "--out", run, *TINY)
+    assert proc.returncode == 2 and "holds a run, not a study" in proc.stderr
+    assert _snapshot(run) == before
+
+
+def test_report_writes_only_into_a_run(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"theme": "dark"}')
+    proc = run_cli("report", mine)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["config.json"]
+
+
+def test_outputs_never_land_on_another_runs_files_an_input_or_a_foreign_sidecar(tiny_run, tmp_path):
+    run, _ = tiny_run
+    other = _copy_run(tiny_run, tmp_path, "other")
+    before = _snapshot(other)
+    for out in (other / rundir.MODEL, other / "config.ts"):  # config.ts: its sidecar would be other/config.json
+        proc = run_cli("export", run, "--format", "torchscript", "--out", out)
+        assert proc.returncode == 2 and "files of the run in" in proc.stderr, proc.stderr
+    proc = run_cli("predict", run, tmp_path / "x.png", "--out", other / rundir.MODEL)
+    assert proc.returncode == 2
+    assert _snapshot(other) == before
+
+    photo = make_image(tmp_path / "photos" / "a.png", (200, 40, 40))
+    data = photo.read_bytes()
+    proc = run_cli("predict", run, tmp_path / "photos", "--out", photo)
+    assert proc.returncode == 2 and "is one of the inputs" in proc.stderr
+    assert photo.read_bytes() == data
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"name": "my-app"}')
+    proc = run_cli("export", run, "--format", "torchscript", "--out", app / "package.ts")
+    assert proc.returncode == 2 and "is not the metadata of an export" in proc.stderr
+    assert (app / "package.json").read_text() == '{"name": "my-app"}' and not (app / "package.ts").exists()
