@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import TransferlabError, opt
+from .errors import TransferlabError, first_line, opt
 
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px", "FOLDS",
            "AUTO"]
@@ -20,6 +20,9 @@ PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
 AUTO = "auto"  # --model auto: rank the offline backbones first, then fine-tune the pick (workflows.finetuning)
+# The largest counts a run may ask for (a larger one only overflows or never ends).
+COUNT_CEILINGS = {"epochs": 100_000, "head_warmup_epochs": 100_000, "batch_size": 1 << 20, "probe_views": 1_000,
+                  "checkpoint_every": 1 << 40, "early_stopping": 100_000, "warmup_epochs": 100_000}
 FOLDS = 5  # probe cross-validation folds, ranking and --head-fit alike (fewer when a class has fewer images)
 FLIPS = ("none", "h", "hv", "d4")  # see RunConfig.flips; each adds one flip coin to the one before
 SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # see RunConfig.select_metric
@@ -173,9 +176,18 @@ class RunConfig:
             if value not in allowed:
                 raise TransferlabError(f"{opt(name)} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
                                        f"got {value!r}")
+        if self.head_map is not None and self.head_init != "imagenet":
+            raise TransferlabError(f"{opt('head_map')} maps ImageNet rows to classes: it needs "
+                                   f"{opt('head_init', 'imagenet')}")
         if self.head_init == "imagenet" and not self.pretrained:
             raise TransferlabError(f"{opt('head_init', 'imagenet')} needs pretrained weights, not "
                                    f"{opt('weights', 'none')}")
+        for name, ceiling in COUNT_CEILINGS.items():  # a count no run reaches overflows long before it ends
+            value = getattr(self, name)
+            if value > ceiling:
+                raise TransferlabError(f"{opt(name, value)}: over {ceiling:,}, more than any run can use; lower it")
+        if self.warmup_epochs < 0:
+            raise TransferlabError(f"{opt('warmup_epochs')} must not be negative, got {self.warmup_epochs}")
         if self.weight_decay < 0 or self.momentum < 0 or self.head_warmup_epochs < 0:
             raise TransferlabError(f"{opt('weight_decay')}, {opt('momentum')} and {opt('head_warmup_epochs')} must not "
                                    "be negative")
@@ -250,8 +262,8 @@ class RunConfig:
         path = Path(path)
         try:
             values = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise TransferlabError(f"{path}: cannot read run config ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise TransferlabError(f"{path}: cannot read run config ({first_line(exc, 200)})") from None
         return cls.from_dict(upgrade(values) if isinstance(values, dict) else values, source=str(path))
 
 

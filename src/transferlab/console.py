@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from .errors import render
+
 __all__ = ["Console", "in_notebook", "progress", "close_bars", "setup_logging"]
 
 log = logging.getLogger("transferlab.train")
@@ -46,10 +48,11 @@ class Console:
         """One line: logged, and printed in a notebook."""
         if self.quiet:
             return
+        text = render(msg % args if args else msg, cli=not self.notebook)  # options as flags, or as parameters
         if self.notebook:
-            print(msg % args if args else msg, flush=True)
+            print(text, flush=True)
         else:
-            log.info(msg, *args)
+            log.info("%s", text)
 
     def epoch(self, row: dict[str, Any], epochs: int, images_per_s: float) -> None:
         """An epoch's row: a log line in a terminal, a new row of the table in a notebook."""

@@ -87,8 +87,8 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         values = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TransferlabError(f"{path}: cannot read run config ({exc}); delete it or choose another "
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TransferlabError(f"{path}: cannot read run config ({first_line(exc, 200)}); delete it or choose another "
                                f"{opt('out')}") from None
     if not isinstance(values, dict):
         raise TransferlabError(f"{path}: not a run config; delete it or choose another {opt('out')}")
@@ -213,7 +213,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         for key in ("model", "optimizer", "scheduler", "epoch", "history", "elapsed"):
             state[key]  # noqa: B018 - a KeyError names the missing entry
     except Exception as exc:  # noqa: BLE001
-        reason = first_line(exc)  # an empty file: EOFError()
+        reason = first_line(exc, 200)  # an empty file: EOFError()
+        if "weights_only" in str(exc) or "Weights only" in str(exc):  # never pass on torch's advice to unpickle
+            reason = "it is truncated, or holds pickled objects besides tensors, which are never loaded"
         raise TransferlabError(f"{path}: cannot resume from this checkpoint ({reason}); "
                                "delete it to start over") from None
     return state

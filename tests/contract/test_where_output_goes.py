@@ -153,3 +153,104 @@ def test_outputs_never_land_on_another_runs_files_an_input_or_a_foreign_sidecar(
     proc = run_cli("export", run, "--format", "torchscript", "--out", app / "package.ts")
     assert proc.returncode == 2 and "is not the metadata of an export" in proc.stderr
     assert (app / "package.json").read_text() == '{"name": "my-app"}' and not (app / "package.ts").exists()
+
+
+@pytest.mark.parametrize("args, gist", [
+    (("--batch-size", "99999999999999999999"), "--batch-size 99999999999999999999: over 1,048,576"),
+    (("--epochs", str(10**20)), "--epochs 100000000000000000000: over 100,000"),
+    (("--head-warmup-epochs", str(10**20)), "--head-warmup-epochs 100000000000000000000: over 100,000"),
+    (("--probe-views", str(10**20)), "--probe-views 100000000000000000000: over 1,000"),
+    (("--warmup-epochs", "-5"), "--warmup-epochs must not be negative"),
+])
+def test_counts_no_run_can_use_are_one_line(image_folder, tmp_path, args, gist):
+    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *args)
+    assert proc.returncode == 2 and gist in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_config_nested_beyond_recursion_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("[" * 100_000 + "]" * 100_000)
+    proc = run_cli("train", "--out", run, "--resume")
+    assert proc.returncode == 2 and "cannot read run config" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_rank_checks_its_output_before_ranking(image_folder, tmp_path):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    proc = run_cli("rank", "--data", image_folder, "--out", taken)
+    assert proc.returncode == 2 and "is a file; give a folder for rank.json" in proc.stderr
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / rundir.RANKING).write_text('{"my": "notes"}')
+    proc = run_cli("rank", "--data", image_folder, "--out", folder)
+    assert proc.returncode == 2 and "is not a ranking of transferlab" in proc.stderr
+    assert (folder / rundir.RANKING).read_text() == '{"my": "notes"}'
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "1e9"])
+def test_serve_refuses_an_upload_limit_it_cannot_keep(tiny_run, value):
+    proc = run_cli("serve", tiny_run[0], "--max-upload-mb", value)
+    assert proc.returncode == 2 and "--max-upload-mb must be a positive number of megabytes" in proc.stderr
+
+
+def test_one_class_is_refused_at_training_and_a_val_file_is_not_ignored(tmp_path):
+    from conftest import make_folder
+
+    one = make_folder(tmp_path / "one", {"train": 3, "val": 2}, classes={"red": (200, 40, 40)})
+    proc = run_cli("train", "--data", one, "--out", tmp_path / "run1", *TINY)
+    assert proc.returncode == 2 and "only one class (red)" in proc.stderr
+    data = make_folder(tmp_path / "two", {"train": 3})
+    (data / "val").write_text("not a folder")
+    proc = run_cli("train", "--data", data, "--out", tmp_path / "run2", *TINY)
+    assert proc.returncode == 2 and "val is a file, not a folder of class folders" in proc.stderr
+    proc = run_cli("train", "--data", data / "val", "--out", tmp_path / "run3", *TINY)
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
+
+
+def test_serve_host_is_checked_and_every_127_address_is_loopback(tiny_run):
+    from transferlab.inference.serve import is_loopback
+
+    proc = run_cli("serve", tiny_run[0], "--host", "")
+    assert proc.returncode == 2 and "--host: empty" in proc.stderr
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+
+
+def test_resume_with_overwrite_and_a_head_map_without_its_head_are_refused(image_folder, tmp_path):
+    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *TINY, "--resume", "--overwrite")
+    assert proc.returncode == 2 and "--resume and --overwrite: choose one" in proc.stderr
+    from transferlab.config import make_config
+    from transferlab.errors import TransferlabError
+
+    with pytest.raises(TransferlabError, match="head_map= maps ImageNet rows to classes: it needs head_init="):
+        make_config(data=str(image_folder), head_map={"red": [1]}).validate()
+
+
+@pytest.mark.parametrize("cut", [0, 200])
+def test_a_truncated_or_pickled_checkpoint_never_suggests_unpickling(tiny_run, tmp_path, cut):
+    from fractions import Fraction
+
+    import torch
+
+    run = _copy_run(tiny_run, tmp_path)
+    (run / rundir.MODEL).unlink()
+    (run / "metrics.json").unlink()
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1, "note": Fraction(1, 3)}, run / "full.pt")
+    data = (run / "full.pt").read_bytes()
+    (run / rundir.CHECKPOINT).write_bytes(data[:len(data) - cut])
+    (run / "full.pt").unlink()
+    proc = run_cli("train", "--out", run, "--resume", "--quiet")
+    assert proc.returncode == 2 and "cannot resume from this checkpoint" in proc.stderr
+    assert "weights_only" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_no_line_a_run_prints_carries_a_control_byte(image_folder, tmp_path):
+    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", "--image-size", 32, "--batch-size", 4,
+                   "--epochs", 1, "--head-warmup-epochs", 1)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "keeping the last epoch (no selection; --select-metric or --early-stopping choose" in text
+    assert not [c for c in text if ord(c) < 32 and c not in "\n\t"], repr(text[:300])

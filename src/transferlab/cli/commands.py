@@ -240,6 +240,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     config = make_config(args.preset, **overrides)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     out = Path(args.out or f"runs/rank-{Path(config.data).name}")
+    _check_rank_out(out)  # before the ranking's minutes, not after them
     ranking = rank(config, models=models, budget=args.budget, logme_too=args.logme, quiet=args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     path = ranking.write(out / RANKING)
@@ -247,6 +248,21 @@ def cmd_rank(args: argparse.Namespace) -> int:
     print(f"picked {ranking.picked}: {ranking.reason}; ranked in {ranking.seconds:.0f} s; {path}")
     print(json.dumps({"picked": ranking.picked, "rank_json": str(path), "seconds": ranking.seconds}))
     return 0
+
+
+def _check_rank_out(out: Path) -> None:
+    """``rank --out``: a folder (new, or holding no file named like ours that is not a ranking)."""
+    from ..ranking.result import Ranking
+    from ..rundir import RANKING
+
+    if out.exists() and not out.is_dir():
+        raise TransferlabError(f"--out {out}: is a file; give a folder for {RANKING}")
+    if (out / RANKING).exists():
+        try:
+            Ranking.read(out / RANKING)
+        except TransferlabError:
+            raise TransferlabError(f"--out {out}: {out / RANKING} is not a ranking of transferlab; choose another "
+                                   "--out") from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -256,15 +256,22 @@ def stratified_split(strata: Sequence[object], fraction: float, seed: int) -> tu
 
 def _from_folder(root: Path, name: str, seed: int, test_fraction: float) -> Dataset:
     if not root.is_dir():
-        raise TransferlabError(f"{opt('data', root)}: no such directory; give an ImageFolder root "
+        what = "is a file, not a folder" if root.exists() else "no such directory"
+        raise TransferlabError(f"{opt('data', root)}: {what}; give an ImageFolder root "
                                "(train/ and val/ or test/), or elpv, or hotdog")
     train_dir = root / "train"
     if not train_dir.is_dir():
         train_dir = root
     classes, train = scan_folder(train_dir)
+    if len(classes) < 2:
+        raise TransferlabError(f"{opt('data', root)}: only one class ({', '.join(classes) or '-'}); a classifier "
+                               "needs at least two")
     found = {}
     for test_name in ("val", "test"):
         test_dir = root / test_name
+        if train_dir != root and test_dir.exists() and not test_dir.is_dir():
+            raise TransferlabError(f"{opt('data', root)}: {test_name} is a file, not a folder of class folders; "
+                                   "rename or remove it")
         if train_dir != root and test_dir.is_dir():
             test_classes, test = scan_folder(test_dir)
             if test_classes != classes:
@@ -280,8 +287,6 @@ def _from_folder(root: Path, name: str, seed: int, test_fraction: float) -> Data
                        "val" if "val" in found else None)
     if "val" in found:  # train/ + val/: val/ is what the run is tested on
         return Dataset(name, root, classes, train, found["val"], "val")
-    if len(classes) < 2:
-        raise TransferlabError(f"{opt('data', root)}: only one class ({classes[0]}); a classifier needs at least two")
     small = [c for c, n in zip(classes, np.bincount(train.labels, minlength=len(classes))) if n < 2]
     if small:
         raise TransferlabError(f"{opt('data', root)}: too few images to split off a test set in {small} "

@@ -9,6 +9,7 @@ limits, 415 for a file that is no image, 400 for a broken request or image.
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at run time,
 # and ``Request`` is imported inside create_app (so that a missing extra is a one-line error).
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
@@ -31,6 +32,7 @@ __all__ = ["DEFAULT_MAX_UPLOAD_MB", "ApiError", "is_hotdog_model", "headline", "
 
 log = logging.getLogger(__name__)
 
+MAX_UPLOAD_CEILING_MB = 4096  # one upload is one image: more only invites memory exhaustion
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DECODERS = 2  # uploads decoded at once
 UPLOAD_STATUS = {"not_image": 415, "too_large": 413}  # other unusable uploads: 400
@@ -127,8 +129,9 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
 
     ``allowed_hosts``: the Host header names (port aside) a request may carry; None accepts any.
     """
-    if not max_upload_mb > 0:
-        raise TransferlabError(f"{opt('max_upload_mb')} must be positive, got {max_upload_mb}")
+    if not 0 < max_upload_mb <= MAX_UPLOAD_CEILING_MB:
+        raise TransferlabError(f"{opt('max_upload_mb')} must be a positive number of megabytes up to "
+                               f"{MAX_UPLOAD_CEILING_MB:,}, got {max_upload_mb}")
     max_pixels = images.max_pixels() if max_pixels is None else max_pixels
     if max_pixels <= 0:
         raise TransferlabError(f"{opt('max_pixels', max_pixels)}: must be positive")
@@ -282,6 +285,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is an address of this machine alone (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = None,
           device: str = "auto", allowed_hosts: Sequence[str] | None = None) -> None:
@@ -289,8 +302,12 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     ``allowed_hosts`` defaults to the loopback names when listening on a loopback address, else any.
     """
-    if allowed_hosts is None and host in LOOPBACK:
-        allowed_hosts = LOOPBACK
+    if not host.strip():
+        raise TransferlabError(f"{opt('host')}: empty; give the address to listen on (127.0.0.1: this machine only, "
+                               "0.0.0.0: every interface)")
+    loopback = is_loopback(host)
+    if allowed_hosts is None and loopback:
+        allowed_hosts = LOOPBACK if host in LOOPBACK else (*LOOPBACK, host)
     if not 0 <= port <= 65535:
         raise TransferlabError(f"{opt('port', port)}: choose a port between 1 and 65535 (0 = any free port)")
     try:
@@ -305,7 +322,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         sock.close()
         raise
     bound = sock.getsockname()[1]
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not loopback:
         log.warning("listening on %s: anyone who can reach this machine can use the model", host)
     shown = f"[{host}]" if ":" in host else host
     print(f"transferlab: serving {run_dir} on http://{shown}:{bound}/ (Ctrl+C stops)", flush=True)

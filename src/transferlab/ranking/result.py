@@ -80,7 +80,7 @@ class Ranking:
     def read(cls, path: str | Path) -> Ranking:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise TransferlabError(f"{path}: not a readable ranking ({type(exc).__name__}); delete it to rank "
                                    "again") from None
 

@@ -84,6 +84,9 @@ class Trainer:
                  dataset: Dataset | None = None, force: bool = False, overwrite: bool = False,
                  ranking: Ranking | None = None) -> None:
         config = config.validate(force=force)
+        if resume and overwrite:
+            raise TransferlabError(f"{opt('resume')} and {opt('overwrite')}: choose one (continue the run, or "
+                                   "replace it)")
         if config.model == AUTO:
             raise TransferlabError(f"{opt('model', AUTO)} is chosen before a Trainer is made: use transferlab.finetune")
         dist = distributed.context()
