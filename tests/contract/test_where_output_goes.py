@@ -254,3 +254,28 @@ def test_no_line_a_run_prints_carries_a_control_byte(image_folder, tmp_path):
     text = proc.stdout + proc.stderr
     assert "keeping the last epoch (no selection; --select-metric or --early-stopping choose" in text
     assert not [c for c in text if ord(c) < 32 and c not in "\n\t"], repr(text[:300])
+
+
+@pytest.mark.parametrize("edit, gist", [
+    ({"preprocessing": {"mean": "abc"}}, "is not usable"),
+    ({"preprocessing": {"crop_size": 4096, "resize_size": 4096}}, "is not usable"),
+    ({"class_names": ["a", "b", "c"]}, "class_names names 3 classes and the head has 2 outputs"),
+    ({"class_names": [f"c{i}" for i in range(100_001)]}, "class_names names 100001 classes"),
+])
+def test_model_metadata_is_checked_against_its_tensors_before_anything_is_allocated(tiny_run, tmp_path, edit, gist):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = _copy_run(tiny_run, tmp_path)
+    with safe_open(str(run / rundir.MODEL), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    if "preprocessing" in edit:
+        meta["preprocessing"] = json.dumps({**json.loads(meta["preprocessing"]), **edit["preprocessing"]})
+    else:
+        meta["class_names"] = json.dumps(edit["class_names"])
+    save_file(tensors, run / rundir.MODEL, metadata=meta)
+    image = make_image(tmp_path / "x.png", (200, 40, 40))
+    for args in (("predict", run, image), ("export", run, "--format", "torchscript", "--out", tmp_path / "m.ts")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and gist in proc.stderr and "not a transferlab model file" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

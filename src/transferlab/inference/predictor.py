@@ -9,6 +9,7 @@ bottom-right), all ``crop_size`` square.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .. import rundir
-from ..config import PRECISIONS
+from ..config import MAX_IMAGE_SIZE, PRECISIONS
 from ..data.datasets import IMAGE_EXTENSIONS, dataset_for, split_difference
 from ..data.images import ImageError
 from ..data.transforms import Preprocessing, decode_one, resize_shorter
@@ -163,7 +164,11 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
+            head = f"{meta['head']}.weight"
+            head_rows = fh.get_slice(head).get_shape()[0] if head in fh.keys() else None
         classes = tuple(json.loads(meta["class_names"]))
+        if len(classes) > MAX_CLASSES or (head_rows is not None and head_rows != len(classes)):
+            raise TransferlabError(f"class_names names {len(classes)} classes and the head has {head_rows} outputs")
         pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
         model_name = meta["model"]
         precision = precision or json.loads(meta.get("config", "{}")).get("precision", "fp32")
@@ -189,11 +194,18 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
                      precision)
 
 
+MAX_CLASSES = 100_000  # a model file naming more is not one transferlab wrote
+
+
 def _check_metadata(classes: tuple[str, ...], pre: Preprocessing, precision: str) -> None:
     if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
         raise TransferlabError(f"class_names {list(classes)!r} are not two or more distinct names")
-    if not (0 < pre.crop_size <= pre.resize_size <= 4096) or len(pre.mean) != 3 or len(pre.std) != 3 \
-            or not all(s > 0 for s in pre.std):
+    numbers = [*pre.mean, *pre.std] if isinstance(pre.mean, (list, tuple)) and isinstance(pre.std, (list, tuple)) \
+        else []
+    if not (isinstance(pre.crop_size, int) and isinstance(pre.resize_size, int)
+            and 0 < pre.crop_size <= pre.resize_size <= MAX_IMAGE_SIZE) or len(numbers) != 6 \
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) \
+            or not all(v > 0 for v in pre.std):
         raise TransferlabError(f"preprocessing {pre.to_dict()} is not usable")
     pre.mode  # noqa: B018 - an unknown interpolation raises ValueError
     if precision not in PRECISIONS:
