@@ -279,3 +279,13 @@ def test_model_metadata_is_checked_against_its_tensors_before_anything_is_alloca
         proc = run_cli(*args)
         assert proc.returncode == 2 and gist in proc.stderr and "not a transferlab model file" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_strip_image_is_refused_before_it_is_resized(tiny_run, tmp_path):
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (300_000, 1)).save(strip)
+    assert strip.stat().st_size < 5_000
+    proc = run_cli("predict", tiny_run[0], strip)
+    assert proc.returncode == 2 and "longer than 50:1" in proc.stdout + proc.stderr

@@ -25,9 +25,8 @@ from ..errors import TransferlabError, first_line
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS", "ImageError", "ImageSource", "max_pixels", "open_header", "to_rgb",
-           "load_rgb",
-           "to_tensor"]
+__all__ = ["MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS", "MAX_ASPECT", "ImageError", "ImageSource", "max_pixels",
+           "open_header", "to_rgb", "load_rgb", "to_tensor"]
 
 MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9,459 x 9,459)
@@ -41,6 +40,11 @@ class ImageError(TransferlabError):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+# The most elongated image accepted: resizing the shorter side of a 300000x1 strip to 256 px would need
+# ~230 GB, so the decoded size is bounded by the resize, not only by the source's pixel count.
+MAX_ASPECT = 50
 
 
 def max_pixels() -> int:
@@ -107,6 +111,16 @@ def _unusable(name: str, exc: BaseException, advice: str) -> ImageError:
     return ImageError(f"{name}: cannot decode ({reason}); the file is truncated or damaged; {advice}", "damaged")
 
 
+def _check_shape(name: str, width: int, height: int, limit: int, too_large: str, advice: str) -> None:
+    """Refuse, before decoding, an image over the pixel limit or so elongated that resizing it would not fit."""
+    if width * height > limit:
+        raise ImageError(f"{name}: {width}x{height} = {width * height} pixels is over the limit of "
+                         f"{limit}; {too_large}", "too_large")
+    if max(width, height) > MAX_ASPECT * min(width, height):  # resized, its long side would be enormous
+        raise ImageError(f"{name}: {width}x{height} pixels, longer than {MAX_ASPECT}:1; no classifier reads "
+                         f"such a strip: crop it, or {advice}", "too_large")
+
+
 def load_rgb(source: ImageSource, limit: int | None = None, name: str | None = None,
              reduce_to: int | None = None) -> Image.Image:
     """Decode a file, bytes or PIL image fully as 8-bit RGB, or raise a one-line :class:`ImageError`.
@@ -119,6 +133,7 @@ def load_rgb(source: ImageSource, limit: int | None = None, name: str | None = N
     """
     limit = max_pixels() if limit is None else limit
     if isinstance(source, Image.Image):
+        _check_shape(name or "the image", *source.size, limit, "pass a smaller image", "pass another image")
         return to_rgb(source)
     if isinstance(source, bytes):
         name, advice, size = name or "the image", "send another image", len(source)
@@ -134,9 +149,7 @@ def load_rgb(source: ImageSource, limit: int | None = None, name: str | None = N
             raise ImageError(f"{name}: empty file (0 bytes); {advice}", "empty")
         with open_header(source) as img:
             width, height = img.size
-            if width * height > limit:
-                raise ImageError(f"{name}: {width}x{height} = {width * height} pixels is over the limit of "
-                                 f"{limit}; {too_large}", "too_large")
+            _check_shape(name, width, height, limit, too_large, advice)
             if reduce_to and min(width, height) > 2 * reduce_to:
                 img.draft("RGB", (2 * reduce_to, 2 * reduce_to))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             img.load()  # Pillow is lazy: decode everything here, so truncated data fails inside this try
