@@ -289,3 +289,28 @@ def test_a_strip_image_is_refused_before_it_is_resized(tiny_run, tmp_path):
     assert strip.stat().st_size < 5_000
     proc = run_cli("predict", tiny_run[0], strip)
     assert proc.returncode == 2 and "longer than 50:1" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_memory_check_reads_the_containers_limit(tmp_path, version):
+    from transferlab.data.cache import available_memory, cgroup_headroom
+
+    root = tmp_path / "cgroup"
+    if version == 2:
+        job = root / "kubepods" / "pod1"
+        job.mkdir(parents=True)
+        (job / "memory.max").write_text(f"{512 << 20}\n")
+        (job / "memory.current").write_text(f"{112 << 20}\n")
+        (root / "kubepods" / "memory.max").write_text("max\n")
+        own = "0::/kubepods/pod1\n"
+    else:
+        job = root / "memory" / "docker" / "abc"
+        job.mkdir(parents=True)
+        (job / "memory.limit_in_bytes").write_text(f"{512 << 20}\n")
+        (job / "memory.usage_in_bytes").write_text(f"{112 << 20}\n")
+        own = "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n"
+    (tmp_path / "self").write_text(own)
+    assert cgroup_headroom(root, tmp_path / "self") == 400 << 20
+    assert available_memory(root, tmp_path / "self") == 400 << 20  # less than the machine's
+    (tmp_path / "none").write_text("0::/\n")
+    assert cgroup_headroom(root, tmp_path / "none") is None

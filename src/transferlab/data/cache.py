@@ -200,16 +200,57 @@ def decoded_bytes(paths: Sequence[Path], pre: Preprocessing) -> int:
     return total
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None where unknown."""
+def available_memory(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                     own_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes of memory available to new allocations, or None where unknown: the machine's ``MemAvailable``,
+    or less where this process's cgroup (Docker, Kubernetes, SLURM; v1 or v2) allows less."""
+    found = []
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    headroom = cgroup_headroom(cgroup_root, own_cgroup)
+    if headroom is not None:
+        found.append(headroom)
+    return min(found) if found else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (v2) or garbage: no limit
+
+
+def cgroup_headroom(cgroup_root: Path, own_cgroup: Path) -> int | None:
+    """Limit minus usage of the tightest memory cgroup this process is in (its own and every parent), or None."""
+    try:
+        lines = own_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    folders = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2, the unified hierarchy
+            folders.append((cgroup_root / path.lstrip("/"), "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):  # v1
+            folders.append((cgroup_root / "memory" / path.lstrip("/"), "memory.limit_in_bytes",
+                            "memory.usage_in_bytes"))
+    room = []
+    for folder, limit_name, usage_name in folders:
+        top = cgroup_root if limit_name == "memory.max" else cgroup_root / "memory"
+        while True:
+            limit, usage = _read_int(folder / limit_name), _read_int(folder / usage_name)
+            if limit is not None and limit < 1 << 60 and usage is not None:  # v1 says "no limit" with ~2**63
+                room.append(max(limit - usage, 0))
+            if folder == top or top not in folder.parents:
+                break
+            folder = folder.parent
+    return min(room) if room else None
 
 
 def check_memory(paths: Sequence[Path], pre: Preprocessing, share: float = 0.8) -> None:
