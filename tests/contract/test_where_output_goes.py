@@ -314,3 +314,14 @@ def test_the_memory_check_reads_the_containers_limit(tmp_path, version):
     assert available_memory(root, tmp_path / "self") == 400 << 20  # less than the machine's
     (tmp_path / "none").write_text("0::/\n")
     assert cgroup_headroom(root, tmp_path / "none") is None
+
+
+def test_nproc_checks_its_data_and_the_cores_before_starting_a_process(image_folder, tmp_path, monkeypatch):
+    import transferlab.train.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("processes were started"))
+    proc = run_cli("train", "--nproc", 2, "--data", tmp_path / "nope", "--out", tmp_path / "run", "--quiet")
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
+    proc = run_cli("train", "--nproc", (os.cpu_count() or 1) + 1, "--data", image_folder, "--out", tmp_path / "run",
+                   "--batch-size", 64, "--quiet")
+    assert proc.returncode == 2 and "more processes than the" in proc.stderr

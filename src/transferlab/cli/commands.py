@@ -129,6 +129,12 @@ def _version() -> str:
     return f"transferlab {__version__}"
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
     """The train command line that ``args`` came from, without --nproc (what each launched process runs)."""
     argv = ["train"]
@@ -152,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .. import rundir
     from ..config import make_config
+    from ..data.datasets import dataset_for
     from ..train.distributed import RESUME_ENV, check_global_batch, context, launch
     from ..train.loop import TrainingDiverged, TrainingInterrupted
     from ..workflows.finetuning import finetune
@@ -174,7 +181,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ctx.is_main:
         renamed_notice(overrides)
     if args.nproc and args.nproc > 1:
+        cores = os.cpu_count() or 1
+        if args.nproc > cores and config.device in ("auto", "cpu") and not _has_cuda():
+            raise TransferlabError(f"--nproc {args.nproc}: more processes than the {cores} cores here; start at "
+                                   f"most {cores}")
         check_global_batch(config.batch_size, args.nproc)
+        config.validate(force=args.force)
+        dataset_for(config, validation=False)  # a bad --data is one line here, not one per process
         again = f"transferlab train --nproc {args.nproc} --out {shlex.quote(str(out))} --resume"
         return launch(args.nproc, _worker_argv(args, out), again)
     try:
