@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TransferlabError", "opt", "render", "first_line"]
+__all__ = ["TransferlabError", "WriteError", "opt", "render", "first_line"]
 
 _MARK, _SEP = "\x1f", "\x1e"
 _NO_VALUE = object()
@@ -79,3 +79,13 @@ class TransferlabError(Exception):
 
     def cli_message(self) -> str:
         return render(self.raw, cli=True)
+
+
+class WriteError(TransferlabError, OSError):
+    """A file that could not be written (read-only, permission denied, disk full): one line for the user, and
+    still an :class:`OSError` for code that handles those (its ``errno`` and ``strerror`` are the cause's)."""
+
+    def __init__(self, path: object, cause: BaseException) -> None:
+        strerror = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause, 200)
+        OSError.__init__(self, getattr(cause, "errno", None) or 0, strerror)
+        self.args = (f"{path}: cannot write ({strerror}); free space, fix the permissions, or write elsewhere",)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import TransferlabError, WriteError
+
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
            "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache",
            "own_entries", "MADE_HERE"]
@@ -28,8 +30,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     A reader sees either the old file or the complete new one, never a partial write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # read-only, permission denied, under a file
+        raise WriteError(path, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -40,10 +45,19 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, TransferlabError) or _disk_full(exc):
+            raise WriteError(path, exc) from None  # the file at ``path`` is as it was
         raise
     return path
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A writer's own error for a full disk or a failed write (torch.save: RuntimeError; safetensors' error)."""
+    text = str(exc)
+    return not isinstance(exc, TransferlabError) and any(
+        gist in text for gist in ("No space left", "os error 28", "file write failed", "Disk quota exceeded"))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -58,7 +72,11 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def cache_dir(*parts: str) -> Path:
     """``$TRANSFERLAB_HOME`` (default ``~/.cache/transferlab``) joined with ``parts``, created."""
     path = _home().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferlabError(f"{path}: cannot create the cache folder ({exc.strerror or exc}); set "
+                               "TRANSFERLAB_HOME to a folder you can write") from None
     return path
 
 

@@ -309,8 +309,9 @@ def writing(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        kept = f"; the last checkpoint is kept in {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).is_file() else ""
         raise TransferlabError(f"{opt('out', run_dir)}: cannot write ({exc.strerror or exc}); free space, fix the "
-                               f"permissions, or choose another {opt('out')}") from None
+                               f"permissions, or choose another {opt('out')}{kept}") from None
 
 
 @contextmanager

@@ -325,3 +325,49 @@ def test_nproc_checks_its_data_and_the_cores_before_starting_a_process(image_fol
     proc = run_cli("train", "--nproc", (os.cpu_count() or 1) + 1, "--data", image_folder, "--out", tmp_path / "run",
                    "--batch-size", 64, "--quiet")
     assert proc.returncode == 2 and "more processes than the" in proc.stderr
+
+
+def test_a_full_disk_is_one_line_from_any_writer_and_the_old_file_stays(tmp_path):
+    from transferlab.errors import TransferlabError
+    from transferlab.files import atomic_write, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "kept.txt", "old")
+
+    def full(tmp: str) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: file write failed")
+
+    with pytest.raises(OSError) as info:  # still an OSError for code that handles those
+        atomic_write(target, full)
+    assert isinstance(info.value, TransferlabError) and "cannot write" in str(info.value)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
+
+    def safetensors_full(tmp: str) -> None:
+        raise Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
+                        "on device\" })")
+
+    with pytest.raises(TransferlabError, match="cannot write"):
+        atomic_write(target, safetensors_full)
+
+    def bug(tmp: str) -> None:
+        raise ValueError("a writer's own bug")
+
+    with pytest.raises(ValueError, match="own bug"):  # not a full disk: it stays what it is
+        atomic_write(target, bug)
+
+
+def test_outputs_into_a_folder_that_cannot_be_written_are_one_line(tiny_run, tmp_path, monkeypatch):
+    import tempfile
+
+    run, _ = tiny_run
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    image = make_image(tmp_path / "x.png", (200, 40, 40))
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    for args in (("export", run, "--format", "torchscript", "--out", tmp_path / "ro" / "m.ts"),
+                 ("predict", run, image, "--out", tmp_path / "ro" / "rows.json"),
+                 ("report", _copy_run(tiny_run, tmp_path))):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "cannot write (Permission denied)" in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
