@@ -15,6 +15,8 @@ __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrad
            "AUTO"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
+WEIGHT_DECAY_CEILING = 1.0  # likewise the weight decay (AdamW's is 0.01-0.1, SGD's 1e-4-1e-3)
+HEAD_LR_MULT_CEILING = 1000.0  # and the head's rate over the body's (the recipe's is 10; the study tries 1 and 100)
 MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
@@ -188,6 +190,15 @@ class RunConfig:
                 raise TransferlabError(f"{opt(name, value)}: over {ceiling:,}, more than any run can use; lower it")
         if self.warmup_epochs < 0:
             raise TransferlabError(f"{opt('warmup_epochs')} must not be negative, got {self.warmup_epochs}")
+        if self.head_lr_mult > HEAD_LR_MULT_CEILING and not force:
+            raise TransferlabError(f"{opt('head_lr_mult', self.head_lr_mult)}: above {HEAD_LR_MULT_CEILING:g}, where "
+                                   f"the head's steps swamp the body's; lower it, or pass {opt('force')} to try anyway")
+        if self.weight_decay > WEIGHT_DECAY_CEILING and not force:
+            raise TransferlabError(f"{opt('weight_decay', self.weight_decay)}: above {WEIGHT_DECAY_CEILING:g}, which "
+                                   f"shrinks every weight to nothing; lower it, or pass {opt('force')} to try anyway")
+        if not self.momentum < 1:
+            raise TransferlabError(f"{opt('momentum', self.momentum)}: must be below 1 (at 1 or above, SGD's steps "
+                                   "grow without bound)")
         if self.weight_decay < 0 or self.momentum < 0 or self.head_warmup_epochs < 0:
             raise TransferlabError(f"{opt('weight_decay')}, {opt('momentum')} and {opt('head_warmup_epochs')} must not "
                                    "be negative")

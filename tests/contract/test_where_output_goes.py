@@ -371,3 +371,14 @@ def test_outputs_into_a_folder_that_cannot_be_written_are_one_line(tiny_run, tmp
         proc = run_cli(*args)
         assert proc.returncode == 2 and "cannot write (Permission denied)" in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, gist", [
+    (("--head-lr-mult", "1e9"), "--head-lr-mult 1000000000.0: above 1000"),
+    (("--weight-decay", "1e9"), "--weight-decay 1000000000.0: above 1"),
+    (("--momentum", "1e9"), "--momentum 1000000000.0: must be below 1"),
+])
+def test_advice_names_the_option_at_fault(image_folder, tmp_path, args, gist):
+    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *TINY, *args)
+    assert proc.returncode == 2 and gist in proc.stderr and "--lr" not in proc.stderr.replace("--lr-", "")
+    assert "--probe-lr" not in proc.stderr

@@ -72,7 +72,7 @@ def _decode_or_error(path: Path, pre: Preprocessing) -> torch.Tensor | Transferl
 
 
 def _decode_all(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool, desc: str, quiet: bool,
-                ) -> DecodedImages:
+                unusable: str | None = None) -> DecodedImages:
     images: list[torch.Tensor] = []
     kept: list[int] = []
     skipped = 0
@@ -81,7 +81,7 @@ def _decode_all(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool, desc:
         for i, item in enumerate(progress(results, total=len(paths), desc=desc, quiet=quiet, unit="img")):
             if isinstance(item, TransferlabError):
                 if not skip_bad:
-                    raise TransferlabError(f"{item} (or pass {opt('skip_bad_images')})")
+                    raise TransferlabError(f"{item} ({unusable or 'or pass ' + opt('skip_bad_images')})")
                 skipped += 1
                 log.warning("skipped bad image: %s", item)
                 continue
@@ -266,8 +266,12 @@ def check_memory(paths: Sequence[Path], pre: Preprocessing, share: float = 0.8) 
 
 
 def decode(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool = False, desc: str = "decode",
-           quiet: bool = False, disk: bool = True) -> DecodedImages:
-    """Decoded uint8 CHW images for ``paths``, from memory, from disk, or decoded now (and cached)."""
+           quiet: bool = False, disk: bool = True, unusable: str | None = None) -> DecodedImages:
+    """Decoded uint8 CHW images for ``paths``, from memory, from disk, or decoded now (and cached).
+
+    ``unusable``: the advice for an image that cannot be decoded, where skipping it is no choice (the
+    default names ``--skip-bad-images``).
+    """
     key = cache_key(paths, pre, skip_bad)
     if key in _MEMORY:
         _MEMORY.move_to_end(key)
@@ -276,7 +280,7 @@ def decode(paths: Sequence[Path], pre: Preprocessing, skip_bad: bool = False, de
     decoded = _load(path, key) if disk and path.is_file() else None
     if decoded is None:
         check_memory(paths, pre)
-        decoded = _decode_all(paths, pre, skip_bad, desc, quiet)
+        decoded = _decode_all(paths, pre, skip_bad, desc, quiet, unusable)
         decoded.key = key
         if disk:
             _save(path, decoded)

@@ -260,7 +260,9 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
     else:
         from ..data.cache import decode
 
-        images = eval_batch(decode(ds.test.paths, predictor.pre, quiet=quiet).images, predictor.pre)
+        decoded = decode(ds.test.paths, predictor.pre, quiet=quiet,
+                         unusable="evaluate scores every test image: replace or remove the file")
+        images = eval_batch(decoded.images, predictor.pre)
         logits = predictor._logits(images, None)
     block = metric_block(logits, labels, predictor.classes, "test")
     if per_image is not None:
