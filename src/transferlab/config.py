@@ -257,7 +257,10 @@ class RunConfig:
         values = dict(values)
         if "crop_scale" in values:
             try:
-                values["crop_scale"] = tuple(float(v) for v in values["crop_scale"])
+                scale = tuple(float(v) for v in values["crop_scale"])
+                if len(scale) != 2:
+                    raise ValueError
+                values["crop_scale"] = scale
             except (TypeError, ValueError):
                 raise TransferlabError(f"{source}: {opt('crop_scale')} must be two numbers, got "
                                        f"{values['crop_scale']!r}") from None

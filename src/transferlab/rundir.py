@@ -141,7 +141,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
     try:
         saved_config = RunConfig.from_dict(saved, source=str(path)).validate(force=True)
     except TransferlabError as exc:
-        raise TransferlabError(f"{path}: {exc}; fix the file, or start a new run elsewhere") from None
+        said = exc.raw if exc.raw.startswith(f"{path}: ") else f"{path}: {exc.raw}"
+        raise TransferlabError(f"{said}; fix the file, or start a new run elsewhere") from None
     return RunConfig.from_dict({**saved_config.to_dict(), **overrides, "out": str(run_dir)}).validate(force=True)
 
 

@@ -382,3 +382,22 @@ def test_advice_names_the_option_at_fault(image_folder, tmp_path, args, gist):
     proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *TINY, *args)
     assert proc.returncode == 2 and gist in proc.stderr and "--lr" not in proc.stderr.replace("--lr-", "")
     assert "--probe-lr" not in proc.stderr
+
+
+@pytest.mark.parametrize("file, key, value", [("metrics.json", "class_names", 5),
+                                              ("metrics.json", "confusion", "x"),
+                                              ("config.json", "crop_scale", [0.5])])
+def test_hand_edited_run_files_are_one_line_in_report_and_resume(tiny_run, tmp_path, file, key, value):
+    run = _copy_run(tiny_run, tmp_path)
+    values = json.loads((run / file).read_text())
+    values[key] = value
+    (run / file).write_text(json.dumps(values))
+    (run / rundir.REPORT).unlink()
+    proc = run_cli("report", run)
+    assert proc.returncode in (0, 2), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 1 and "Traceback" not in proc.stderr
+    if file == "config.json":
+        (run / rundir.MODEL).unlink()
+        (run / rundir.CHECKPOINT).write_bytes(b"")
+        proc = run_cli("train", "--out", run, "--resume", "--quiet")
+        assert proc.returncode == 2 and "--crop-scale must be two numbers, got [0.5]; fix the file" in proc.stderr

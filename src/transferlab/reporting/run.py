@@ -334,5 +334,9 @@ def write_run_report(run_dir: str | Path, dataset: Dataset | None = None) -> Pat
     if not run.holds_run():
         raise TransferlabError(f"{run_dir}: not a run directory (no run {rundir.CONFIG} or model of transferlab); "
                                "give the folder a run was trained into")
-    text = _report_html(run_dir, config or {}, metrics or {}, run.history(), run.predictions(), dataset)
+    try:
+        text = _report_html(run_dir, config or {}, metrics or {}, run.history(), run.predictions(), dataset)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hand-edited run files
+        raise TransferlabError(f"{run_dir}: its {rundir.CONFIG} or {rundir.METRICS} hold values no run writes "
+                               f"({first_line(exc, 200, typed=True)}); restore them, or train the run again") from None
     return atomic_write_text(run_dir / rundir.REPORT, text)
