@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..console import progress
 from ..data.transforms import Preprocessing, center_crop, normalize
@@ -19,7 +18,7 @@ from ..errors import TransferlabError, opt
 from ..models.model import TransferModel, folded
 
 __all__ = ["CPU_INFERENCE_BATCH", "resolve_device", "cpu_has_amx", "use_bf16", "autocast", "eval_batch",
-           "predict_logits", "body_features", "score", "evaluate", "folded"]
+           "predict_logits", "body_features", "evaluate", "folded"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,24 +94,15 @@ def predict_logits(model: TransferModel, images: torch.Tensor, pre: Preprocessin
     return _batched(folded(model), images, pre, device, batch_size, desc, quiet, precision)
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
-    loss = nn.functional.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-    pred = logits.argmax(1)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
-    return {"test_loss": loss, "test_acc": float((pred == labels).float().mean()) if len(labels) else 0.0,
-            "per_class_acc": per_class, "confusion": confusion.tolist(), "logits": logits}
-
-
 def evaluate(model: TransferModel, images: torch.Tensor, labels: torch.Tensor, pre: Preprocessing,
-             device: torch.device, num_classes: int, batch_size: int | None = None, quiet: bool = True,
-             precision: str = "auto") -> dict[str, Any]:
-    """:func:`score` of the model's predictions for already-cropped uint8 images."""
-    logits = predict_logits(model, images, pre, device, batch_size, quiet=quiet, precision=precision)
-    return score(logits, labels, num_classes)
+             device: torch.device, classes: Sequence[str], batch_size: int | None = None, quiet: bool = True,
+             precision: str = "auto", split: str = "test") -> dict[str, Any]:
+    """Every metric (:func:`~transferlab.evaluation.metric_block`, the one schema of ``metrics.json`` and
+    ``evaluate``) of the model's predictions for already-cropped uint8 images."""
+    from ..evaluation.metrics import metric_block
 
+    logits = predict_logits(model, images, pre, device, batch_size, quiet=quiet, precision=precision)
+    return metric_block(logits, labels, classes, split)
 
 
 def body_features(model: TransferModel, images: torch.Tensor, pre: Preprocessing, device: torch.device,
