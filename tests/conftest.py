@@ -1,18 +1,29 @@
-"""Shared fixtures: generated image folders, the real hotdog-mini photos, isolated caches."""
+"""Shared fixtures: isolated caches, generated image folders, the real hotdog-mini photos, trained tiny runs.
+
+Plain helpers (image makers, the in-process CLI, a local web server) live in helpers.py; tests import them
+from there. Trained runs are session fixtures that tests only read: a test that changes one works on a copy.
+
+Tiers: ``make check`` runs ``-m "not slow"`` (the edit loop); ``make test`` runs everything. ``slow`` marks
+tests that train on real photos, start real processes (torchrun, signals, a Jupyter kernel, fresh
+interpreters), or take many seconds for another reason.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import subprocess
+import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# One OpenMP / BLAS thread for torch and numpy here and in every process a test starts (set before either is
+# imported): the tests' models and batches are tiny, and on a small or shared CPU spinning OpenMP threads make
+# them many times slower, never faster. The few tests of large convolutions on real photos take every core
+# (fixture `cores`). `OMP_NUM_THREADS=N make test` sets both.
+_CORES = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Isolate every cache the code under test may write (weights, datasets) from the user's.
 _HOME = Path(tempfile.mkdtemp(prefix="transferlab-tests-"))
@@ -20,7 +31,10 @@ os.environ["TRANSFERLAB_HOME"] = str(_HOME / "transferlab")
 os.environ["TORCH_HOME"] = str(_HOME / "torch")
 os.environ["HF_HUB_CACHE"] = str(_HOME / "hf-hub")
 
-HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
+from helpers import HOTDOG_MINI, make_folder, make_image, random_images, run_cli, run_reports_off  # noqa: E402
+
+# The helpers' names stay importable from conftest for files written before helpers.py; new tests import helpers.
+__all__ = ["HOTDOG_MINI", "make_folder", "make_image", "random_images", "run_cli"]
 
 
 @pytest.fixture
@@ -28,26 +42,6 @@ def hotdog_mini() -> Path:
     if not HOTDOG_MINI.is_dir():
         pytest.skip(f"{HOTDOG_MINI} is absent")
     return HOTDOG_MINI
-
-
-def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (72, 64), seed: int = 0,
-               mode: str = "RGB") -> Path:
-    """A noisy image of one dominant color (classes are easy to tell apart)."""
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(color) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, "RGB").convert(mode).save(path)
-    return path
-
-
-def make_folder(root: Path, splits: dict[str, int], classes: dict[str, tuple[int, int, int]] | None = None,
-                ext: str = ".png") -> Path:
-    classes = classes or {"red": (200, 40, 40), "blue": (40, 40, 200)}
-    for split, n in splits.items():
-        for name, color in classes.items():
-            for i in range(n):
-                make_image(root / split / name / f"{name}_{i}{ext}", color, seed=hash((split, name, i)) % 1000)
-    return root
 
 
 @pytest.fixture
@@ -65,9 +59,37 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def cores() -> int:
+    """The threads for a test of large convolutions (real photos at full size): every core, or $OMP_NUM_THREADS.
+
+    Alone on a quiet 2-core machine two threads take 0.6 of the time of one there; the session default is one.
+    """
+    return _CORES
+
+
+@pytest.fixture
+def all_cores(cores):
+    """torch uses ``cores`` threads in this test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_run_reports():
+    """Fine-tunes in the test skip report.html: for tests that never read it (see helpers.run_reports_off)."""
+    with run_reports_off():
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny fine-tuned model on two color classes (64 px, one epoch): (run directory, data directory)."""
+    """A tiny fine-tuned model on two color classes (64 px, one epoch): (run directory, data directory).
+
+    Trained once for the whole session and shared: read it, never write into it (copy it first).
+    """
     from transferlab.config import make_config
     from transferlab.workflows.finetuning import finetune
 
@@ -77,24 +99,11 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     return root / "run", data
 
 
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    """``transferlab ARGS`` in this process (no new interpreter importing torch): exit status, stdout, stderr.
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory):
+    """A copy of ``tiny_run`` exported once to ONNX at the default place: (run directory, data, Exported)."""
+    from transferlab.inference.export import export_model
 
-    Tests whose subject is the process itself (signals, kills, a clean interpreter) start a real one.
-    """
-    from transferlab.cli.commands import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = [str(a) for a in args]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse: --help, usage errors
-            code = exc.code if isinstance(exc.code, int) else 2
-    return subprocess.CompletedProcess(["transferlab", *argv], code, out.getvalue(), err.getvalue())
-
-
-def random_images(n: int, seed: int = 0) -> list[torch.Tensor]:
-    """``n`` random uint8 CHW images of growing height."""
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (3, 30 + 3 * i, 40), generator=gen, dtype=torch.uint8) for i in range(n)]
+    run = tmp_path_factory.mktemp("tiny-onnx") / "run"
+    shutil.copytree(tiny_run[0], run)
+    return run, tiny_run[1], export_model(run, "onnx")

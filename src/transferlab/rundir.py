@@ -105,19 +105,16 @@ def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, 
                   overwrite: bool = False) -> None:
     """Refuse, with one line, to start ``config`` in ``run_dir`` where that would lose or mix up a run."""
     run_dir = Path(run_dir)
-    named = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if named and not RunDir(run_dir).holds_run():
-        raise TransferlabError(f"{opt('out', run_dir)}: holds {', '.join(named)}, but not a run's (no run config or "
-                               f"model of transferlab); choose a new or empty folder ({opt('overwrite')} replaces "
-                               "only a run)")
+    holds = RunDir(run_dir).holds_run()
+    # files named like a run's are no run unless they read as one; other files are never a run's
+    shown = sorted(foreign_files(run_dir) + ([] if holds else [n for n in RUN_FILES if (run_dir / n).exists()]))
+    if shown and (not holds or not overwrite):  # --overwrite replaces a run, beside the user's other files
+        shown_text = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+        raise TransferlabError(f"{opt('out', run_dir)}: not empty and not a run ({shown_text}); choose a new or empty "
+                               f"folder ({opt('overwrite')} replaces only a run, and nothing else in its folder)")
     if is_finished(run_dir) and not overwrite:
         raise TransferlabError(f"{opt('out', run_dir)}: a finished run is already there ({MODEL}); choose another "
                                f"{opt('out')}, or pass {opt('overwrite')} to train it again")
-    foreign = foreign_files(run_dir)
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise TransferlabError(f"{opt('out', run_dir)}: not empty and not a run ({shown}); choose a new or empty "
-                               f"folder ({opt('overwrite')} replaces only a run, and nothing else in its folder)")
     if overwrite:
         return
     if not resume and (run_dir / CHECKPOINT).is_file():

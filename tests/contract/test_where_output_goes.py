@@ -58,7 +58,7 @@ def test_a_folder_of_the_users_files_named_like_a_runs_is_not_a_run(image_folder
     before = _snapshot(out)
     proc = run_cli("train", "--data", image_folder, "--out", out, *TINY, *(["--overwrite"] if overwrite else []))
     assert proc.returncode == 2
-    assert f"holds {name}, but not a run's" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert f"not empty and not a run ({name})" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert _snapshot(out) == before
 
 

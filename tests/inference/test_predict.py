@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_image, run_cli
+from helpers import make_image, run_cli
 from PIL import Image
 
 from transferlab import TransferlabError

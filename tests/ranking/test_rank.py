@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_folder, run_cli
+from helpers import make_folder, run_cli, run_reports_off
 
 from transferlab import rundir
 from transferlab.config import make_config
@@ -18,7 +18,7 @@ from transferlab.train.probes import knn_cv, logme, probe_cv
 from transferlab.workflows.finetuning import resolve_model
 
 MODELS = ["mobilenet_v2", "tf_efficientnet_lite0"]  # offline weights that `make setup` installs
-SMALL = {"image_size": 64, "epochs": 1, "batch_size": 4}
+SMALL = {"image_size": 32, "epochs": 1, "batch_size": 4}  # the ranking, not its accuracy: tiny crops
 
 
 def _blobs(n: int, d: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def test_rank_scores_every_candidate_on_the_training_split(ranking, colors):
     assert [c.model for c in ranking.candidates] != [] and {c.model for c in ranking.candidates} == set(MODELS)
     assert ranking.train_images == 12 and ranking.classes == 2 and ranking.picked in MODELS
     for c in ranking.candidates:
-        assert c.scored and 0.5 <= c.probe_acc <= 1 and 0.5 <= c.knn_acc <= 1 and c.crop == 64
+        assert c.scored and 0.5 <= c.probe_acc <= 1 and 0.5 <= c.knn_acc <= 1 and c.crop == SMALL["image_size"]
         assert c.epoch_s > 0 and c.finetune_s == pytest.approx(c.epoch_s * SMALL["epochs"], abs=0.1)
         assert "local" not in c.note and c.weights
     accs = [c.probe_acc for c in ranking.candidates]
@@ -129,7 +129,7 @@ def test_a_probe_ranking_costs_no_epoch_time_and_picks_the_best_score(colors):
 
 def test_a_budget_nothing_fits_is_one_line(colors):
     with pytest.raises(TransferlabError, match="raise (--)?budget"):
-        rank(data=str(colors), models=MODELS, quiet=True, budget=1e-6, **SMALL)
+        rank(data=str(colors), models=MODELS[:1], quiet=True, budget=1e-6, **SMALL)  # one is enough to not fit
 
 
 def test_auto_refuses_weights_it_cannot_rank(colors):
@@ -148,9 +148,10 @@ def test_resolve_model_reuses_a_saved_ranking(tmp_path, ranking, monkeypatch):
                                                                               None)
 
 
+@pytest.mark.slow  # a second full ranking, through the CLI
 def test_cli_rank_prints_the_table_and_writes_rank_json(colors, tmp_path):
-    proc = run_cli("rank", "--data", colors, "--models", ",".join(MODELS), "--image-size", 64, "--epochs", 1,
-                   "--batch-size", 4, "--out", tmp_path / "r", "--quiet")
+    proc = run_cli("rank", "--data", colors, "--models", ",".join(MODELS), "--image-size", SMALL["image_size"],
+                   "--epochs", 1, "--batch-size", 4, "--out", tmp_path / "r", "--quiet")
     assert proc.returncode == 0, proc.stderr
     saved = Ranking.read(tmp_path / "r" / "rank.json")
     assert saved.picked in proc.stdout and "PROBE_ACC" in proc.stdout
@@ -162,13 +163,14 @@ def test_cli_rank_bad_budget_is_one_line(colors):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--budget" in proc.stderr
 
 
+@pytest.mark.slow  # a ranking and two fine-tunes through the CLI
 def test_train_model_auto_records_the_ranking(colors, tmp_path, monkeypatch):
     import transferlab.ranking.ranker as rank_module
 
     real = rank_module.rank
     monkeypatch.setattr(rank_module, "rank", lambda *a, **k: real(*a, models=MODELS, **k))
     out = tmp_path / "run"
-    proc = run_cli("train", "--data", colors, "--model", "auto", "--image-size", 64, "--epochs", 1,
+    proc = run_cli("train", "--data", colors, "--model", "auto", "--image-size", SMALL["image_size"], "--epochs", 1,
                    "--batch-size", 4, "--out", out, "--quiet")
     assert proc.returncode == 0, proc.stderr
     config = json.loads((out / rundir.CONFIG).read_text())
@@ -176,12 +178,14 @@ def test_train_model_auto_records_the_ranking(colors, tmp_path, monkeypatch):
     assert config["model"] in MODELS and metrics["ranking"]["picked"] == config["model"]
     assert Ranking.read(out / rundir.RANKING).picked == config["model"]
     assert "Backbone ranking" in (out / rundir.REPORT).read_text()
-    again = run_cli("train", "--data", colors, "--model", "auto", "--image-size", 64, "--epochs", 1,
-                    "--batch-size", 4, "--out", out, "--quiet", "--overwrite")
+    with run_reports_off():  # the first run's report was read above
+        again = run_cli("train", "--data", colors, "--model", "auto", "--image-size", SMALL["image_size"],
+                        "--epochs", 1, "--batch-size", 4, "--out", out, "--quiet", "--overwrite")
     assert again.returncode == 0, again.stderr
 
 
-def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, monkeypatch):
+@pytest.mark.slow  # a ranking and two fine-tunes
+def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, monkeypatch, no_run_reports):
     import transferlab.ranking.ranker as rank_module
     from transferlab.workflows.compare import compare_scratch
 
@@ -195,7 +199,8 @@ def test_compare_scratch_with_auto_ranks_once_for_both_arms(colors, tmp_path, mo
         assert arm.config.model == picked and arm.metrics["ranking"]["picked"] == picked
 
 
-def test_a_study_with_auto_ranks_once_and_records_it_in_every_run(colors, tmp_path, monkeypatch):
+@pytest.mark.slow  # a ranking and a study of two fine-tunes, twice
+def test_a_study_with_auto_ranks_once_and_records_it_in_every_run(colors, tmp_path, monkeypatch, no_run_reports):
     import transferlab.ranking.ranker as rank_module
     from transferlab.workflows import study as experiments
     from transferlab.workflows.study_spec import study_from_dict

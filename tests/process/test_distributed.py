@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder, random_images
+from helpers import make_folder, run_cli, run_reports_off
 from safetensors.torch import load_file
 
-from transferlab.data import batches
-from transferlab.data.transforms import Preprocessing
+pytestmark = pytest.mark.slow  # torchrun starts real processes
 
 # One thread per process: OpenMP threads spinning on two busy cores slow everything down.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -37,25 +36,6 @@ def torchrun(nproc: int, *args: object) -> list[str]:
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
-
-
-def test_process_shares_make_up_the_global_batch():
-    images = random_images(11)
-    labels = torch.arange(11)
-    pre = Preprocessing(crop_size=16, resize_size=20, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    one = list(batches.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1))
-    two = [list(batches.train_batches(images, labels, 4, pre, (0.25, 1.0), seed=3, epoch=1, rank=r, world_size=2))
-           for r in (0, 1)]
-    assert [n for _, _, n in one] == [4, 4, 3]
-    assert [len(b) for b in two] == [3, 3]
-    for (x, y, n), (x0, y0, n0), (x1, y1, n1) in zip(one, *two):
-        assert n0 == n1 == n
-        assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
-        assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
-    assert len(two[0][2][1]) == 2 and len(two[1][2][1]) == 1  # the last batch splits unevenly
-    # a last batch smaller than the number of processes is dropped
-    assert len(batches.global_batches(torch.arange(9), 4, world_size=2)) == 2
-    assert len(batches.global_batches(torch.arange(9), 4, world_size=1)) == 3
 
 
 BN_CHECK = """
@@ -115,7 +95,8 @@ def test_two_processes_reach_the_weights_of_one(tmp_path):
                        classes={"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)})
     args = ["train", "--data", data, "--model", "resnet18", "--weights", "none", "--freeze", "layer4",
             "--image-size", "64", "--batch-size", "6", "--epochs", "2", "--precision", "fp32", "--quiet"]
-    one = run([*TRANSFERLAB, *map(str, args), "--out", str(tmp_path / "one")])
+    with run_reports_off():
+        one = run_cli(*args, "--out", tmp_path / "one")  # the reference: one process, this one
     assert one.returncode == 0, one.stderr
     two = run(torchrun(2, "-m", "transferlab", *args, "--out", tmp_path / "two"))
     assert two.returncode == 0, two.stderr
@@ -146,7 +127,7 @@ def untrained_head(tmp_path: Path) -> torch.Tensor:
 def test_nproc_launches_torchrun_and_sigterm_checkpoints(tmp_path):
     data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
     out = tmp_path / "run"
-    bad = run([*TRANSFERLAB, "train", "--data", str(data), "--nproc", "2", "--batch-size", "5", "--out", str(out)])
+    bad = run_cli("train", "--data", data, "--nproc", 2, "--batch-size", 5, "--out", out)  # refused before launching
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "transferlab: error: --batch-size 5 is the global batch and must be divisible by the 2 processes; "
         "use e.g. --batch-size 6"]

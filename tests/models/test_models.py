@@ -5,9 +5,13 @@ import torch
 from torch import nn
 
 from transferlab.config import make_config
+from transferlab.data.transforms import Preprocessing, normalize
 from transferlab.errors import TransferlabError
-from transferlab.models.model import create_model, list_model_names, load_body, param_groups, stage_names
+from transferlab.inference import forward as infer
+from transferlab.models.model import create_model, folded, list_model_names, load_body, param_groups, stage_names
 from transferlab.train.optim import build_optimizer
+
+PRE = Preprocessing(crop_size=48, resize_size=56, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 LISTED = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
           "convnext_tiny"]
@@ -128,3 +132,26 @@ def test_pretrained_body_is_loaded_and_foreign_weights_refused():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(TransferlabError, match="model='resnet9000': unknown model"):
         create_model("resnet9000", 2)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_model_alone(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    for module in model.modules():  # statistics far from the identity, so a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2.0)
+    model.train()
+    fast = folded(model)
+    assert fast.is_folded and folded(fast) is fast and not fast.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    model.eval()
+    with torch.no_grad():
+        expected = model(normalize(images, PRE))
+        torch.testing.assert_close(fast.features(normalize(images, PRE)), model.features(normalize(images, PRE)),
+                                   atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(infer.predict_logits(model, images, PRE, torch.device("cpu"), precision="fp32"),
+                               expected, atol=1e-4, rtol=1e-4)

@@ -1,30 +1,21 @@
+"""The command line end to end, in this process: train, evaluate, predict, models, options and their errors."""
+
 import json
 
 import pytest
 import torch
-from conftest import make_folder, run_cli
+from helpers import assert_one_line_error, make_folder, run_cli
 from safetensors import safe_open
 
 from transferlab.config import RunConfig, make_config
 from transferlab.inference.forward import use_bf16
 from transferlab.inference.predictor import load
-from transferlab.train import trainer as T
-from transferlab.workflows.finetuning import finetune
 
-TINY = ["--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--quiet"]
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("transferlab: error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0]
+TINY = ["--model", "mobilenet_v2", "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--quiet"]  # tiny crops
 
 
 def test_bad_options_are_one_clear_line(tmp_path):
-    # Bad images, folders, checkpoints and weights: see the corpus in test_bad_input.py.
+    # Bad images, folders, checkpoints and weights: see the corpus in tests/contract/test_bad_input.py.
     empty = tmp_path / "empty"
     empty.mkdir()
     ok = make_folder(tmp_path / "ok", {"train": 2, "val": 1})
@@ -49,7 +40,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     proc = run_cli("train", "--data", data, *TINY, "--out", run)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((run / "config.json").read_text())
-    assert config["image_size"] == 64 and config["epochs"] == 2 and config["preset"] == "default"
+    assert config["image_size"] == 32 and config["epochs"] == 2 and config["preset"] == "default"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) >= {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"}
@@ -97,7 +88,7 @@ def test_flips_reach_the_run_and_its_report(tmp_path):
     assert "--flips: invalid choice: 'v'" in proc.stderr.splitlines()[-1] and "d4" in proc.stderr.splitlines()[-1]
 
 
-def test_python_api_predicts_like_the_cli(tmp_path):
+def test_python_api_predicts_like_the_cli(tmp_path, no_run_reports):
     """A model trained by the CLI: `transferlab predict` and `tl.load(run).predict` (paths or PIL) agree."""
     data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
     run = tmp_path / "r"
@@ -116,30 +107,6 @@ def test_python_api_predicts_like_the_cli(tmp_path):
         assert by_cli[str(path)] == {"path": str(path), **from_path} and from_pil == from_path
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
-    base = make_config(data=str(data), image_size=64, batch_size=8, epochs=3, head_warmup_epochs=2)
-    full = finetune(base, out=str(tmp_path / "full"), quiet=True)
-
-    original = T.Trainer.save_checkpoint
-
-    def crash_after_epoch_2(self, model, optimizer, scheduler, epoch):
-        original(self, model, optimizer, scheduler, epoch)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(T.Trainer, "save_checkpoint", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(base, out=str(tmp_path / "part"), quiet=True)
-    monkeypatch.setattr(T.Trainer, "save_checkpoint", original)
-    assert (tmp_path / "part" / "checkpoint.pt").exists() and not (tmp_path / "part" / "metrics.json").exists()
-    resumed = finetune(base, out=str(tmp_path / "part"), quiet=True, resume=True)
-    for (name, a), (_, b) in zip(full.model.net.state_dict().items(), resumed.model.net.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in full.history]
-    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 3
-
-
 def test_resume_refuses_changed_options(tmp_path):
     data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
     run = tmp_path / "run"
@@ -156,7 +123,8 @@ def test_models_lists_families_and_stages():
     assert "resnet" in line and "stem layer1 layer2 layer3 layer4 body" in line
 
 
-def test_resnet18_trains_from_a_local_weights_file(tmp_path):
+@pytest.mark.slow  # a second architecture (ResNet-18: 45 MB of weights) fine-tuned
+def test_resnet18_trains_from_a_local_weights_file(tmp_path, no_run_reports):
     """No ResNet weights can be downloaded here: --weights PATH is how a user's own file is used."""
     import torchvision
 
@@ -164,7 +132,7 @@ def test_resnet18_trains_from_a_local_weights_file(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
     run = tmp_path / "r18"
-    proc = run_cli("train", "--data", data, "--model", "resnet18", "--weights", weights, "--image-size", "64",
+    proc = run_cli("train", "--data", data, "--model", "resnet18", "--weights", weights, "--image-size", "32",
                    "--epochs", "1", "--batch-size", "4", "--out", run, "--quiet")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((run / "metrics.json").read_text())

@@ -1,15 +1,21 @@
-"""A head fitted as a logistic regression on cached features (``head_fit="logreg"``)."""
+"""Probes: a head trained on cached body features, as a linear layer or a logistic regression (``head_fit``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder
+from helpers import make_folder
 from torch import nn
 
-from transferlab.config import make_config
+from transferlab.config import RunConfig, make_config
+from transferlab.data import cache
+from transferlab.data.datasets import resolve_data
 from transferlab.errors import TransferlabError
+from transferlab.models.model import create_model
+from transferlab.models.weights import load_state_dict
+from transferlab.train import features
+from transferlab.train import trainer as train
 from transferlab.train.probes import C_GRID, fit_logistic_head, logistic, probe_cv
 
 
@@ -73,3 +79,38 @@ def test_a_logistic_probe_fits_once_and_keeps_it(colors):
 def test_head_fit_is_checked_in_one_line():
     with pytest.raises(TransferlabError, match="head_fit"):
         make_config(head_fit="lbfgs").validate()
+
+
+def test_probe_run_trains_only_the_head(tmp_path):
+    data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
+    ds = resolve_data(str(data))
+    trainer = train.Trainer(RunConfig(data=str(data), freeze="body", epochs=3, image_size=48, batch_size=4,
+                                            probe_views=2), quiet=True, dataset=ds)
+    body_before = {k: v.clone() for k, v in create_model("mobilenet_v2", 2,
+                                                         load_state_dict(trainer.weights.path)).net.state_dict().items()
+                   if not k.startswith("classifier.1")}
+    result = trainer.fit()
+    assert result.metrics["probe"] and len(trainer.train_features) == 2
+    after = result.model.net.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in body_before.items())
+    assert len(result.history) == 3
+
+
+def test_probe_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
+    config = RunConfig(data=str(data), freeze="body", epochs=2, image_size=48, batch_size=4, probe_views=2)
+    first = train.Trainer(config, quiet=True).fit()
+    entries = sorted((cache.cache_dir("features")).glob("*.safetensors"))
+    assert len(entries) >= 3  # two training views and the test crops
+
+    def no_body(*args, **kwargs):
+        raise AssertionError("the body ran although its features were cached")
+
+    monkeypatch.setattr(features, "body_features", no_body)
+    second = train.Trainer(config, quiet=True).fit()
+    assert second.history == [{**row, "wall_s": r2["wall_s"]} for row, r2 in zip(first.history, second.history)]
+    # other crops, or no cache at all, run the body again
+    with pytest.raises(AssertionError, match="the body ran"):
+        train.Trainer(RunConfig(**{**config.to_dict(), "crop_scale": (0.5, 1.0)}), quiet=True).fit()
+    with pytest.raises(AssertionError, match="the body ran"):
+        train.Trainer(RunConfig(**{**config.to_dict(), "feature_cache": False}), quiet=True).fit()

@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from conftest import make_folder
+from helpers import make_folder
 
 from transferlab.cli.commands import main
 from transferlab.config import make_config
@@ -15,7 +15,7 @@ from transferlab.workflows.study_spec import BUILTIN_STUDIES, load_study, resolv
 TINY = {"model": "mobilenet_v2", "image_size": 64, "batch_size": 8, "epochs": 1}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_run_reports")  # the study report is read, no run report
 
 
 @pytest.fixture
@@ -105,6 +105,7 @@ def test_cli_list_and_errors(tmp_path, capsys):
     assert err.startswith("transferlab: error: ") and "batchsize" in err and str(bad) in err and "\n" not in err
 
 
+@pytest.mark.slow  # nine tiny fine-tunes and a study report
 def test_study_report_and_resume(colors, tmp_path, monkeypatch):
     study = study_from_dict({
         "name": "tiny",

@@ -1,12 +1,14 @@
+"""Datasets: image folders and their train / validation / test roles, the built-in elpv and hotdog."""
+
 import hashlib
 import zipfile
 from collections import Counter
 
 import pytest
-from conftest import make_folder
-from test_weights import _serve
+from helpers import make_folder, serve_directory
 
 from transferlab.data import datasets as D
+from transferlab.data.datasets import resolve_data
 from transferlab.errors import TransferlabError
 
 
@@ -27,7 +29,7 @@ def test_train_only_is_split_stratified_and_seeded(tmp_path):
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
-    # Bad folders, images, weights and archives: see the corpus in test_bad_input.py.
+    # Bad folders, images, weights and archives: see the corpus in tests/contract/test_bad_input.py.
     with pytest.raises(TransferlabError, match="no such directory") as info:
         D.resolve_data(str(tmp_path / "d"))
     assert "\n" not in str(info.value)
@@ -59,7 +61,7 @@ def test_hotdog_download_checks_sha1_and_extracts(tmp_path, monkeypatch):
     served.mkdir()
     members = {f"hotdog/{p.relative_to(src)}": p.read_bytes() for p in src.rglob("*.jpg")}
     sha1 = _zip(served / "hotdog.zip", members)
-    server = _serve(served)
+    server = serve_directory(served)
     url = f"http://127.0.0.1:{server.server_port}/hotdog.zip"
     try:
         with pytest.raises(TransferlabError, match="wrong SHA-1"):
@@ -77,3 +79,19 @@ def test_hotdog_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path / "home"))
     with pytest.raises(TransferlabError, match="data='hotdog': cannot download"):
         D.hotdog_root(url="http://127.0.0.1:9/hotdog.zip")
+
+
+def test_three_folder_tree_uses_all_three_and_carving_never_touches_test(tmp_path):
+    three = make_folder(tmp_path / "three", {"train": 6, "val": 3, "test": 4})
+    ds = resolve_data(str(three))
+    assert (ds.test_source, ds.val_source, len(ds.train), len(ds.val), len(ds.test)) == ("test", "val", 12, 6, 8)
+    assert resolve_data(str(three), val_fraction=0.5).val == ds.val  # its own val/ wins over carving
+    two = make_folder(tmp_path / "two", {"train": 6, "val": 3})
+    ds = resolve_data(str(two))
+    assert ds.test_source == "val" and ds.val is None
+    bare = make_folder(tmp_path / "bare", {"": 10})
+    plain, carved = resolve_data(str(bare), seed=3), resolve_data(str(bare), seed=3, val_fraction=0.25)
+    assert carved.test_files() == plain.test_files() and carved.val_source == "carved"
+    train_files = {p.name for p in carved.train.paths}
+    assert len(carved.val) == 4 and not train_files & {p.name for p in carved.val.paths}
+    assert train_files | {p.name for p in carved.val.paths} == {p.name for p in plain.train.paths}

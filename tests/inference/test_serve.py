@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import HOTDOG_MINI, make_folder, make_image
 from fastapi.testclient import TestClient
+from helpers import HOTDOG_MINI, make_folder, make_image, run_reports_off
 from PIL import Image
 
 from transferlab import __version__
@@ -31,7 +31,8 @@ def run(tmp_path_factory):
     """A tiny model whose classes are hotdog / not_hotdog (trained on colors: fast, not smart)."""
     root = tmp_path_factory.mktemp("serve")
     data = make_folder(root / "data", {"train": 8, "val": 2}, classes=HOTDOG)
-    finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+    with run_reports_off():  # the server reads the model, not its report
+        finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
     return root / "run", data
 
 
@@ -143,7 +144,7 @@ def test_serve_cli_errors_are_one_line(run, tmp_path, capsys):
     try:
         cases = [([str(tmp_path), "--port", "0"], "no trained model"),
                  ([str(run[0]), "--port", str(port)], f"--port {port}: cannot listen"),
-                 ([str(run[0]), "--port", "0", "--max-upload-mb", "0"], "--max-upload-mb must be positive"),
+                 ([str(run[0]), "--port", "0", "--max-upload-mb", "0"], "--max-upload-mb must be a positive number"),
                  ([str(run[0]), "--port", "70000"], "--port 70000")]
         for args, needle in cases:
             assert main(["serve", *args]) == 2
@@ -179,6 +180,7 @@ def _start_server(app):
     return server, thread, sock
 
 
+@pytest.mark.slow  # a real browser
 def test_page_in_headless_chromium(run, tmp_path):
     _browser_or_skip()
     from selenium import webdriver
@@ -237,6 +239,7 @@ def test_host_header_allow_list_stops_dns_rebinding(run):
         assert_error(client.get("/health", headers={"host": host}), 400, "is not served here")
 
 
+@pytest.mark.slow  # a real server, waited on past its header timeout
 def test_slow_headers_are_cut_off_and_a_whole_request_is_answered(run, monkeypatch):
     monkeypatch.setattr(S, "HEADER_TIMEOUT", 0.5)
     server, thread, sock = _start_server(create_app(run[0], device="cpu"))

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HOTDOG_MINI, make_folder
-from test_layout import import_graph, reachable
+from helpers import HOTDOG_MINI, import_graph, make_folder, reachable
 
 from transferlab.reporting import run as runreport
 from transferlab.reporting.figures import confusion_figure, mistake_rows, mistakes_figure

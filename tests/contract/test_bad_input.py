@@ -3,7 +3,7 @@
 ``CASES`` is the table; docs/bad-input.md lists the same cases. Each case builds its input in a
 fresh folder and says what must happen:
 
-- ``error``: ``transferlab train`` (the real CLI, in a subprocess) exits 2 with exactly one line
+- ``error``: ``transferlab train`` (the real CLI, in a process of its own) exits 2 with exactly one line
   ``transferlab: error: ...`` that contains every needle (the file or option, and the fix), no
   traceback, and no run output: a fresh ``--out`` is never created and an existing run directory
   is byte-for-byte unchanged. Image kinds marked ``skip`` are instead dropped under
@@ -11,6 +11,11 @@ fresh folder and says what must happen:
 - ``loads``: the input is converted (or ignored) and training succeeds; image kinds also pass a
   pixel check through :func:`transferlab.data.datasets.load_rgb`.
 - ``refused`` (archives, API only): ``TransferlabError``, and nothing is written.
+
+Each CLI run is a child process with a strict UTF-8 stdout, its own exit status and stderr. A fresh
+interpreter per run spends about 3 s of CPU importing torch before it reads an argument, so the children
+are forked from an interpreter that imported transferlab once (``ZYGOTE``); the runs that need open()
+patched before any import (unreadable files, as root) still start a fresh interpreter (``DENY_BOOT``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ import io
 import json
 import os
 import pickle
+import queue
+import select
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,16 +40,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder, make_image
+from helpers import make_folder, make_image, serve_directory
 from PIL import Image
-from test_weights import _serve
 
 from transferlab.config import make_config
 from transferlab.data import datasets as D
 from transferlab.errors import TransferlabError
 
 TINY = ["--image-size", "64", "--epochs", "1", "--batch-size", "8"]
-WORKERS = 3  # CLI runs at once
+WORKERS = 2  # CLI runs at once, each from its own zygote (2 CPU cores)
 BOMB_LIMIT = {"TRANSFERLAB_MAX_PIXELS": "20000"}  # the generated images are far smaller; the "bomb" is 160x160
 CAFE = os.fsdecode(b"caf\xe9")  # a non-UTF-8 name (Latin-1 bytes), as Linux hands it to Python
 GRUEN = os.fsdecode(b"gr\xfcn")
@@ -62,6 +71,93 @@ os.scandir = wrap(os.scandir)
 from transferlab.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
+
+# Imports what `transferlab train` imports, once, then forks a child per request (a JSON line on stdin:
+# argv, cwd, env, stdout and stderr files) and answers with the child's pid, then its exit status.
+# The child runs the CLI as `python -m transferlab` does, on the stdio this interpreter started with
+# (PYTHONIOENCODING: a strict UTF-8 stdout), pointed at the request's files.
+ZYGOTE = r"""
+import json, os, sys, traceback
+import torch  # noqa: F401
+from importlib.util import find_spec
+import transferlab.cli.commands, transferlab.workflows.finetuning  # noqa: F401, E401
+answers = os.dup(1)
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(answers)
+            os.chdir(request["cwd"])
+            os.environ.update(request["env"])
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+                target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(target, fd)
+                os.close(target)
+            sys.argv = [find_spec("transferlab.__main__").origin, *request["argv"]]
+            from transferlab.cli import main
+            code = main(request["argv"])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    code = 120  # what Python exits with when flushing stdout fails
+            os._exit(code)
+    os.write(answers, f"{pid}\n".encode())
+    _, status = os.waitpid(pid, 0)
+    os.write(answers, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+"""
+
+
+class Zygote:
+    """A Python that imported transferlab once; ``run`` forks the CLI in a child of it."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, bufsize=0)
+        self.io = Path(tempfile.mkdtemp(prefix="zygote-"))
+        self.buffer = b""
+
+    def run(self, argv: Sequence[str], cwd: Path, env: dict[str, str], timeout: float = 300,
+            ) -> subprocess.CompletedProcess:
+        out, err = self.io / "stdout", self.io / "stderr"
+        request = {"argv": list(argv), "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        pid = int(self._answer(300))  # the first one waits for the imports
+        try:
+            code = int(self._answer(timeout))
+        except TimeoutError:
+            os.kill(pid, 9)
+            raise
+        return subprocess.CompletedProcess(["transferlab", *argv], code, out.read_text(encoding="utf-8"),
+                                           err.read_text(encoding="utf-8"))
+
+    def _answer(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self.proc.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                raise TimeoutError(f"no answer from the zygote in {timeout} s (status {self.proc.poll()})")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.io, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- image makers
@@ -562,12 +658,23 @@ def _build(case: Case, d: Path) -> tuple[list, list[Path]]:
     return args, denied
 
 
-def run_train(args: Sequence, cwd: Path, env: dict[str, str] | None = None,
-              deny: Sequence[Path] = ()) -> subprocess.CompletedProcess:
+def run_train(args: Sequence, cwd: Path, env: dict[str, str] | None = None, deny: Sequence[Path] = (),
+              zygotes: queue.Queue | None = None) -> subprocess.CompletedProcess:
     """``python -m transferlab train ARGS`` with a strict UTF-8 stdout; ``deny``: unreadable paths.
 
+    Forked from one of ``zygotes`` where given (and open() needs no patch), else a fresh interpreter.
     One torch thread each: the runs go in parallel on a small machine.
     """
+    if zygotes is not None and not (deny and os.geteuid() == 0):
+        zygote = zygotes.get()
+        for path in deny:
+            path.chmod(0)
+        try:
+            return zygote.run(["train", *map(str, args)], cwd, env or {})
+        finally:
+            for path in deny:
+                path.chmod(0o755)
+            zygotes.put(zygote)
     full_env = {**os.environ, **(env or {}), "PYTHONIOENCODING": "utf-8:strict", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "transferlab"]
     if deny and os.geteuid() == 0:
@@ -648,23 +755,24 @@ class Launched:
         return self.future.result()
 
 
-def _launch_error(pool: ThreadPoolExecutor, case: Case, d: Path) -> Launched:
+def _launch_error(pool: ThreadPoolExecutor, zygotes: queue.Queue, case: Case, d: Path) -> Launched:
     args, denied = _build(case, d)
     before = snapshot(d / "run")
     assert (before is None) == case.fresh_out
     extra = TINY if case.fresh_out else []  # a resumed run keeps its own options
     out = [] if "--out" in map(str, args) else ["--out", d / "run"]
     return Launched(d, before, pool.submit(run_train, [*extra, *args, *out, "--quiet"], d,
-                                           case.env, denied))
+                                           case.env, denied, zygotes))
 
 
-def _launch_loads(pool: ThreadPoolExecutor, d: Path) -> Launched:
+def _launch_loads(pool: ThreadPoolExecutor, zygotes: queue.Queue, d: Path) -> Launched:
     for case in LOADS:
         _build(case, d)
-    return Launched(d, None, pool.submit(run_train, ["--data", d / "data", *TINY, "--out", d / "run"], d))
+    return Launched(d, None, pool.submit(run_train, ["--data", d / "data", *TINY, "--out", d / "run"], d,
+                                         None, (), zygotes))
 
 
-def _launch_skips(pool: ThreadPoolExecutor, d: Path) -> Launched:
+def _launch_skips(pool: ThreadPoolExecutor, zygotes: queue.Queue, d: Path) -> Launched:
     bad, denied, env = [], [], {}
     for case in SKIPS:
         made = case.image(good_data(d) / case.where)
@@ -672,28 +780,36 @@ def _launch_skips(pool: ThreadPoolExecutor, d: Path) -> Launched:
         denied += [made] if case.deny else []
         env.update(case.env)
     args = ["--data", d / "data", *TINY, "--skip-bad-images", "--out", d / "run", "--quiet"]
-    return Launched(d, None, pool.submit(run_train, args, d, env, denied), bad)
+    return Launched(d, None, pool.submit(run_train, args, d, env, denied, zygotes), bad)
 
 
 @pytest.fixture(scope="module")
 def launched(request, tmp_path_factory) -> dict[str, Launched]:
-    """Every selected CLI run, started up front and run WORKERS at a time (each one mostly imports torch)."""
+    """Every selected CLI run, started up front and run WORKERS at a time, each forked from a zygote."""
     wanted = {item.name for item in request.session.items}
     root = tmp_path_factory.mktemp("cli")
-    with ThreadPoolExecutor(WORKERS) as pool:
-        runs: dict[str, Launched] = {}
-        if "test_everything_that_loads_trains_end_to_end" in wanted:
-            runs["loads"] = _launch_loads(pool, root / "loads")
-        if "test_skip_bad_images_drops_and_counts_each_one" in wanted:
-            runs["skip"] = _launch_skips(pool, root / "skip")
-        for i, case in enumerate(ERRORS):
-            if f"test_error_is_one_line_and_leaves_no_output[{case.name}]" in wanted:
-                runs[case.name] = _launch_error(pool, case, root / f"error{i}")
-        yield runs
-        for run in runs.values():
-            run.future.cancel()
+    zygotes: queue.Queue[Zygote] = queue.Queue()
+    for _ in range(WORKERS):
+        zygotes.put(Zygote())
+    try:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            runs: dict[str, Launched] = {}
+            if "test_everything_that_loads_trains_end_to_end" in wanted:
+                runs["loads"] = _launch_loads(pool, zygotes, root / "loads")
+            if "test_skip_bad_images_drops_and_counts_each_one" in wanted:
+                runs["skip"] = _launch_skips(pool, zygotes, root / "skip")
+            for i, case in enumerate(ERRORS):
+                if f"test_error_is_one_line_and_leaves_no_output[{case.name}]" in wanted:
+                    runs[case.name] = _launch_error(pool, zygotes, case, root / f"error{i}")
+            yield runs
+            for run in runs.values():
+                run.future.cancel()
+    finally:
+        for _ in range(WORKERS):
+            zygotes.get().close()
 
 
+@pytest.mark.slow  # the real CLI in a process of its own, one per case
 @pytest.mark.parametrize("case", ERRORS, ids=_ids(ERRORS))
 def test_error_is_one_line_and_leaves_no_output(case, launched):
     run = launched[case.name]
@@ -704,6 +820,7 @@ def test_error_is_one_line_and_leaves_no_output(case, launched):
     assert not (run.folder / "pwned").exists()  # the malicious pickle did not run
 
 
+@pytest.mark.slow  # the real CLI in a process of its own, one per case
 def test_everything_that_loads_trains_end_to_end(launched):
     """One training run over every "loads" case at once, not quiet (names get logged too)."""
     run = launched["loads"]
@@ -716,6 +833,7 @@ def test_everything_that_loads_trains_end_to_end(launched):
     assert proc.stderr.count("the folder link loops back") == 2, proc.stderr
 
 
+@pytest.mark.slow  # the real CLI in a process of its own, one per case
 def test_skip_bad_images_drops_and_counts_each_one(launched):
     """One run with every skippable kind: one warning per file, then the totals; training goes on."""
     run = launched["skip"]
@@ -740,7 +858,7 @@ def test_archive_is_refused_and_nothing_is_written(case, tmp_path, monkeypatch):
     served = tmp_path / "srv" / "deep" / "er"
     served.mkdir(parents=True)
     archive = case.archive(served)
-    server = _serve(served)
+    server = serve_directory(served)
     try:
         with pytest.raises(TransferlabError) as info:
             D.hotdog_root(url=f"http://127.0.0.1:{server.server_port}/hotdog.zip",
