@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from concurrent.futures import Future
 from pathlib import Path
 
 # One OpenMP / BLAS thread for torch and numpy here and in every process a test starts (set before either is
 # imported): the tests' models and batches are tiny, and on a small or shared CPU spinning OpenMP threads make
-# them many times slower, never faster. The few tests of large convolutions on real photos take every core
-# (fixture `cores`). `OMP_NUM_THREADS=N make test` sets both.
-_CORES = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+# them many times slower, never faster; a second core serves a second process (the notebook's kernel, the
+# torchrun workers, the CLI runs of the bad-input corpus). `OMP_NUM_THREADS=N make test` overrides it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
@@ -31,7 +31,16 @@ os.environ["TRANSFERLAB_HOME"] = str(_HOME / "transferlab")
 os.environ["TORCH_HOME"] = str(_HOME / "torch")
 os.environ["HF_HUB_CACHE"] = str(_HOME / "hf-hub")
 
-from helpers import HOTDOG_MINI, make_folder, make_image, random_images, run_cli, run_reports_off  # noqa: E402
+from helpers import (  # noqa: E402
+    HOTDOG_MINI,
+    execute_notebook,
+    in_background,
+    make_folder,
+    make_image,
+    random_images,
+    run_cli,
+    run_reports_off,
+)
 
 # The helpers' names stay importable from conftest for files written before helpers.py; new tests import helpers.
 __all__ = ["HOTDOG_MINI", "make_folder", "make_image", "random_images", "run_cli"]
@@ -55,24 +64,6 @@ def one_thread():
     """One intra-op thread: on a busy shared CPU two OpenMP threads are many times slower, never faster."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def cores() -> int:
-    """The threads for a test of large convolutions (real photos at full size): every core, or $OMP_NUM_THREADS.
-
-    Alone on a quiet 2-core machine two threads take 0.6 of the time of one there; the session default is one.
-    """
-    return _CORES
-
-
-@pytest.fixture
-def all_cores(cores):
-    """torch uses ``cores`` threads in this test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(cores)
     yield
     torch.set_num_threads(before)
 
@@ -107,3 +98,17 @@ def tiny_onnx(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny-onnx") / "run"
     shutil.copytree(tiny_run[0], run)
     return run, tiny_run[1], export_model(run, "onnx")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def notebook_in_background(request, tmp_path_factory) -> Future | None:
+    """The notebook tests' kernel (helpers.execute_notebook), started with the session when they are selected.
+
+    It trains and ranks on real photos for most of a minute in a process of its own, on one thread: on the
+    second core, beside the tests that run before the notebook's (also on one thread), which then wait for it.
+    None where hotdog-mini is absent (the tests skip) or no notebook test is selected.
+    """
+    selected = any(item.nodeid.startswith("tests/process/test_notebook.py") for item in request.session.items)
+    if not selected or not HOTDOG_MINI.is_dir():
+        return None
+    return in_background(execute_notebook, tmp_path_factory.mktemp("notebook"))

@@ -10,16 +10,21 @@ import ast
 import contextlib
 import http.server
 import io
+import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
+NOTEBOOK_TRAIN_PER_CLASS = 40  # of hotdog-mini's 100; its 50 validation photos are the test split, as in the notebook
 
 
 # --------------------------------------------------------------------------- generated images
@@ -63,6 +68,47 @@ def random_images(n: int, seed: int = 0) -> list[torch.Tensor]:
     """``n`` random uint8 CHW images of growing height."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (3, 30 + 3 * i, 40), generator=gen, dtype=torch.uint8) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- the notebook
+
+
+def execute_notebook(root: Path) -> list:
+    """examples/quickstart.ipynb run top to bottom in a fresh Jupyter kernel: its code cells, with their outputs.
+
+    It runs as in a checkout with ../shared beside it, in a tree under ``root``: the notebook's relative path
+    reaches hotdog-mini with NOTEBOOK_TRAIN_PER_CLASS of its training photos a class (every step runs as on all
+    of them, in less time), and the kernel has a cache folder of its own. The executed copy stays in the tree.
+    """
+    import shutil
+
+    import nbclient  # the test extras; `make test` installs them
+    import nbformat
+
+    photo_subset(HOTDOG_MINI, root / "shared" / "datasets" / "hotdog-mini", NOTEBOOK_TRAIN_PER_CLASS)
+    work = root / "project" / "examples"
+    work.mkdir(parents=True)
+    shutil.copy(NOTEBOOK, work)
+    nb = nbformat.read(work / NOTEBOOK.name, as_version=4)
+    env = {**os.environ, "TRANSFERLAB_HOME": str(root / "transferlab-home")}
+    where = {"metadata": {"path": str(work)}}
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources=where).execute(env=env)
+    nbformat.write(nb, work / NOTEBOOK.name)
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` in a daemon thread: its Future (an unfinished one does not hold up the interpreter's exit)."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=getattr(fn, "__name__", "background"), daemon=True).start()
+    return future
 
 
 # --------------------------------------------------------------------------- the command line in this process

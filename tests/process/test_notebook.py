@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from pathlib import Path
 
-import nbclient  # the test extras; `make test` installs them
-import nbformat
 import pytest
-from helpers import HOTDOG_MINI, photo_subset
-
-NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "quickstart.ipynb"
-TRAIN_PER_CLASS = 40  # of hotdog-mini's 100; its 50 validation photos are the test split, as in the notebook
+from helpers import HOTDOG_MINI, NOTEBOOK_TRAIN_PER_CLASS
 
 pytestmark = pytest.mark.slow  # a Jupyter kernel trains and ranks on real photos
 
@@ -25,23 +18,11 @@ def _text(output: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory, cores) -> list[dict]:
-    if not HOTDOG_MINI.is_dir():
+def executed(notebook_in_background) -> list[dict]:
+    """The notebook's code cells, executed (conftest starts the kernel with the session; this waits for it)."""
+    if notebook_in_background is None:
         pytest.skip(f"{HOTDOG_MINI} is absent")
-    root = tmp_path_factory.mktemp("nb")
-    # the notebook's relative path to the photos, as in a checkout with ../shared beside it: hotdog-mini with
-    # TRAIN_PER_CLASS of its 100 training photos a class (every step runs as on all of them, in less time)
-    photo_subset(HOTDOG_MINI, root / "shared" / "datasets" / "hotdog-mini", TRAIN_PER_CLASS)
-    work = root / "project" / "examples"
-    work.mkdir(parents=True)
-    shutil.copy(NOTEBOOK, work)
-    nb = nbformat.read(work / NOTEBOOK.name, as_version=4)
-    where = {"metadata": {"path": str(work)}}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("OMP_NUM_THREADS", str(cores))  # the kernel trains and ranks on real photos: every core
-        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources=where).execute()
-    nbformat.write(nb, work / NOTEBOOK.name)
-    return [cell for cell in nb.cells if cell.cell_type == "code"]
+    return notebook_in_background.result(timeout=900)
 
 
 def _cell(cells: list[dict], marker: str) -> dict:
@@ -67,7 +48,8 @@ def test_training_shows_its_lines_and_a_growing_epoch_table(executed):
     assert "val_loss" in tables[0] and "test_acc" not in tables[0]
     bars = [h for h in shown if "<progress" in h]  # one line per bar, kept as a record: no text flood
     epochs = [b for b in bars if ">epoch " in b]
-    batches = math.ceil(2 * (TRAIN_PER_CLASS - round(0.15 * TRAIN_PER_CLASS)) / 32)  # 15% carved off, batches of 32
+    train = NOTEBOOK_TRAIN_PER_CLASS - round(0.15 * NOTEBOOK_TRAIN_PER_CLASS)  # 15% carved off for validation
+    batches = math.ceil(2 * train / 32)  # batches of 32
     assert len(epochs) == 3 and all(f"{batches}/{batches} batch" in b for b in epochs), epochs
 
 

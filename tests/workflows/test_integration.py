@@ -13,7 +13,7 @@ IMAGE_SIZE, TRAIN_PER_CLASS = 128, 60
 
 
 @pytest.mark.slow
-def test_finetune_beats_scratch_on_hotdog_mini(hotdog_mini, tmp_path, all_cores):
+def test_finetune_beats_scratch_on_hotdog_mini(hotdog_mini, tmp_path):
     data = photo_subset(hotdog_mini, tmp_path / "hotdog-mini", TRAIN_PER_CLASS)
     config = make_config(data=str(data), model="mobilenet_v2", weights="imagenet", epochs=3, seed=0,
                          image_size=IMAGE_SIZE)
