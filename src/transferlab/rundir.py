@@ -49,7 +49,7 @@ __all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS",
            "LOCK", "is_finished", "config_differences", "saved_differences", "check_run_dir", "check_output",
            "resume_config", "save_model", "write_history", "write_metrics", "predictions_csv", "read_predictions",
            "write_checkpoint", "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
-           "foreign_files", "writing", "locked", "discard_unstarted", "RunDir", "REPLACED",
+           "foreign_files", "writing", "locked", "discard_unstarted", "RunDir", "read_json", "REPLACED",
            "restore_replaced", "drop_replaced"]
 
 CONFIG = "config.json"
@@ -405,7 +405,7 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """A JSON file's content, or None where it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
@@ -425,7 +425,7 @@ class RunDir:
 
     def config_dict(self) -> dict[str, Any] | None:
         """``config.json`` as saved (a dict), or None."""
-        values = _read_json(self.path / CONFIG)
+        values = read_json(self.path / CONFIG)
         return values if isinstance(values, dict) else None
 
     def config(self) -> RunConfig:
@@ -434,7 +434,7 @@ class RunDir:
 
     def metrics(self) -> dict[str, Any] | None:
         """``metrics.json`` (a finished run's final metrics), or None."""
-        values = _read_json(self.path / METRICS)
+        values = read_json(self.path / METRICS)
         return values if isinstance(values, dict) else None
 
     def history(self) -> list[dict[str, Any]]:
@@ -453,7 +453,7 @@ class RunDir:
 
     def ranking(self) -> dict[str, Any] | None:
         """``rank.json`` of a ``--model auto`` run, or None."""
-        values = _read_json(self.path / RANKING)
+        values = read_json(self.path / RANKING)
         return values if isinstance(values, dict) else None
 
     def model_metadata(self) -> dict[str, str]:

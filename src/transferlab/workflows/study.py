@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -144,7 +143,7 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
         atomic_write_json(out / "summary.json", _summary(study, base, runs, out, None))
     wall_s = time.perf_counter() - start
     if not todo:  # only the report was rewritten: keep the wall time of the invocation that trained
-        wall_s = (_read_summary(out / "summary.json") or {}).get("wall_s")
+        wall_s = (rundir.read_json(out / "summary.json") or {}).get("wall_s")
     summary = _summary(study, base, runs, out, wall_s)
     files = write_study_report(out, summary)
     say(f"report: {files['html']} ({files['md'].name}, {files['summary'].name})")
@@ -164,18 +163,11 @@ def check_study_dir(out: Path) -> None:
     if rundir.RunDir(out).holds_run():
         raise TransferlabError(f"{opt('out', out)}: holds a run, not a study; choose a new or empty folder")
     entries = sorted(name for name in os.listdir(out) if not name.startswith("."))
-    study = _read_summary(out / STUDY_FILE)
+    study = rundir.read_json(out / STUDY_FILE)
     if entries and entries != [rundir.RANKING] and not (isinstance(study, dict) and "study" in study):
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise TransferlabError(f"{opt('out', out)}: not empty and not a study ({shown}); choose a new or empty "
                                "folder")
-
-
-def _read_summary(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _summary(study: Study, base: RunConfig, runs: list[StudyRun], out: Path,
