@@ -17,11 +17,33 @@ from .errors import TransferlabError, WriteError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
            "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache",
-           "own_entries", "MADE_HERE"]
+           "own_entries", "MADE_HERE", "readable", "readable_tree"]
 
 # What transferlab keeps on disk, by kind (README, "Caches"). `weights` is torch's own hub cache,
 # which other programs share: it is cleared only when asked for by name.
 CACHE_KINDS = ("decoded", "features", "datasets", "downloads", "weights")
+
+
+def readable(name: str) -> str:
+    """A file or class name as a person reads it: bytes that are not UTF-8 (held as surrogates) shown as ``\\xNN``.
+
+    The files keep the name itself; a name shown in a figure, a web page or JSON for a browser is this one.
+    """
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def readable_tree(value: Any) -> Any:
+    """:func:`readable` applied to every string, key or value, in nested dicts and lists (for display only)."""
+    if isinstance(value, str):
+        return readable(value)
+    if isinstance(value, dict):
+        return {readable_tree(k): readable_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [readable_tree(v) for v in value]
+    return value
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

@@ -355,6 +355,10 @@ def unreadable_folder(d: Path) -> list:
     return ["--data", d / "data"]
 
 
+def unreadable_dataset(d: Path) -> list:
+    return ["--data", good_data(d)]  # the whole dataset folder is made unreadable
+
+
 def junk_files(d: Path) -> list:
     """System and hidden files, which scanning ignores; none is counted."""
     root = good_data(d)
@@ -563,6 +567,8 @@ CASES = [
     Case("non-UTF-8 class folder name", "loads", build=non_utf8_class),
     Case("unreadable class subfolder", "error", ("train/red/private", "cannot list folder", "Permission denied"),
          build=unreadable_folder, deny="private"),
+    Case("unreadable dataset folder", "error", ("data", "cannot list folder", "Permission denied"),
+         build=unreadable_dataset, deny="data"),
     Case("empty class folder", "error", ("train/green", "class folder has no images"), build=empty_class),
     Case("single class", "error", ("only one class", "at least two"), build=single_class),
     Case("class names differ between train and val", "error",
@@ -831,6 +837,19 @@ def test_everything_that_loads_trains_end_to_end(launched):
     kinds = sum(1 for c in LOADS if c.image)
     assert (metrics["train_images"], metrics["test_images"]) == (3 * 4 + kinds, 3 * 2)  # no junk, no loop twice
     assert proc.stderr.count("the folder link loops back") == 2, proc.stderr
+    # the non-UTF-8 class name is shown as \\xNN where people read it: the report, and the server's JSON
+    assert "could not write" not in proc.stderr, proc.stderr
+    report = (run.folder / "run" / "report.html").read_text(encoding="utf-8", errors="strict")
+    assert "gr\\xfcn" in report
+    from fastapi.testclient import TestClient
+
+    from transferlab.inference.serve import create_app
+
+    client = TestClient(create_app(run.folder / "run", device="cpu"))
+    assert client.get("/info").json()["class_names"] == ["blue", "gr\\xfcn", "red"]
+    answer = client.post("/predict", files={"file": ("a.png", (run.folder / "data" / "val" / "red" / "red_0.png")
+                                                     .read_bytes(), "image/png")})
+    assert answer.status_code == 200 and set(answer.json()["probabilities"]) == {"blue", "gr\\xfcn", "red"}, answer.text
 
 
 @pytest.mark.slow  # the real CLI in a process of its own, one per case

@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,9 +108,13 @@ def test_cli_predict_errors_are_one_line(run, tmp_path, capsys):
     empty.mkdir()
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
     cases = [(["--batch-size", "0", empty], "--batch-size must be positive"),
              ([empty], "no image files"),
              ([tmp_path / "missing.jpg"], "no such file"),
+             ([fifo], "pipe.jpg: not a regular file"),
+             (["/dev/null"], "/dev/null: not a regular file"),
              ([broken], "1 of 1 images could not be read")]
     for args, needle in cases:
         assert main(["predict", str(run_dir), *map(str, args)]) == 2
@@ -116,3 +122,19 @@ def test_cli_predict_errors_are_one_line(run, tmp_path, capsys):
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("transferlab: error: ") and needle in lines[0], lines
     assert "broken.jpg" in json.loads(captured.out)["error"]  # the bad image's own row
+
+
+def test_predict_folder_names_link_loops_and_counts_unread_photos(run, tmp_path, capsys):
+    """A folder is listed as training lists a class folder: no image is passed over in silence."""
+    run_dir, _ = run
+    inbox = tmp_path / "inbox"
+    make_image(inbox / "ok.png", (200, 40, 40))
+    make_image(tmp_path / "phone.png", (200, 40, 40)).rename(inbox / "phone.heic")  # a name it does not read
+    (inbox / "loop1.jpg").symlink_to("loop2.jpg")
+    (inbox / "loop2.jpg").symlink_to("loop1.jpg")
+    assert main(["predict", str(run_dir), str(inbox)]) == 2
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["loop1.jpg", "loop2.jpg", "ok.png"]
+    assert all("Too many levels of symbolic links" in r["error"] for r in rows[:2]) and "label" in rows[2]
+    assert "ignoring 1 file (1 .heic) that transferlab cannot read" in err

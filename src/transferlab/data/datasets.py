@@ -22,9 +22,9 @@ from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to
 from .transforms import decode_one
 
 __all__ = ["IMAGE_EXTENSIONS", "IGNORED_NAMES", "DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "Split", "Dataset",
-           "resolve_data", "dataset_for", "scan_folder", "stratified_split", "split_difference", "max_pixels",
-           "load_rgb", "to_tensor", "decode_one", "elpv_root", "hotdog_root", "safe_extract", "HOTDOG_URL",
-           "HOTDOG_SHA1"]
+           "resolve_data", "dataset_for", "scan_folder", "image_files", "stratified_split", "split_difference",
+           "max_pixels", "load_rgb", "to_tensor", "decode_one", "elpv_root", "hotdog_root", "safe_extract",
+           "HOTDOG_URL", "HOTDOG_SHA1"]
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +226,23 @@ def scan_folder(root: Path) -> tuple[tuple[str, ...], Split]:
             skipped[suffix] = skipped.get(suffix, 0) + n
         paths.extend(files)
         labels.extend([label] * len(files))
-    if skipped:
-        log.warning("%s: ignoring %s that transferlab cannot read; convert them to JPEG or PNG", root,
-                    _counts(skipped))
+    warn_unread(root, skipped)
     return classes, Split(tuple(paths), tuple(labels))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` as training finds them (links, loops and unread photos alike), sorted."""
+    others: dict[str, int] = {}
+    files = _image_files(folder, others)
+    warn_unread(folder, others)
+    return files
+
+
+def warn_unread(folder: Path, by_suffix: dict[str, int]) -> None:
+    """One warning line for the photos under ``folder`` that transferlab passed over (HEIC, RAW, ...)."""
+    if by_suffix:
+        log.warning("%s: ignoring %s that transferlab cannot read; convert them to JPEG or PNG", folder,
+                    _counts(by_suffix))
 
 
 def _counts(by_suffix: dict[str, int]) -> str:
@@ -259,6 +272,10 @@ def _from_folder(root: Path, name: str, seed: int, test_fraction: float) -> Data
         what = "is a file, not a folder" if root.exists() else "no such directory"
         raise TransferlabError(f"{opt('data', root)}: {what}; give an ImageFolder root "
                                "(train/ and val/ or test/), or elpv, or hotdog")
+    names = {e.name for e in _list_dir(root)}  # an unreadable root is named here, before any stat under it
+    for split in ("train", "val", "test"):
+        if split in names:
+            _list_dir(root / split)
     train_dir = root / "train"
     if not train_dir.is_dir():
         train_dir = root

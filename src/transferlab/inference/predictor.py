@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .. import rundir
 from ..config import MAX_IMAGE_SIZE, PRECISIONS
-from ..data.datasets import IMAGE_EXTENSIONS, dataset_for, split_difference
+from ..data.datasets import dataset_for, image_files, split_difference
 from ..data.images import ImageError
 from ..data.transforms import Preprocessing, decode_one, resize_shorter
 from ..errors import TransferlabError, first_line, opt
@@ -213,15 +213,21 @@ def _check_metadata(classes: tuple[str, ...], pre: Preprocessing, precision: str
 
 
 def expand_paths(items: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expanded recursively to their image files (sorted)."""
+    """Files as given; folders expanded recursively to their image files, as training scans a class folder.
+
+    A link that does not resolve (broken, or a loop) is kept, so that its row names the error; photos
+    transferlab cannot read (HEIC, RAW, ...) are counted in one warning line, not passed over in silence.
+    """
     out: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*")
-                              if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")))
-        elif path.is_file():
+            out.extend(image_files(path))
+        elif path.is_file() or path.is_symlink():
             out.append(path)
+        elif os.path.lexists(path):
+            raise TransferlabError(f"{path}: not a regular file (a device, FIFO or socket); give image files "
+                                   "or folders of them")
         else:
             raise TransferlabError(f"{path}: no such file or directory")
     return out

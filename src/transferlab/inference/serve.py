@@ -26,6 +26,7 @@ from PIL import Image
 from ..data import images
 from ..data.images import ImageError, load_rgb
 from ..errors import TransferlabError, opt
+from ..files import readable
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "ApiError", "is_hotdog_model", "headline", "decode_upload",
            "create_app", "make_server", "serve"]
@@ -156,7 +157,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     # Uploads are decoded in a pool of their own, DECODERS at a time: that bounds the memory of decoding, and
     # so does keeping it to DECODERS threads (glibc keeps per-thread heaps, which decoded images would fill).
     decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="decode")
-    info = {"model": predictor.model_name, "class_names": list(predictor.classes), "transferlab_version": __version__,
+    names = {c: readable(c) for c in predictor.classes}  # JSON for a browser: a non-UTF-8 name as \\xNN
+    info = {"model": predictor.model_name, "class_names": list(names.values()), "transferlab_version": __version__,
             "preprocessing": predictor.pre.to_dict(),
             "hotdog": is_hotdog_model(predictor.classes),
             "limits": {"max_upload_mb": max_upload_mb, "max_pixels": max_pixels}}
@@ -198,7 +200,8 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     def predict_image(image: Image.Image) -> dict[str, Any]:
         with lock:
             result = predictor.predict([image])[0]
-        return {**result, "headline": headline(result["label"], predictor.classes)}
+        return {"label": names[result["label"]], "headline": readable(headline(result["label"], predictor.classes)),
+                "probabilities": {names[c]: p for c, p in result["probabilities"].items()}}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:

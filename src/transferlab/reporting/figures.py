@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransferlabError
+from ..files import readable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -221,9 +222,9 @@ def confusion_matrix(metrics: dict[str, Any]) -> tuple[list[list[int]], list[str
     """The test confusion matrix (rows: true class, columns: predicted) and its labels, new or old metrics."""
     block = (metrics.get("test") or {}).get("confusion")
     if isinstance(block, dict) and block.get("matrix"):
-        return block["matrix"], list(block["labels"])
+        return block["matrix"], [readable(c) for c in block["labels"]]
     if metrics.get("confusion") and metrics.get("class_names"):
-        return metrics["confusion"], list(metrics["class_names"])
+        return metrics["confusion"], [readable(c) for c in metrics["class_names"]]
     return None
 
 
@@ -292,6 +293,7 @@ def image_grid(cells: Sequence[dict[str, Any]], cols: int, title: str, cell_in: 
                color: str = "#1a202c", max_px: int = 256) -> Figure:
     """Images in a grid, each fitted into a square cell under its caption; one axes, so it draws fast.
 
+    Captions name files and classes as people read them (:func:`~transferlab.files.readable`).
     A cell: ``{"image": HWC uint8 array or None, "caption": str, "note": str (shown where the
     image is None), "box": (left, top, width, height) in the image's pixels, outlined dashed}``.
     """
@@ -310,11 +312,11 @@ def image_grid(cells: Sequence[dict[str, Any]], cols: int, title: str, cell_in: 
     ax.axis("off")
     for i, cell in enumerate(cells):
         x0, y0 = (i % cols) * (side + gap), (i // cols) * (side + band + gap) + band
-        ax.text(x0 + side / 2, y0 - band * 0.08, cell.get("caption", ""), ha="center", va="bottom", fontsize=8,
-                color=color, linespacing=1.25)
+        ax.text(x0 + side / 2, y0 - band * 0.08, readable(cell.get("caption", "")), ha="center", va="bottom",
+                fontsize=8, color=color, linespacing=1.25)
         image = cell.get("image")
         if image is None:
-            ax.text(x0 + side / 2, y0 + side / 2, cell.get("note", ""), ha="center", va="center", fontsize=8,
+            ax.text(x0 + side / 2, y0 + side / 2, readable(cell.get("note", "")), ha="center", va="center", fontsize=8,
                     color="#718096")
             continue
         h, w = image.shape[:2]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, rundir
 from ..config import crop_region_px
 from ..errors import TransferlabError, first_line
-from ..files import atomic_write_text
+from ..files import atomic_write_text, readable_tree
 from ..ranking.result import Ranking
 from ..system import environment
 from .common import REPORT_CSS, html_image, html_table
@@ -335,7 +335,13 @@ def write_run_report(run_dir: str | Path, dataset: Dataset | None = None) -> Pat
         raise TransferlabError(f"{run_dir}: not a run directory (no run {rundir.CONFIG} or model of transferlab); "
                                "give the folder a run was trained into")
     try:
-        text = _report_html(run_dir, config or {}, metrics or {}, run.history(), run.predictions(), dataset)
+        # names shown as people read them (a non-UTF-8 class name as \\xNN); the paths stay as they are, to be opened
+        shown = readable_tree(metrics or {})
+        if metrics and "data_root" in metrics:
+            shown["data_root"] = metrics["data_root"]
+        rows = run.predictions()
+        rows = None if rows is None else [{**readable_tree(r), "path": r.get("path")} for r in rows]
+        text = _report_html(run_dir, config or {}, shown, run.history(), rows, dataset)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hand-edited run files
         raise TransferlabError(f"{run_dir}: its {rundir.CONFIG} or {rundir.METRICS} hold values no run writes "
                                f"({first_line(exc, 200, typed=True)}); restore them, or train the run again") from None
