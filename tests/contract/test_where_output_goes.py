@@ -401,3 +401,25 @@ def test_hand_edited_run_files_are_one_line_in_report_and_resume(tiny_run, tmp_p
         (run / rundir.CHECKPOINT).write_bytes(b"")
         proc = run_cli("train", "--out", run, "--resume", "--quiet")
         assert proc.returncode == 2 and "--crop-scale must be two numbers, got [0.5]; fix the file" in proc.stderr
+
+
+def test_export_elsewhere_only_reads_the_run(tiny_run, tmp_path, monkeypatch):
+    """A run on a read-only mount exports to a folder of the user's (no RUN/.lock is needed to read it)."""
+    import errno
+
+    run = _copy_run(tiny_run, tmp_path)
+    real_open = os.open
+
+    def read_only_run(path, flags, *args, **kwargs):
+        if Path(os.fsdecode(path)).absolute().is_relative_to(run) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_run)
+    before = _snapshot(run)
+    proc = run_cli("export", run, "--format", "torchscript", "--out", tmp_path / "app" / "model.ts")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "app" / "model.ts").stat().st_size > 0 and _snapshot(run) == before
+    proc = run_cli("export", run, "--format", "torchscript")  # into the run itself: one line, nothing written
+    assert proc.returncode == 2 and "Read-only file system" in proc.stderr and _snapshot(run) == before, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -52,6 +52,7 @@ def assert_error(response, status, needle):
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert list(body) == ["error"] and needle in body["error"], body
+    assert not any(c in body["error"] for c in "\x1e\x1f"), body  # option markers are spelled out
 
 
 def test_headline_for_hot_dog_models_and_others():
@@ -93,11 +94,11 @@ def test_predict_answers_like_the_python_api(client, run):
 
 
 def test_every_error_is_json(client):
-    limit = 1024 * 1024
+    limit, too_big = 1024 * 1024, "larger than 1 MB (--max-upload-mb)"
     oversize = b"\xff\xd8" + b"\0" * (limit + 256 * 1024)  # beyond the body limit: refused on Content-Length
-    assert_error(client.post("/predict", files={"file": ("big.jpg", oversize)}), 413, "larger than 1 MB")
+    assert_error(client.post("/predict", files={"file": ("big.jpg", oversize)}), 413, too_big)
     just_over = png_bytes() + b"\0" * (limit + 10 - len(png_bytes()))  # body within slack, file itself too big
-    assert_error(client.post("/predict", files={"file": ("big.png", just_over)}), 413, "larger than 1 MB")
+    assert_error(client.post("/predict", files={"file": ("big.png", just_over)}), 413, too_big)
 
     def chunks():  # no Content-Length: the limit applies while the body streams in
         yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n"
@@ -106,7 +107,7 @@ def test_every_error_is_json(client):
         yield b"\r\n--b--\r\n"
 
     streamed = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
-    assert_error(streamed, 413, "larger than 1 MB")
+    assert_error(streamed, 413, too_big)
 
     assert_error(client.post("/predict", files={"file": ("a.jpg", b"plain text, no image")}), 415, "not an image")
     noise = Image.effect_noise((200, 200), 60).convert("RGB")
@@ -254,6 +255,19 @@ def test_slow_headers_are_cut_off_and_a_whole_request_is_answered(run, monkeypat
         whole.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert b"200 OK" in whole.recv(4096)
         whole.close()
+        # a keep-alive connection gets the same deadline for its next request's headers
+        kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b'{"status":"ok"}'):
+            answer += kept.recv(4096)
+        assert b"200 OK" in answer
+        kept.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.3)
+        kept.sendall(b"Host: 127.0.0.1\r\n")  # still dribbling when the deadline passes
+        time.sleep(1.2)
+        assert kept.recv(1024) == b""
+        kept.close()
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -267,3 +281,21 @@ def test_a_large_upload_is_reduced_while_it_is_decoded(run):
     assert 100 <= min(image.size) <= 400 and image.mode == "RGB"
     client = TestClient(create_app(run[0], device="cpu"))
     assert client.post("/predict", files={"file": ("big.jpg", buffer.getvalue())}).status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(run, capfd):
+    server, thread, sock = _start_server(create_app(run[0], device="cpu"))
+    try:
+        gone = socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=5)
+        gone.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 500000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                     b"filename=\"x.jpg\"\r\n\r\n" + b"\0" * 50_000)
+        time.sleep(0.3)
+        gone.close()
+        time.sleep(0.7)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err

@@ -44,6 +44,13 @@ def test_symbolic_freeze_follows_the_model_family():
     assert resolve_freeze("stem", "resnet18") == "stem"
 
 
+# nine levels of nine aliases: 9**9 values once expanded, in a few hundred bytes
+ALIAS_BOMB = "name: b\nbase:\n  lr: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  {key}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n"
+    for i, key in enumerate(("momentum", "weight_decay", "epochs", "batch_size", "head_lr_mult", "freeze", "model",
+                             "data"), start=1)) + "variants:\n  v: {}\n"
+
+
 @pytest.mark.parametrize("text, suffix, needles", [
     ("variants:\n  probe: {frezee: body}\n", ".yaml", ["variant 'probe'", "frezee"]),
     ('{"variants": {"a": {}}, "colour": 1}', ".json", ["unknown study key", "colour"]),
@@ -53,6 +60,8 @@ def test_symbolic_freeze_follows_the_model_family():
     ("variants: [a, b]\n", ".yaml", ["'variants' must map"]),
     ("variants: {a: {}\n", ".yaml", ["not valid YAML"]),
     ("variants:\n  a/b: {}\n", ".yaml", ["variant 'a/b'", "folder name"]),
+    (ALIAS_BOMB, ".yaml", ["over 10,000 values", "YAML aliases"]),  # refused before any message prints it
+    ('{"variants": ' + "[" * 100_000 + "]" * 100_000 + "}", ".json", ["not valid JSON", "recursion"]),
 ])
 def test_study_files_are_validated(tmp_path, text, suffix, needles):
     path = tmp_path / f"mine{suffix}"

@@ -17,6 +17,7 @@ needs just onnxruntime, numpy and Pillow, and is meant as a pattern to copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -161,7 +162,9 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
         raise TransferlabError(f"{opt('out', target)}: the metadata goes to {metadata_path}; "
                                f"give the model file another suffix, e.g. {FORMATS[fmt]}")
     predictor = load(run_dir, device="cpu")
-    with locked(Path(run_dir)):  # one process writes into a run directory at a time
+    into_run = target.absolute().parent.resolve() == Path(run_dir).resolve()
+    # one process writes into a run directory at a time; an export elsewhere only reads the run (a read-only mount)
+    with locked(Path(run_dir)) if into_run else contextlib.nullcontext():
         net = predictor.model.net.eval().to(memory_format=torch.contiguous_format)
         pre = predictor.pre
         generator = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..data import images
 from ..data.images import ImageError, load_rgb
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, opt, render
 from ..files import readable
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "ApiError", "is_hotdog_model", "headline", "decode_upload",
@@ -37,7 +37,7 @@ MAX_UPLOAD_CEILING_MB = 4096  # one upload is one image: more only invites memor
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DECODERS = 2  # uploads decoded at once
 UPLOAD_STATUS = {"not_image": 415, "too_large": 413}  # other unusable uploads: 400
-HEADER_TIMEOUT = 10.0  # seconds for a new connection's request headers to arrive
+HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive (on a new connection, or after a response)
 BODY_TIMEOUT = 60.0  # seconds for a request body (the upload) to arrive
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MULTIPART_SLACK = 64 * 1024  # room for multipart headers and boundaries around the file itself
@@ -51,12 +51,12 @@ PAGE_HEADERS = {
 
 
 class ApiError(Exception):
-    """An HTTP error answered as ``{"error": message}``."""
+    """An HTTP error answered as ``{"error": message}``; options named as the server's flags (``--max-upload-mb``)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
+        self.message = render(message, cli=True)
 
 
 def _hotdog_key(name: str) -> str:
@@ -91,7 +91,7 @@ class _BodyLimit:
     def __init__(self, app: Any, limit: int, message: str, seconds: float = BODY_TIMEOUT) -> None:
         self.app = app
         self.limit = limit
-        self.message = message
+        self.message = render(message, cli=True)
         self.seconds = seconds
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -140,9 +140,10 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         from fastapi import FastAPI, Request
         from fastapi.concurrency import run_in_threadpool
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import HTMLResponse, JSONResponse
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
         from starlette.datastructures import UploadFile
         from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
     except ImportError as exc:
         raise TransferlabError(f"serve needs fastapi, uvicorn and python-multipart ({exc}); "
                                "run `pip install 'transferlab[serve]'`") from None
@@ -179,6 +180,12 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": f"invalid request: {exc.errors()}"}, status_code=400)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _exc: ClientDisconnect) -> Response:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s closed the connection before its request had arrived; nothing was answered", client)
+        return Response(status_code=499)  # not sent: the client is gone
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -247,17 +254,27 @@ class _HostCheck:
 
 
 def _protocol() -> type:
-    """uvicorn's HTTP protocol with a deadline for a new connection's request headers: uvicorn has none, so a
-    client that sends its headers a byte at a time would hold a connection for ever (a "slowloris")."""
+    """uvicorn's HTTP protocol with a deadline for each request's headers: uvicorn has none, so a client that
+    sends its headers a byte at a time would hold a connection for ever (a "slowloris"). The deadline is armed
+    when the connection opens and again after every response (a keep-alive connection's next request)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadline(H11Protocol):
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire)
+            self._arm()
 
-        def _expire(self) -> None:
-            if self.cycle is None:  # no whole request yet
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._deadline.cancel()
+            self._arm()
+
+        def _arm(self) -> None:
+            armed_on = self.cycle  # the request answered last (None: a new connection)
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._expire, armed_on)
+
+        def _expire(self, armed_on: Any) -> None:
+            if self.cycle is armed_on:  # no whole request since the deadline was armed
                 self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:

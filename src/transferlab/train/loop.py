@@ -1,5 +1,8 @@
 """The training loop: one epoch over batches, its checkpointable state, stop requests and determinism.
 
+What one step keeps in memory is measured on two small crops before the first step
+(:func:`check_step_memory`): a crop or batch that cannot fit is refused with the numbers.
+
 SIGINT/SIGTERM (:class:`StopRequest`) finish the current step; the caller then writes a
 checkpoint and raises :class:`TrainingInterrupted`. A non-finite loss raises
 :class:`TrainingDiverged` on every process at the same step.
@@ -17,20 +20,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..console import progress
 from ..data.batches import Batch
+from ..data.cache import available_memory
 from ..data.transforms import Preprocessing, normalize
 from ..errors import TransferlabError, opt
 from ..inference.forward import autocast
 from . import distributed
 
+if TYPE_CHECKING:
+    from ..models.model import TransferModel
+
 __all__ = ["EpochState", "StopRequest", "TrainingInterrupted", "TrainingDiverged", "deterministic_mode",
-           "Step", "train_one_epoch", "LOSS_CEILING", "check_loss", "optimizer_step"]
+           "Step", "train_one_epoch", "LOSS_CEILING", "check_loss", "optimizer_step", "activation_bytes",
+           "check_step_memory"]
 
 log = logging.getLogger("transferlab.train")
 
@@ -212,3 +220,59 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], total: int, step
     return {"train_loss": state.loss_sum / max(1, state.seen), "train_acc": state.correct / max(1, state.seen),
             "train_images_per_s": state.seen / max(state.seconds, 1e-9), "train_s": state.seconds}
 
+
+# --------------------------------------------------------------------------- the memory of a step
+
+STEP_MEMORY_SHARE = 0.8  # of the memory available, what one step may take
+_SIZES = (64, 96)  # two small crops: the part that grows with the pixels, and the part that does not
+
+
+def _saved_bytes(model: TransferModel, size: int, device: torch.device, precision: str) -> int:
+    """Bytes autograd keeps for backward after one forward pass of a ``size`` px image (parameters excluded)."""
+    params = {t.untyped_storage().data_ptr() for t in (*model.net.parameters(), *model.net.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:  # views of one storage count once
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    image = torch.zeros(1, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    training = model.net.training
+    model.net.eval()  # eval: BatchNorm's running statistics stay as they are; it saves what training saves
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, precision):
+            model.net(image)
+    finally:
+        model.net.train(training)
+    return sum(saved.values())
+
+
+def activation_bytes(model: TransferModel, crop: int, batch: int, device: torch.device, precision: str) -> int:
+    """What the backward pass of one training step keeps: ``batch`` images of ``crop`` px (at least)."""
+    small, large = (_saved_bytes(model, s, device, precision) for s in _SIZES)
+    per_pixel = max(large - small, 0) / (_SIZES[1] ** 2 - _SIZES[0] ** 2)
+    fixed = max(small - per_pixel * _SIZES[0] ** 2, 0)  # e.g. autocast's copies of the weights
+    return int(fixed + batch * per_pixel * crop ** 2)
+
+
+def _available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
+
+
+def check_step_memory(model: TransferModel, crop: int, batch: int, device: torch.device, precision: str,
+                      crop_option: str) -> None:
+    """Refuse, with the numbers, a training step that cannot fit in the memory available (``crop_option``:
+    the option that set the crop, named in the advice)."""
+    available = _available_memory(device)
+    if available is None:
+        return
+    need = activation_bytes(model, crop, batch, device, precision)
+    if need > STEP_MEMORY_SHARE * available:
+        where = "GPU memory" if device.type == "cuda" else "memory"
+        raise TransferlabError(f"{opt(crop_option, crop)}: a training step of {batch} images at {crop} px keeps about "
+                               f"{need / 1e9:.1f} GB of activations and {available / 1e9:.1f} GB of {where} are "
+                               f"available; lower {opt(crop_option)} or {opt('batch_size')}")

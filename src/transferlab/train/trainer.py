@@ -49,6 +49,7 @@ from .loop import (
     StopRequest,
     TrainingDiverged,
     TrainingInterrupted,
+    check_step_memory,
     deterministic_mode,
     train_one_epoch,
 )
@@ -146,6 +147,10 @@ class Trainer:
         What :meth:`fit` does first; benchmarks and tests call it to get a run's model and data alone.
         """
         model = self._build_model()
+        if not self.probe:  # a probe's body runs without autograd
+            cfg = self.config
+            check_step_memory(model, self.train_pre.crop_size, cfg.batch_size // self.dist.world_size, self.device,
+                              cfg.precision, "train_image_size" if cfg.train_image_size else "image_size")
         self._prepare_data()
         return model
 

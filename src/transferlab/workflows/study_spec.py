@@ -152,19 +152,38 @@ def _read(path: Path) -> Any:
         raise TransferlabError(f"{opt('spec', path)}: cannot read it ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise TransferlabError(f"{opt('spec', path)}: not valid JSON ({exc})") from None
+            return _bounded(json.loads(text), path)
+        except (ValueError, RecursionError) as exc:
+            raise TransferlabError(f"{opt('spec', path)}: not valid JSON ({first_line(exc, 200)})") from None
     try:
         import yaml
     except ImportError:
         raise TransferlabError(f"{opt('spec', path)}: reading YAML needs PyYAML; pip install 'transferlab[report]' "
                                "or write the study as JSON") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = first_line(exc)
-        raise TransferlabError(f"{opt('spec', path)}: not valid YAML ({first})") from None
+        values = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise TransferlabError(f"{opt('spec', path)}: not valid YAML ({first_line(exc, 200)})") from None
+    return _bounded(values, path)
+
+
+MAX_SPEC_VALUES, MAX_SPEC_DEPTH = 10_000, 32  # a study is a short list of settings
+
+
+def _bounded(values: Any, path: Path) -> Any:
+    """``values`` if they are a study's size; YAML aliases are counted as often as they are used (an alias bomb)."""
+    pending, count = [(values, 0)], 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > MAX_SPEC_VALUES or depth > MAX_SPEC_DEPTH:
+            raise TransferlabError(f"{opt('spec', path)}: over {MAX_SPEC_VALUES:,} values or {MAX_SPEC_DEPTH} levels "
+                                   "deep (YAML aliases expand); a study is a short list of settings")
+        if isinstance(value, dict):
+            pending.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            pending.extend((v, depth + 1) for v in value)
+    return values
 
 
 def load_study(spec: str | Path) -> Study:
