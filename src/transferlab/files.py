@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from .errors import TransferlabError, WriteError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
            "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache",
-           "own_entries", "MADE_HERE", "readable", "readable_tree"]
+           "own_entries", "MADE_HERE", "readable", "readable_tree", "check_writable"]
 
 # What transferlab keeps on disk, by kind (README, "Caches"). `weights` is torch's own hub cache,
 # which other programs share: it is cleared only when asked for by name.
@@ -44,6 +45,18 @@ def readable_tree(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [readable_tree(v) for v in value]
     return value
+
+
+def check_writable(folder: str | Path) -> None:
+    """:class:`WriteError` now if ``folder`` (made later where new) cannot be written: before minutes of work."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        cause = OSError(errno.EROFS, "Read-only file system") if read_only else \
+            OSError(errno.EACCES, "Permission denied")
+        raise WriteError(folder, cause)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

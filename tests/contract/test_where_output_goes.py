@@ -365,9 +365,11 @@ def test_outputs_into_a_folder_that_cannot_be_written_are_one_line(tiny_run, tmp
 
     image = make_image(tmp_path / "x.png", (200, 40, 40))
     monkeypatch.setattr(tempfile, "mkstemp", denied)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # rank checks before its minutes of work
     for args in (("export", run, "--format", "torchscript", "--out", tmp_path / "ro" / "m.ts"),
                  ("predict", run, image, "--out", tmp_path / "ro" / "rows.json"),
-                 ("report", _copy_run(tiny_run, tmp_path))):
+                 ("report", _copy_run(tiny_run, tmp_path)),
+                 ("rank", "--data", tiny_run[1], "--out", tmp_path / "ro" / "rank")):
         proc = run_cli(*args)
         assert proc.returncode == 2 and "cannot write (Permission denied)" in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1

@@ -255,7 +255,6 @@ def cmd_rank(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/rank-{Path(config.data).name}")
     _check_rank_out(out)  # before the ranking's minutes, not after them
     ranking = rank(config, models=models, budget=args.budget, logme_too=args.logme, quiet=args.quiet)
-    out.mkdir(parents=True, exist_ok=True)
     path = ranking.write(out / RANKING)
     print(ranking.table())
     print(f"picked {ranking.picked}: {ranking.reason}; ranked in {ranking.seconds:.0f} s; {path}")
@@ -265,11 +264,13 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def _check_rank_out(out: Path) -> None:
     """``rank --out``: a folder (new, or holding no file named like ours that is not a ranking)."""
+    from ..files import check_writable
     from ..ranking.result import Ranking
     from ..rundir import RANKING
 
     if out.exists() and not out.is_dir():
         raise TransferlabError(f"--out {out}: is a file; give a folder for {RANKING}")
+    check_writable(out)
     if (out / RANKING).exists():
         try:
             Ranking.read(out / RANKING)
