@@ -162,9 +162,22 @@ def close_bars() -> None:
     _OPEN.clear()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Lines to ``sys.stderr`` as it is when each is logged (a notebook, a test or a server thread may have
+    replaced it since the handler was made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(quiet: bool = False) -> None:
     """Readable ``transferlab: message`` lines on stderr; warnings only when quiet."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("transferlab")
     root.handlers[:] = [handler]

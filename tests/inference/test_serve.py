@@ -263,9 +263,9 @@ def test_slow_headers_are_cut_off_and_a_whole_request_is_answered(run, monkeypat
             answer += kept.recv(4096)
         assert b"200 OK" in answer
         kept.sendall(b"GET /health HTTP/1.1\r\n")
-        time.sleep(0.3)
+        time.sleep(0.2)
         kept.sendall(b"Host: 127.0.0.1\r\n")  # still dribbling when the deadline passes
-        time.sleep(1.2)
+        time.sleep(0.6)
         assert kept.recv(1024) == b""
         kept.close()
     finally:
@@ -290,9 +290,9 @@ def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(run, capfd):
         gone.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 500000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
                      b"filename=\"x.jpg\"\r\n\r\n" + b"\0" * 50_000)
-        time.sleep(0.3)
+        time.sleep(0.2)
         gone.close()
-        time.sleep(0.7)
+        time.sleep(0.4)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -272,9 +272,9 @@ def _from_folder(root: Path, name: str, seed: int, test_fraction: float) -> Data
         what = "is a file, not a folder" if root.exists() else "no such directory"
         raise TransferlabError(f"{opt('data', root)}: {what}; give an ImageFolder root "
                                "(train/ and val/ or test/), or elpv, or hotdog")
-    names = {e.name for e in _list_dir(root)}  # an unreadable root is named here, before any stat under it
+    entries = {e.name: e for e in _list_dir(root)}  # an unreadable root is named here, before any stat under it
     for split in ("train", "val", "test"):
-        if split in names:
+        if split in entries and _is_dir(entries[split]):
             _list_dir(root / split)
     train_dir = root / "train"
     if not train_dir.is_dir():
