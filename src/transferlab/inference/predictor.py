@@ -9,6 +9,7 @@ bottom-right), all ``crop_size`` square.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,9 @@ def tta_views(image: torch.Tensor, crop_size: int) -> torch.Tensor:
     return torch.stack([center, center.flip(-1), top_left, top_right, bottom_left, bottom_right])
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class Predictor:
     """A trained model with its class names and preprocessing.
@@ -58,6 +62,7 @@ class Predictor:
     device: torch.device
     model_name: str = ""
     precision: str = "fp32"
+    stage: str = rundir.FINAL  # the run's stage the weights come from: an unfinished run's best so far
 
     def __post_init__(self) -> None:
         self._folded = folded(self.model)
@@ -190,8 +195,11 @@ def load(run_dir: str | Path, device: str = "auto", precision: str | None = "fp3
     if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
         raise TransferlabError(f"{path}: holds non-finite weights (NaN or inf); train the run again")
     dev = resolve_device(device)
+    stage = meta.get("stage", rundir.FINAL)
+    if stage != rundir.FINAL:
+        log.warning("%s: the run is not finished; this model is its %s's, the best stage so far", run_dir, stage)
     return Predictor(model.to(dev, memory_format=torch.channels_last).eval(), classes, pre, dev, model_name,
-                     precision)
+                     precision, stage)
 
 
 MAX_CLASSES = 100_000  # a model file naming more is not one transferlab wrote

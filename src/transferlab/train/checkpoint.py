@@ -43,6 +43,8 @@ class RunState:
     elapsed_before: float = 0.0  # wall seconds of the run before this process (resumed runs)
     threads: int = 0  # torch's intra-op threads (a deterministic run resumes with the same count)
     last_checkpoint: str | None = None  # "epoch E step S" of the last one written
+    stages: list[dict[str, Any]] = field(default_factory=list)  # decode, head warm-up: a row each, with wall_s
+    plan: dict[str, Any] | None = None  # a time-limited run's plan (train.budget), once made
 
     def to_checkpoint(self, epoch: int, step: int, elapsed: float, world_size: int) -> dict[str, Any]:
         """The checkpoint keys this state fills, after ``epoch`` whole epochs and ``step`` steps of the next."""
@@ -50,7 +52,8 @@ class RunState:
                 "epoch_state": asdict(self.epoch_state) if step else asdict(EpochState()),
                 "elapsed": elapsed, "history": json.dumps(self.history), "warmup": json.dumps(self.warmup),
                 "zero_shot": self.zero_shot, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
-                "world_size": world_size, "threads": self.threads}
+                "world_size": world_size, "threads": self.threads, "stages": json.dumps(self.stages),
+                "plan": json.dumps(self.plan)}
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], threads: int) -> RunState:
@@ -58,6 +61,7 @@ class RunState:
         epoch, step = int(state["epoch"]), int(state.get("step", 0))
         return cls(epochs_done=epoch, epoch_state=EpochState(**state.get("epoch_state", {})),
                    history=json.loads(state["history"]), warmup=json.loads(state.get("warmup") or "null"),
+                   stages=json.loads(state.get("stages") or "[]"), plan=json.loads(state.get("plan") or "null"),
                    zero_shot=state.get("zero_shot"), images_seen=int(state.get("images_seen", 0)),
                    train_seconds=float(state.get("train_seconds", 0.0)), elapsed_before=float(state["elapsed"]),
                    threads=int(state.get("threads") or threads), last_checkpoint=rundir.position(epoch, step))

@@ -82,8 +82,9 @@ def head_logits(ctx: RunContext, model: TransferModel, feats: torch.Tensor) -> t
 
 
 def head_warmup(ctx: RunContext, model: TransferModel, data: PreparedData, weight: torch.Tensor | None = None,
-                stats: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
-    """Fit the new head on cached body features before the body moves: (the warm-up's record, a line to show).
+                stats: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
+    """Fit the new head on cached body features before the body moves: (the warm-up's record, a line to show,
+    its metric block on the eval split).
 
     ``head_fit="adamw"``: ``head_warmup_epochs`` epochs of AdamW at ``probe_lr``; ``"logreg"``: a
     logistic regression whose L2 strength is chosen by cross-validation on the training split.
@@ -91,7 +92,7 @@ def head_warmup(ctx: RunContext, model: TransferModel, data: PreparedData, weigh
     """
     cfg = ctx.config
     if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
-        return None, ""
+        return None, "", None
     train, splits = eval_crop_features(ctx, folded(model), data, stats)
     if cfg.head_fit == "logreg":
         c = fit_logistic_head(model.head, train, data.train_labels, cfg.seed, balanced=cfg.class_weights == "balanced")
@@ -107,7 +108,7 @@ def head_warmup(ctx: RunContext, model: TransferModel, data: PreparedData, weigh
     record = {"epochs": cfg.head_warmup_epochs if c is None else 0, "fit": cfg.head_fit, "split": split,
               "accuracy": block["accuracy"], "loss": block["nll"], "history": curve,
               **({"C": c} if c is not None else {})}
-    return record, f"head warm-up ({how}): {split}_acc {block['accuracy']:.3f}"
+    return record, f"head warm-up ({how}): {split}_acc {block['accuracy']:.3f}", block
 
 
 def logistic_epoch(ctx: RunContext, model: TransferModel, views: list[torch.Tensor],

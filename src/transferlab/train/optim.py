@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,10 +31,13 @@ def build_optimizer(config: RunConfig, model: TransferModel) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warm-up, then cosine to zero (or constant)."""
-    total = max(1, config.epochs * steps_per_epoch)
+def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    epochs: Callable[[], int] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up, then cosine to zero (or constant).
+
+    ``epochs``: the epochs the schedule spans, asked at each step (a time-limited run plans them after
+    the scheduler is made); ``config.epochs`` without it.
+    """
     warmup = int(config.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -41,6 +45,7 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer,
             return (step + 1) / warmup
         if config.schedule == "constant":
             return 1.0
+        total = max(1, (epochs() if epochs else config.epochs) * steps_per_epoch)
         progress_ = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
 

@@ -39,8 +39,13 @@ def final_metrics(ctx: RunContext, model: TransferModel, data: PreparedData, sta
     selector.restore(model.net)
     selection = selector.summary(state.epochs_done)
     if selection["metric"] is not None:
-        say(f"keeping epoch {selection['best_epoch']} of {state.epochs_done}, the best on validation by "
-            f"{selection['metric']}{' (stopped early)' if selection['stopped_early'] else ''}")
+        early = " (stopped early)" if selection["stopped_early"] else ""
+        if selection["best_epoch"] == 0:
+            say(f"keeping the head warm-up: better on validation by {selection['metric']} than the "
+                f"{state.epochs_done} epochs after it{early}")
+        else:
+            say(f"keeping epoch {selection['best_epoch']} of {state.epochs_done}, the best on validation by "
+                f"{selection['metric']}{early}")
     else:
         say(f"keeping the last epoch (no selection; {opt('select_metric')} or {opt('early_stopping')} choose on a "
             "validation split)")

@@ -40,7 +40,7 @@ from ..evaluation.selection import Selector
 from ..inference.forward import eval_batch, predict_logits, resolve_device
 from ..models.model import TransferModel, create_model, load_body
 from ..models.weights import ResolvedWeights, load_state_dict, resolve_weights
-from . import checkpoint, distributed, head_fit, outcome
+from . import budget, checkpoint, distributed, head_fit, outcome
 from .checkpoint import RunState
 from .context import RunContext
 from .loop import (
@@ -124,6 +124,7 @@ class Trainer:
         self.body_passes = {"images": 0, "seconds": 0.0}  # what the body really computed for features
         self.train_features: list[torch.Tensor] = []  # a probe's cached features: one tensor per view
         self.eval_features: dict[str, torch.Tensor] = {}  # a probe's features of the val and test images
+        self.warmup_block: dict[str, Any] | None = None  # the head warm-up's metrics on the eval split
 
     def __getattr__(self, name: str) -> Any:
         """The run's fixed facts (``config``, ``dataset``, ``pre``, ``device``, ...) are the context's."""
@@ -217,8 +218,10 @@ class Trainer:
 
     def head_warmup(self, model: TransferModel) -> None:
         """Fit the new head on cached body features before the body moves (:func:`.head_fit.head_warmup`)."""
-        record, line = head_fit.head_warmup(self.ctx, model, self.data, self._class_weights(), self.body_passes)
+        record, line, block = head_fit.head_warmup(self.ctx, model, self.data, self._class_weights(),
+                                                   self.body_passes)
         self.state.warmup = record
+        self.warmup_block = block
         if line:
             self.say("%s", line)
 
@@ -276,6 +279,8 @@ class Trainer:
         if self.run_dir:
             rundir.check_run_dir(self.run_dir, cfg, self.resume, self.force, self.overwrite)
         model = self.prepare()
+        images = sum(len(split) for split in (self.dataset.train, self.dataset.val, self.dataset.test) if split)
+        self.state.stages = [{"stage": "decode", "images": images, "wall_s": round(self.elapsed(), 3)}]
         if self.probe:
             self.train_features, self.eval_features = head_fit.view_features(self.ctx, model, self.data,
                                                                              self.body_passes)
@@ -285,7 +290,7 @@ class Trainer:
             raise TransferlabError(f"{opt('data', cfg.data)}: {n_train} training images cannot feed "
                                    f"{self.dist.world_size} processes; start fewer")
         optimizer = build_optimizer(cfg, model)
-        scheduler = build_scheduler(cfg, optimizer, steps)
+        scheduler = build_scheduler(cfg, optimizer, steps, epochs=self.planned_epochs)
         loss_fn = nn.CrossEntropyLoss(weight=self._class_weights(), reduction="none",
                                       label_smoothing=cfg.label_smoothing).to(self.device)
         step = Step(optimizer, scheduler, loss_fn, None if self.probe else self.train_pre, self.device,
@@ -315,7 +320,13 @@ class Trainer:
         last: tuple[int, torch.Tensor] | None = None  # (epoch, test logits) when the epochs are scored on test
         split = self.ctx.eval_split
         with StopRequest() as stop:
-            for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
+            if not resumed and self.state.warmup is not None:
+                self._warmup_stage(model, optimizer, scheduler)  # a model and a checkpoint: a resume starts here
+            if cfg.time_limit and state.plan is None:
+                self._plan(model, steps)
+            if distributed.all_reduce_sum([stop()])[0] and state.epochs_done == 0:
+                raise self._interrupted(stop, "after the head warm-up")
+            for epoch in range(state.epochs_done + 1, self.planned_epochs() + 1):
                 if self.selector.stopped_early:  # resumed after the stop
                     break
                 stats = self._train_epoch(net, model, step, epoch, steps, stop)
@@ -337,6 +348,10 @@ class Trainer:
                 if self.run_dir:
                     self.save_checkpoint(model, optimizer, scheduler, epoch)
                     self.write_history()
+                    if self.selector.metric is None or self.selector.best_epoch == epoch:
+                        self.save_anytime_model(model, f"epoch {epoch}")
+                if self._out_of_time(epoch):
+                    break
                 if stopping:
                     self.say("early stopping after epoch %d: no better %s %s for %d epochs", epoch, split,
                              self.selector.metric, self.selector.waited)
@@ -350,6 +365,10 @@ class Trainer:
         metrics, self.predictions = outcome.final_metrics(
             self.ctx, model, self.data, state, self.selector, lambda s: self.split_logits(model, s), last, facts,
             lambda line: self.say("%s", line))
+        kept = metrics["selection"]["best_epoch"]
+        metrics["model_stage"] = "head warm-up" if kept == 0 and state.warmup else f"epoch {kept}"
+        if state.plan:
+            metrics["time_limit"] = {**state.plan, "epochs_run": state.epochs_done, "wall_s": metrics["wall_s"]}
         self.console.done(metrics)
         if self.run_dir and self.dist.is_main:
             with rundir.writing(self.run_dir):
@@ -427,7 +446,62 @@ class Trainer:
         return True
 
     def write_history(self) -> None:
+        """``metrics.jsonl``: the stage rows (decode, head warm-up), then one row per epoch."""
         if not self.dist.is_main:
             return
         with rundir.writing(self.run_dir):
-            rundir.write_history(self.run_dir, self.state.history)
+            rundir.write_history(self.run_dir, [*self.state.stages, *self.state.history])
+
+    def save_anytime_model(self, model: TransferModel, stage: str) -> None:
+        """``model.safetensors`` of a stage better than those before it: usable while the run goes on."""
+        if self.run_dir and self.dist.is_main:
+            with rundir.writing(self.run_dir):
+                rundir.save_model(model, self.run_dir / rundir.MODEL, self.dataset.classes, self.pre, self.config,
+                                  stage=stage)
+
+    # -- the stages and the clock
+    def _warmup_stage(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """The head warm-up as a stage: its row, a candidate for the model kept (epoch 0), a model file at once
+        and a checkpoint (a resume starts after it)."""
+        split, block = self.ctx.eval_split, self.warmup_block
+        self.state.stages.append({"stage": "head_warmup", f"{split}_acc": block["accuracy"],
+                                  f"{split}_loss": block["nll"], "wall_s": round(self.elapsed(), 3)})
+        if self.selector.metric is not None:
+            self.selector.update(0, block, model.net)
+        if self.run_dir:
+            self.save_anytime_model(model, "head warm-up")
+            self.save_checkpoint(model, optimizer, scheduler, 0)
+            self.write_history()
+
+    def planned_epochs(self) -> int:
+        """The epochs this run trains: ``epochs``, or as many of them as its time limit's plan fits."""
+        return self.state.plan["epochs"] if self.state.plan else self.config.epochs
+
+    def _plan(self, model: TransferModel, steps: int) -> None:
+        """Plan the epochs that fit in ``time_limit`` (:func:`.budget.plan_epochs`), from one timed step."""
+        cfg, data = self.config, self.data
+        if self.probe:  # the head's epochs on cached features: each is checked against the clock as it ends
+            step_s = 0.0
+        else:
+            step_s = budget.time_step(model, self.train_pre.crop_size, cfg.batch_size // self.dist.world_size,
+                                      self.device, cfg.precision)
+        eval_images = len(data.eval_labels(self.ctx.eval_split))
+        plan = budget.plan_epochs(cfg.time_limit, self.elapsed(), cfg.epochs, steps, step_s, eval_images,
+                                  len(data.test_labels), cfg.batch_size // self.dist.world_size,
+                                  must_train=self.state.warmup is None)
+        self.state.plan = distributed.gather_objects(plan)[0]  # rank 0's plan for all
+        self.say("%s", budget.describe(self.state.plan))
+
+    def _out_of_time(self, epoch: int) -> bool:
+        """After ``epoch``: whether another epoch, as long as this one, would end past the time limit."""
+        plan = self.state.plan
+        if not plan or epoch >= plan["epochs"]:
+            return False
+        rows = [*self.state.stages, *self.state.history]
+        took = rows[-1]["wall_s"] - (rows[-2]["wall_s"] if len(rows) > 1 else 0.0)
+        fits = distributed.gather_objects(budget.next_epoch_fits(plan, self.elapsed(), took))[0]
+        if not fits:
+            plan["stopped_after"] = epoch
+            self.say("time limit: stopping after epoch %d of %d planned; the next (about %.0f s) would end past "
+                     "%g s", epoch, plan["epochs"], took, plan["limit_s"])
+        return not fits

@@ -1,0 +1,96 @@
+"""A run against the clock (``time_limit``): what fits, planned from measured costs and re-planned as it goes.
+
+The head warm-up always runs: it is the run's first usable model, saved at once. Then one training
+step is timed on a copy of the model, and the epochs that fit before the limit (less a reserve for
+the final scoring and the report) are planned; the learning-rate schedule spans them. After every
+epoch the plan is checked against that epoch's real time, and an epoch that would end past the
+limit is not started. The plan and what happened go into ``metrics.json`` (``time_limit``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..inference.forward import autocast
+
+if TYPE_CHECKING:
+    from ..models.model import TransferModel
+
+__all__ = ["time_step", "plan_epochs", "next_epoch_fits", "RESERVE_SHARE", "REPORT_S", "TIMED_IMAGES"]
+
+RESERVE_SHARE = 0.03  # of the limit, kept besides the estimated final scoring and report
+REPORT_S = 4.0  # seconds the report takes on a small CPU (figures drawn, images decoded)
+TIMED_IMAGES = 8  # a timed step runs on this many images (scaled to the batch)
+FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of a training step (forward + backward + update)
+
+
+def time_step(model: TransferModel, crop: int, batch: int, device: torch.device, precision: str) -> float:
+    """Seconds one training step of ``batch`` images at ``crop`` px takes: a copy of the model steps twice on
+    :data:`TIMED_IMAGES` images (the second step timed, the first pays for lazy set-up), scaled to ``batch``."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's draws stay its own
+        return _time_step(model, crop, batch, device, precision)
+
+
+def _time_step(model: TransferModel, crop: int, batch: int, device: torch.device, precision: str) -> float:
+    net = copy.deepcopy(model.net).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.0)
+    n = max(1, min(batch, TIMED_IMAGES))
+    images = torch.rand(n, 3, crop, crop, device=device).to(memory_format=torch.channels_last)
+    seconds = 0.0
+    for _ in range(2):
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = net(images).float().logsumexp(1).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return seconds * batch / n
+
+
+def plan_epochs(limit_s: float, elapsed_s: float, wanted: int, steps: int, step_s: float, eval_images: int,
+                test_images: int, batch: int, must_train: bool) -> dict[str, Any]:
+    """The epochs that fit in what is left of ``limit_s``, and why (a dict, as ``metrics.json`` records it).
+
+    An epoch costs ``steps`` training steps plus scoring the ``eval_images``; the reserve is the final scoring
+    of the ``test_images``, the report and :data:`RESERVE_SHARE` of the limit. ``must_train``: there is no
+    model yet (no warm-up), so one epoch runs even where none fits.
+    """
+    per_image = step_s / max(batch, 1) * FORWARD_SHARE
+    epoch_s = steps * step_s + eval_images * per_image
+    reserve_s = test_images * per_image + REPORT_S + RESERVE_SHARE * limit_s
+    left = limit_s - elapsed_s - reserve_s
+    fits = max(0, math.floor(left / epoch_s)) if epoch_s > 0 else wanted
+    epochs = min(wanted, fits)
+    if epochs == 0 and must_train:
+        epochs, why = 1, "no epoch fits, but there is no model without one"
+    elif epochs == 0:
+        why = "no epoch fits: the head warm-up's model is the run's"
+    elif epochs < wanted:
+        why = f"{fits} of the {wanted} epochs asked for fit"
+    else:
+        why = f"all {wanted} epochs fit"
+    return {"limit_s": round(limit_s, 1), "planned_at_s": round(elapsed_s, 1), "step_s": round(step_s, 3),
+            "epoch_s": round(epoch_s, 1), "reserve_s": round(reserve_s, 1), "wanted_epochs": wanted,
+            "epochs": epochs, "why": why}
+
+
+def next_epoch_fits(plan: dict[str, Any], elapsed_s: float, last_epoch_s: float) -> bool:
+    """Whether one more epoch, as long as the last one took, ends before the limit less the reserve."""
+    return elapsed_s + last_epoch_s + plan["reserve_s"] <= plan["limit_s"]
+
+
+def describe(plan: dict[str, Any]) -> str:
+    """The plan in one line, as the run prints it."""
+    return (f"time limit {plan['limit_s']:g} s: {plan['planned_at_s']:g} s spent on decoding and the head warm-up; "
+            f"a training step takes {plan['step_s']:.2f} s, an epoch about {plan['epoch_s']:.0f} s; planning "
+            f"{plan['epochs']} epoch{'s' if plan['epochs'] != 1 else ''} ({plan['why']}; {plan['reserve_s']:.0f} s "
+            "kept for the final scoring and the report)")
