@@ -13,6 +13,7 @@ from transferlab import rundir
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
 from transferlab.inference.serve import create_app
+from transferlab.reporting.run import write_run_report
 from transferlab.train import budget
 from transferlab.train import trainer as T
 from transferlab.workflows.finetuning import finetune
@@ -98,6 +99,9 @@ def test_a_limit_that_fits_only_the_warm_up_keeps_its_model(colors, tmp_path, mo
     plan = result.metrics["time_limit"]
     assert plan["epochs"] == 0 and plan["limit_s"] == 60 and plan["wall_s"] < 60
     assert rundir.is_finished(run) and [r["stage"] for r in _rows(run)] == ["decode", "head_warmup"]
+    report = write_run_report(run).read_text()  # accuracy against the clock, and the plan against what happened
+    assert "id='clock'" in report and "Time limit 60 s" in report and "0 of 3 epochs were planned" in report
+    assert "The model kept is the head warm-up" in report
 
 
 def test_an_epoch_that_would_overrun_is_not_started(colors, tmp_path, monkeypatch, no_run_reports):

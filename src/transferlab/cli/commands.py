@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the backbone of both arms (default: mobilenet_v2); auto ranks "
                                                  "the offline backbones on ELPV's training split first")
     p.add_argument("--out", default="runs/demo", help="(default: runs/demo)")
+    p.add_argument("--time-limit", default=None, metavar="DURATION",
+                   help="each arm plans to end within DURATION (300, 5m, 1h): see train --time-limit")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("rank", help="score backbones on the training split (cached features) and pick one")
@@ -241,7 +243,8 @@ def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..workflows.compare import demo
 
-    demo(args.out, quiet=args.quiet, **({"model": args.model} if args.model else {}))
+    overrides = {k: v for k, v in (("model", args.model), ("time_limit", args.time_limit)) if v is not None}
+    demo(args.out, quiet=args.quiet, **overrides)
     return 0
 
 

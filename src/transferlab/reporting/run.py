@@ -30,6 +30,7 @@ from .run_figures import (
     ECE_BINS,
     FLIP_WORDS,
     SPLIT_NAMES,
+    clock_figure,
     crops_figure,
     learning_curve_figure,
     reliability_figure,
@@ -282,8 +283,27 @@ def _ranking_section(values: dict[str, Any]) -> list[str]:
                     html_table(ranking.rows()))
 
 
+def _clock_text(stages: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
+    """The stages' times in words, and a time limit's plan against what happened."""
+    warm = next((r for r in stages if r.get("stage") == "head_warmup"), None)
+    text = f"The first usable model (the head warm-up) was saved at {warm['wall_s']:.0f} s. " if warm else ""
+    if metrics.get("model_stage"):
+        stage = metrics["model_stage"]
+        text += f"The model kept is {stage if stage.startswith('epoch') else 'the ' + stage}'s. "
+    plan = metrics.get("time_limit")
+    if isinstance(plan, dict):
+        stopped = (f"; stopped after epoch {plan['stopped_after']}, the next would have ended past the limit"
+                   if plan.get("stopped_after") else "")
+        text += (f"Time limit {plan.get('limit_s'):g} s: at {plan.get('planned_at_s'):g} s a training step took "
+                 f"{plan.get('step_s'):.2f} s, so {plan.get('epochs')} of {plan.get('wanted_epochs')} epochs were "
+                 f"planned ({plan.get('why')}); {plan.get('epochs_run')} ran{stopped}; the run ended at "
+                 f"{plan.get('wall_s'):.0f} s.")
+    return text.strip()
+
+
 def _report_html(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, Any]],
-                 rows: list[dict[str, Any]] | None, dataset: Dataset | None) -> str:
+                 rows: list[dict[str, Any]] | None, dataset: Dataset | None,
+                 stages: list[dict[str, Any]] | None = None) -> str:
     esc = html.escape
     plotted = pyplot() is not None
     title = _title(config)
@@ -302,6 +322,10 @@ def _report_html(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any],
         fig = learning_curve_figure(history, metrics)
         if fig is not None:
             parts += _section("curves", "Learning curves", html_image(png(fig), "learning curves"))
+        fig = clock_figure(stages, metrics) if stages else None
+        if fig is not None:
+            parts += _section("clock", "Against the clock", html_image(png(fig), "accuracy against time"),
+                              _note(_clock_text(stages, metrics)))
     per_class = per_class_rows(metrics)
     if per_class:
         fig = confusion_figure(metrics) if plotted else None
@@ -341,7 +365,7 @@ def write_run_report(run_dir: str | Path, dataset: Dataset | None = None) -> Pat
             shown["data_root"] = metrics["data_root"]
         rows = run.predictions()
         rows = None if rows is None else [{**readable_tree(r), "path": r.get("path")} for r in rows]
-        text = _report_html(run_dir, config or {}, shown, run.history(), rows, dataset)
+        text = _report_html(run_dir, config or {}, shown, run.history(), rows, dataset, run.stages())
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hand-edited run files
         raise TransferlabError(f"{run_dir}: its {rundir.CONFIG} or {rundir.METRICS} hold values no run writes "
                                f"({first_line(exc, 200, typed=True)}); restore them, or train the run again") from None

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..data.transforms import Preprocessing
 
-__all__ = ["learning_curve_figure", "roc_pr_figure", "reliability_figure", "crops_figure"]
+__all__ = ["learning_curve_figure", "clock_figure", "roc_pr_figure", "reliability_figure", "crops_figure"]
 
 TRAIN, EVAL, WARM, TEST = "#2b6cb0", "#dd6b20", "#38a169", "#9b2c2c"
 SPLIT_NAMES = {"val": "validation", "test": "test"}
@@ -48,9 +48,10 @@ def _kept_epoch(history: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> t
     selection = metrics.get("selection") or {}
     if not selection or not history:
         return None
-    if selection.get("kept") == "best epoch" and selection.get("best_epoch"):
+    if selection.get("kept") == "best epoch" and selection.get("best_epoch") is not None:
         what = f"best {SPLIT_NAMES.get(selection.get('split'), selection.get('split'))} {selection.get('metric')}"
-        return int(selection["best_epoch"]), f"kept: epoch {selection['best_epoch']} ({what})"
+        stage = "the head warm-up" if selection["best_epoch"] == 0 else f"epoch {selection['best_epoch']}"
+        return int(selection["best_epoch"]), f"kept: {stage} ({what})"
     return int(history[-1]["epoch"]), f"kept: last epoch ({history[-1]['epoch']})"
 
 
@@ -112,6 +113,42 @@ def learning_curve_figure(history: Sequence[dict[str, Any]], metrics: dict[str, 
                frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(f"Learning curves: train and {name}", x=0.02, ha="left", fontsize=11)
     fig.tight_layout(rect=(0, 0.08 + 0.05 * (len(seen) > 4), 1, 1))
+    return fig
+
+
+def clock_figure(stages: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> Figure | None:
+    """Accuracy on the eval split against wall-clock time, stage by stage (the head warm-up, then each epoch): when
+    the run had a usable model, and how good. The time limit, where there was one, is drawn. None without stages."""
+    split = _eval_split(stages)
+    points = [(r["wall_s"], r[f"{split}_acc"], r.get("stage") or f"epoch {r['epoch']}") for r in stages
+              if r.get(f"{split}_acc") is not None and r.get("wall_s") is not None]
+    if not points:
+        return None
+    fig = new_figure(8.6, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    decoded = next((r["wall_s"] for r in stages if r.get("stage") == "decode"), None)
+    if decoded:
+        ax.axvspan(0, decoded, color="#edf2f7", lw=0, label="decoding")
+    xs, ys, names = zip(*points)
+    ax.plot(xs, ys, "-", color=EVAL, lw=1.6)
+    for x, y, name in points:
+        warm = name == "head_warmup"
+        ax.plot([x], [y], "D" if warm else "s", color=WARM if warm else EVAL, ms=6 if warm else 4.5,
+                mfc="white" if warm else EVAL, label="head warm-up (first model)" if warm else None)
+    ax.plot([], [], "s", color=EVAL, ms=4.5, label=f"epochs ({SPLIT_NAMES[split]})")
+    limit = (metrics.get("time_limit") or {}).get("limit_s")
+    if limit:
+        ax.axvline(limit, color=TEST, ls="--", lw=1.2, label=f"time limit ({limit:g} s)")
+    if metrics.get("wall_s"):
+        ax.axvline(metrics["wall_s"], color="#4a5568", ls=":", lw=1.2, label=f"run ended ({metrics['wall_s']:.0f} s)")
+    ax.set_xlim(0, max([*xs, limit or 0, metrics.get("wall_s") or 0]) * 1.05)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel(f"{SPLIT_NAMES[split]} accuracy")
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Accuracy against the clock", loc="left", fontsize=10.5)
+    fig.tight_layout()
     return fig
 
 
