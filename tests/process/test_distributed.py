@@ -112,8 +112,9 @@ def test_two_processes_reach_the_weights_of_one(tmp_path):
     rows = [RunDir(tmp_path / run_).history() for run_ in ("one", "two")]
     for a, b in zip(*rows):
         assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+        # rounded to 4 decimals: the sum over two processes may land on the other side of a rounding step
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1.5e-4)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1.5e-4)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
 
 

@@ -116,10 +116,10 @@ def test_two_class_report_has_every_section_and_is_self_contained(tmp_path):
     path = write_run_report(run)
     assert path == run / "report.html"
     text = path.read_text()
-    assert sections(text) == {"metrics", "curves", "confusion", "per-class", "roc", "reliability", "crops",
+    assert sections(text) == {"metrics", "curves", "clock", "confusion", "per-class", "roc", "reliability", "crops",
                               "mistakes", "config", "environment"}
     # every src= is an embedded PNG: nothing is fetched from elsewhere
-    assert len(re.findall(r"src=", text)) == len(images(text)) == 6
+    assert len(re.findall(r"src=", text)) == len(images(text)) == 7
     assert all(png.startswith(b"\x89PNG") for png in images(text))
     assert "Images not shown" not in text and "no-predictions" not in text
     assert "kept epoch 3, the best validation loss" in text
