@@ -77,7 +77,7 @@ def plan_epochs(limit_s: float, elapsed_s: float, wanted: int, steps: int, step_
     elif epochs < wanted:
         why = f"{fits} of the {wanted} epochs asked for fit"
     else:
-        why = f"all {wanted} epochs fit"
+        why = f"all {wanted} epochs fit" if wanted > 1 else "the one epoch asked for fits"
     return {"limit_s": round(limit_s, 1), "planned_at_s": round(elapsed_s, 1), "step_s": round(step_s, 3),
             "epoch_s": round(epoch_s, 1), "reserve_s": round(reserve_s, 1), "wanted_epochs": wanted,
             "epochs": epochs, "why": why}
