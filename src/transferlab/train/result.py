@@ -28,6 +28,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     model: TransferModel | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the test images, one row each
+    stages: list[dict[str, Any]] = field(default_factory=list)  # decode, head warm-up: metrics.jsonl's stage rows
 
     def __repr__(self) -> str:
         acc = self.metrics.get("test_acc")

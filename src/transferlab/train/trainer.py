@@ -373,7 +373,8 @@ class Trainer:
         if self.run_dir and self.dist.is_main:
             with rundir.writing(self.run_dir):
                 rundir.finish(self.run_dir, model, self.dataset.classes, self.pre, cfg, metrics, self.predictions)
-        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, state.history, model, self.predictions)
+        return RunResult(self.run_dir, cfg, self.dataset.classes, metrics, state.history, model, self.predictions,
+                         state.stages)
 
     def _class_weights(self) -> torch.Tensor | None:
         if self.config.class_weights == "none":
