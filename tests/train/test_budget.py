@@ -55,6 +55,7 @@ def test_a_time_limit_is_a_duration_from_every_door(colors, tmp_path):
     assert proc.returncode == 2 and "between 1 second and a week" in proc.stderr
 
 
+@pytest.mark.slow  # two fine-tunes and every command that reads a model
 def test_a_run_stopped_after_its_warm_up_is_usable_and_resumes_after_it(colors, tmp_path, monkeypatch,
                                                                         no_run_reports):
     run = tmp_path / "run"
@@ -118,6 +119,7 @@ def test_an_epoch_that_would_overrun_is_not_started(colors, tmp_path, monkeypatc
     assert plan["epochs"] == 3 and plan["stopped_after"] == 1 and result.metrics["epochs_trained"] == 1
 
 
+@pytest.mark.slow  # a three-epoch fine-tune
 def test_every_better_stage_replaces_the_model_file_and_only_a_better_one(colors, tmp_path, monkeypatch,
                                                                            no_run_reports):
     saved = []
