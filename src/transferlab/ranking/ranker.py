@@ -19,8 +19,7 @@ never decoded.
 Successive halving: with three candidates or more and a training split well over
 :data:`SCREEN_SHARE` of itself, every candidate is first scored (``screen_acc``) on a
 class-stratified, seeded subsample (:func:`screen_subset`), without timing epochs; the better
-half (at least two, and any within one standard error of the best) is then scored on the whole
-split as above. A candidate screened out is
+half (at least two) is then scored on the whole split as above. A candidate screened out is
 listed with its screening score and is not picked.
 """
 
@@ -53,11 +52,10 @@ from ..train.optim import build_optimizer
 from ..train.probes import knn_cv, logme, probe_cv
 from .result import Candidate, Ranking, pick
 
-__all__ = ["rank", "offline_models", "screen_subset", "survivors"]
+__all__ = ["rank", "offline_models", "screen_subset"]
 
 SCREEN_SHARE = 0.25  # successive halving: the first round scores every candidate on this share of the images,
-SCREEN_MIN_PER_CLASS = 20  # and at least this many of each class (all of a class that has fewer);
-SCREEN_MIN_IMAGES = 200  # a smaller first round is too noisy to drop anything on (hotdog-mini's 200 are not screened)
+SCREEN_MIN_PER_CLASS = 20  # and at least this many of each class (all of a class that has fewer)
 WARMUP_STEPS = 2  # untimed training steps per candidate (the first steps of a new model run slow)
 TIMED_STEPS = 3  # then steps timed one by one: an epoch is their median x the steps per epoch
 
@@ -100,7 +98,7 @@ def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.T
 
 def screen_subset(labels: Sequence[int], seed: int) -> list[int] | None:
     """The first round's images: :data:`SCREEN_SHARE` of each class (at least :data:`SCREEN_MIN_PER_CLASS`),
-    seeded; None where that is most of the split anyway, or under :data:`SCREEN_MIN_IMAGES` (no first round)."""
+    seeded; None where that is most of the split anyway (no first round)."""
     rng = random.Random(seed)
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -110,17 +108,7 @@ def screen_subset(labels: Sequence[int], seed: int) -> list[int] | None:
         items = by_class[label]
         rng.shuffle(items)
         chosen += items[:max(SCREEN_MIN_PER_CLASS, math.ceil(SCREEN_SHARE * len(items)))]
-    return sorted(chosen) if SCREEN_MIN_IMAGES <= len(chosen) <= 0.6 * len(labels) else None
-
-
-def survivors(scored: Sequence[Candidate]) -> set[str]:
-    """The candidates a first round keeps (``scored``: best first): the better half, at least two, and any
-    within one standard error of the best (the screen cannot tell those apart)."""
-    if not scored:
-        return set()
-    best = scored[0]
-    keep = {c.model for c in scored[:max(2, math.ceil(len(scored) / 2))]}
-    return keep | {c.model for c in scored if c.probe_acc >= best.probe_acc - max(best.probe_se, c.probe_se)}
+    return sorted(chosen) if len(chosen) <= 0.6 * len(labels) else None
 
 
 def _measure(config: RunConfig, name: str, dataset: Dataset, device: torch.device, quiet: bool,
@@ -176,7 +164,7 @@ def _screen(config: RunConfig, names: list[str], dataset: Dataset, device: torch
     small = replace(dataset, train=dataset.train.subset(subset))
     screened = [_measure(config, name, small, device, quiet, False, time_epochs=False) for name in names]
     scored = sorted((c for c in screened if c.scored), key=lambda c: (-c.probe_acc, c.model))
-    keep = survivors(scored)
+    keep = {c.model for c in scored[:max(2, math.ceil(len(scored) / 2))]}
     out = []
     for c in screened:
         if c.model in keep:
