@@ -12,7 +12,7 @@ from helpers import make_folder, run_cli, run_reports_off
 from transferlab import rundir
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.ranking.ranker import rank, screen_subset
+from transferlab.ranking.ranker import rank
 from transferlab.ranking.result import Candidate, Ranking, pick
 from transferlab.train.probes import knn_cv, logme, probe_cv
 from transferlab.workflows.finetuning import resolve_model
@@ -218,30 +218,3 @@ def test_a_study_with_auto_ranks_once_and_records_it_in_every_run(colors, tmp_pa
         metrics = json.loads((out / variant / "seed0" / rundir.METRICS).read_text())
         assert metrics["ranking"]["picked"] == picked
         assert json.loads((out / variant / "seed0" / rundir.CONFIG).read_text())["model"] == picked
-
-
-@pytest.mark.slow  # three backbones ranked, two of them twice
-def test_successive_halving_screens_on_a_subsample_and_scores_the_better_half_on_all(tmp_path, monkeypatch):
-    from transferlab.ranking import ranker
-
-    data = make_folder(tmp_path / "many", {"train": 50, "val": 3})  # 100 training images
-    seen: dict[str, list[int]] = {}
-    real = ranker.run_features
-
-    def counted(model, crop, n, *args, **kwargs):
-        seen.setdefault(model.model_name, []).append(n)
-        return real(model, crop, n, *args, **kwargs)
-
-    monkeypatch.setattr(ranker, "run_features", counted)
-    names = [*MODELS, "tf_efficientnet_lite1"]
-    ranking = rank(make_config(data=str(data), **SMALL), models=names, quiet=True)
-    assert ranking.screen_images == 40  # 20 of each class: a quarter would be fewer
-    assert all(seen[name][0] == 40 for name in names)  # the first round: every candidate, the subsample only
-    out = [c for c in ranking.candidates if c.note.startswith("screened out")]
-    assert len(out) == 1 and out[0].probe_acc is None and out[0].screen_acc is not None
-    assert seen[out[0].model] == [40]  # never the whole split
-    kept = [c for c in ranking.candidates if c.scored]
-    assert len(kept) == 2 and all(seen[c.model] == [40, 100] for c in kept)
-    assert ranking.picked in {c.model for c in kept}
-    assert Ranking.from_dict(json.loads(json.dumps(ranking.to_dict()))).screen_images == 40
-    assert screen_subset([0] * 30 + [1] * 30, seed=0) is None  # 40 of 60: most of the split, no first round

@@ -15,19 +15,11 @@ fine-tune's head warm-up uses, so the fine-tune that follows reads them back):
 The pick is the best ``probe_acc`` within the time budget; within one standard error of
 it (the fold-to-fold noise) the candidate with the fastest epoch wins. The test split is
 never decoded.
-
-Successive halving: with three candidates or more and a training split well over
-:data:`SCREEN_SHARE` of itself, every candidate is first scored (``screen_acc``) on a
-class-stratified, seeded subsample (:func:`screen_subset`), without timing epochs; the better
-half (at least two) is then scored on the whole split as above. A candidate screened out is
-listed with its screening score and is not picked.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -52,10 +44,8 @@ from ..train.optim import build_optimizer
 from ..train.probes import knn_cv, logme, probe_cv
 from .result import Candidate, Ranking, pick
 
-__all__ = ["rank", "offline_models", "screen_subset"]
+__all__ = ["rank", "offline_models"]
 
-SCREEN_SHARE = 0.25  # successive halving: the first round scores every candidate on this share of the images,
-SCREEN_MIN_PER_CLASS = 20  # and at least this many of each class (all of a class that has fewer)
 WARMUP_STEPS = 2  # untimed training steps per candidate (the first steps of a new model run slow)
 TIMED_STEPS = 3  # then steps timed one by one: an epoch is their median x the steps per epoch
 
@@ -96,23 +86,8 @@ def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.T
     return round(statistics.median(run(1) for _ in range(TIMED_STEPS)) * steps, 2)
 
 
-def screen_subset(labels: Sequence[int], seed: int) -> list[int] | None:
-    """The first round's images: :data:`SCREEN_SHARE` of each class (at least :data:`SCREEN_MIN_PER_CLASS`),
-    seeded; None where that is most of the split anyway (no first round)."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(int(label), []).append(i)
-    chosen = []
-    for label in sorted(by_class):
-        items = by_class[label]
-        rng.shuffle(items)
-        chosen += items[:max(SCREEN_MIN_PER_CLASS, math.ceil(SCREEN_SHARE * len(items)))]
-    return sorted(chosen) if len(chosen) <= 0.6 * len(labels) else None
-
-
 def _measure(config: RunConfig, name: str, dataset: Dataset, device: torch.device, quiet: bool,
-             logme_too: bool, time_epochs: bool = True) -> Candidate:
+             logme_too: bool) -> Candidate:
     """Score one backbone: its features (cached), their probe / k-NN / LogME scores, and its epoch time."""
     cand = Candidate(name)
     try:
@@ -148,36 +123,9 @@ def _measure(config: RunConfig, name: str, dataset: Dataset, device: torch.devic
     cand.knn_acc = round(knn_cv(x, y, config.seed), 4)
     if logme_too:
         cand.logme = round(logme(x, y), 4)
-    if time_epochs:
-        cand.epoch_s = 0.0 if config.freeze == "body" else _epoch_seconds(config, model, images, labels, pre, device)
-        cand.finetune_s = round(cand.epoch_s * config.epochs, 1)
+    cand.epoch_s = 0.0 if config.freeze == "body" else _epoch_seconds(config, model, images, labels, pre, device)
+    cand.finetune_s = round(cand.epoch_s * config.epochs, 1)
     return cand
-
-
-def _screen(config: RunConfig, names: list[str], dataset: Dataset, device: torch.device, quiet: bool,
-            say: Any) -> tuple[list[str], list[Candidate], int | None]:
-    """Successive halving's first round: (the names kept for the whole split, the candidates screened out or
-    unscored, the subsample's size; None: no first round)."""
-    subset = screen_subset(dataset.train.labels, config.seed) if len(names) >= 3 else None
-    if subset is None:
-        return names, [], None
-    small = replace(dataset, train=dataset.train.subset(subset))
-    screened = [_measure(config, name, small, device, quiet, False, time_epochs=False) for name in names]
-    scored = sorted((c for c in screened if c.scored), key=lambda c: (-c.probe_acc, c.model))
-    keep = {c.model for c in scored[:max(2, math.ceil(len(scored) / 2))]}
-    out = []
-    for c in screened:
-        if c.model in keep:
-            continue
-        if c.scored:
-            out.append(Candidate(c.model, c.weights, c.crop, c.dim, screen_acc=c.probe_acc,
-                                 note=f"screened out: probe_acc {c.probe_acc:.3f}±{c.probe_se:.3f} on {len(subset)} "
-                                      f"of {len(dataset.train)} images"))
-        else:
-            out.append(c)
-    say("rank: screened %d candidates on %d of %d training images (%s); keeping %s", len(names), len(subset),
-        len(dataset.train), ", ".join(f"{c.model} {c.probe_acc:.3f}" for c in scored), ", ".join(sorted(keep)))
-    return [n for n in names if n in keep], out, len(subset)
 
 
 def rank(config: RunConfig | None = None, models: Sequence[str] | None = None, budget: float | None = None,
@@ -216,11 +164,8 @@ def rank(config: RunConfig | None = None, models: Sequence[str] | None = None, b
                                "offline weights (`transferlab weights install efficientnet-lite0`)")
     device = resolve_device(config.device)
     console = Console(quiet=quiet)
-    kept, candidates, screen_images = _screen(config, list(dict.fromkeys(names)), dataset, device, quiet,
-                                              console.say)
-    screened_out = {c.model: c for c in candidates}
     candidates = []
-    for name in kept:
+    for name in dict.fromkeys(names):
         cand = _measure(config, name, dataset, device, quiet, logme_too)
         if cand.scored:
             console.say("rank %s: probe_acc %.3f±%.3f, knn_acc %.3f, %.1f s/epoch", name, cand.probe_acc,
@@ -228,7 +173,6 @@ def rank(config: RunConfig | None = None, models: Sequence[str] | None = None, b
         else:
             console.say("rank %s: %s", name, cand.note)
         candidates.append(cand)
-    candidates += screened_out.values()
     if budget is not None:
         for c in candidates:
             if c.scored and c.finetune_s is not None and c.finetune_s > budget:
@@ -239,7 +183,7 @@ def rank(config: RunConfig | None = None, models: Sequence[str] | None = None, b
         raise TransferlabError(f"ranking {config.data}: {reason}; "
                                + (f"raise {opt('budget')}" if budget else "see the notes above"))
     ranking = Ranking(config.data, len(dataset.train), len(dataset.classes), config.epochs, budget, candidates,
-                      picked, reason, round(time.perf_counter() - start, 1), screen_images)
+                      picked, reason, round(time.perf_counter() - start, 1))
     console.say("picked %s: %s", picked, reason)
     return ranking
 

@@ -38,7 +38,6 @@ class Candidate:
     epoch_s: float | None = None  # seconds per training epoch, measured
     finetune_s: float | None = None  # epoch_s x epochs
     note: str = ""  # why it was not scored, or not eligible
-    screen_acc: float | None = None  # probe_acc on the screening subsample (every candidate, when there was one)
 
     @property
     def scored(self) -> bool:
@@ -58,7 +57,6 @@ class Ranking:
     picked: str | None = None
     reason: str = ""
     seconds: float = 0.0
-    screen_images: int | None = None  # the first round's stratified subsample (successive halving), or None
     score: str = SCORE
     folds: int = FOLDS
 
