@@ -83,7 +83,7 @@ def test_the_ranking_shows_as_a_table_with_its_pick(executed):
 
 def test_a_time_limited_run_shows_its_stages_and_its_plan(executed):
     text = "".join(_text(o) for o in _cell(executed, "time_limit=").outputs)
-    for needle in ("('decode',", "('head_warmup',", "'limit_s': 45.0", "'epochs_run':", "'why':"):
+    for needle in ("('decode',", "('head_warmup',", "'limit_s': 20.0", "'epochs_run':", "'why':"):
         assert needle in text, (needle, text)
     printed = "".join(o["text"] for o in _cell(executed, "time_limit=").outputs if o["output_type"] == "stream")
-    assert "time limit 45 s:" in printed and "planning" in printed, printed
+    assert "time limit 20 s:" in printed and "planning" in printed, printed
