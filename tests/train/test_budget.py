@@ -135,3 +135,16 @@ def test_every_better_stage_replaces_the_model_file_and_only_a_better_one(colors
     assert saved[0] == ("head warm-up", 0)
     assert all(stage == f"epoch {best}" for stage, best in saved[1:])  # an epoch is saved only as the new best
     assert result.metrics["model_stage"] in {s for s, _ in saved}
+
+
+def test_a_ranking_made_for_the_run_counts_against_its_time_limit(colors, tmp_path, monkeypatch, no_run_reports):
+    from transferlab.ranking.result import Ranking
+    from transferlab.workflows import finetuning
+
+    monkeypatch.setattr(finetuning.ranker, "rank", lambda config, **kw: Ranking(
+        config.data, 16, 2, config.epochs, None, [], "mobilenet_v2", "test", seconds=50.0))
+    monkeypatch.setattr(budget, "time_step", lambda *args: 0.001)
+    result = finetune(make_config(data=str(colors), model="auto", epochs=1, time_limit=60, out=str(tmp_path / "r"),
+                                  **TINY), quiet=True)
+    plan = result.metrics["time_limit"]
+    assert plan["planned_at_s"] >= 50 and result.metrics["wall_s"] >= 50  # the ranking's 50 s are the run's

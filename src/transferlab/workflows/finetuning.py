@@ -42,9 +42,12 @@ def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool 
         config.validate(force=force)
         dataset = dataset_for(config)
     saved = Path(config.out) / rundir.RANKING if config.out and resume else None
+    ranked_now = config.model == AUTO and not (saved is not None and saved.is_file())
     config, ranking = resolve_model(config, saved, dataset, quiet, ranking)
     trainer = Trainer(config, quiet=quiet, resume=resume, force=force, overwrite=overwrite, dataset=dataset,
                       ranking=ranking)
+    if ranked_now and ranking is not None and config.time_limit:  # the ranking spent the run's own time
+        trainer.state.elapsed_before = ranking.seconds
     result = trainer.fit()
     if result.run_dir is not None and trainer.dist.is_main:
         write_report(result.run_dir, trainer.dataset)
