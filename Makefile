@@ -32,11 +32,11 @@ browser:
 	( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver ) \
 	|| echo "WARNING: could not install chromium + chromium-driver: the browser test will be SKIPPED (run as root: apt-get install chromium chromium-driver)" >&2
 
-# The whole suite, every tier (what CI runs): about 4 minutes of pytest on 2 CPU cores.
+# The whole suite, every tier (what CI runs): about 4.5 minutes of pytest on 2 quiet CPU cores.
 test: lint browser
 	$(BIN)/python -m pytest -ra
 
-# The fast tier for the edit loop: lint + every test not marked slow (under a minute on 2 cores; no browser).
+# The fast tier for the edit loop: lint + every test not marked slow (about a minute on 2 cores; no browser).
 # `slow` marks real photos, real processes (torchrun, signals, a Jupyter kernel, fresh interpreters) and builds.
 check: lint
 	$(BIN)/python -m pytest -ra -m "not slow"
