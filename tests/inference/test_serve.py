@@ -68,7 +68,7 @@ def test_health_info_and_page(client, run):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert info["class_names"] == ["hotdog", "not_hotdog"] and info["model"] == "mobilenet_v2"
-    assert info["transferlab_version"] == __version__ and info["hotdog"] is True
+    assert info["transferlab_version"] == __version__ and info["hotdog"] is True and info["stage"] == "final"
     assert info["preprocessing"]["crop_size"] == 64 and info["limits"] == {"max_upload_mb": 1, "max_pixels": 250_000}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -79,7 +79,7 @@ def test_a_run_stopped_after_its_warm_up_is_usable_and_resumes_after_it(colors, 
     assert run_cli("evaluate", run, "--data", colors).returncode == 0
     proc = run_cli("export", run, "--format", "torchscript", "--out", tmp_path / "app" / "model.ts")
     assert proc.returncode == 0, proc.stderr
-    assert TestClient(create_app(run, device="cpu")).get("/info").status_code == 200
+    assert TestClient(create_app(run, device="cpu")).get("/info").json()["stage"] == "head warm-up"
 
     proc = run_cli("train", "--data", colors, "--out", run, "--image-size", "32")
     assert proc.returncode == 2 and "an interrupted run is there (checkpoint.pt)" in proc.stderr

@@ -161,7 +161,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     names = {c: readable(c) for c in predictor.classes}  # JSON for a browser: a non-UTF-8 name as \\xNN
     info = {"model": predictor.model_name, "class_names": list(names.values()), "transferlab_version": __version__,
             "preprocessing": predictor.pre.to_dict(),
-            "hotdog": is_hotdog_model(predictor.classes),
+            "hotdog": is_hotdog_model(predictor.classes), "stage": predictor.stage,
             "limits": {"max_upload_mb": max_upload_mb, "max_pixels": max_pixels}}
 
     app = FastAPI(title="transferlab", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
