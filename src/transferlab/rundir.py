@@ -1,7 +1,7 @@
 """The run directory, in one place: its files, who may write into it, checkpoints and the model file.
 
 A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line per
-stage: decoding, the head warm-up, each epoch), ``checkpoint.pt`` (while running),
+stage: decoding, the body features, the head warm-up, each epoch), ``checkpoint.pt`` (while running),
 ``model.safetensors`` (from the head warm-up on: the best stage so far, ``final`` once finished)
 and, once finished, ``metrics.json``. Every file is written atomically.
 
@@ -452,7 +452,8 @@ class RunDir:
         return values if isinstance(values, dict) else None
 
     def stages(self) -> list[dict[str, Any]]:
-        """``metrics.jsonl``: a row per stage so far (``decode``, ``head_warmup``, then one per epoch), with wall_s."""
+        """``metrics.jsonl``: a row per stage so far, each with wall_s (``decode``, ``features``, ``head_warmup``,
+        then one per epoch)."""
         try:
             rows = [json.loads(line) for line in (self.path / HISTORY).read_text().splitlines() if line.strip()]
         except (OSError, ValueError, RecursionError):

@@ -41,10 +41,11 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["image_size"] == 32 and config["epochs"] == 2 and config["preset"] == "default"
+    # a row per stage, then one per epoch
     stages = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("stage") or r["epoch"] for r in stages] == ["decode", "head_warmup", 1, 2]  # a row per stage
+    assert [r.get("stage") or r["epoch"] for r in stages] == ["decode", "features", "head_warmup", 1, 2]
     assert [r["wall_s"] for r in stages] == sorted(r["wall_s"] for r in stages)
-    rows = stages[2:]
+    rows = stages[3:]
     assert set(rows[0]) >= {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"}
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"test_acc", "test", "selection", "epochs", "wall_s", "train_images_per_s", "class_names"}

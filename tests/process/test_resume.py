@@ -107,7 +107,7 @@ def test_killed_then_interrupted_run_resumes_bit_identical(tmp_path):
     assert want.keys() == got.keys()
     for name in want:
         assert torch.equal(want[name], got[name]), name
-    assert rows(part) == rows(full) and len(rows(full)) == 4  # decode, head warm-up, 2 epochs
+    assert rows(part) == rows(full) and len(rows(full)) == 5  # decode, features, head warm-up, 2 epochs
     a, b = (json.loads((run / "metrics.json").read_text()) for run in (full, part))
     for key in ("test_acc", "test_loss", "test", "val", "selection", "head_warmup", "per_class_acc", "confusion"):
         assert a[key] == b[key], key

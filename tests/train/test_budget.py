@@ -69,7 +69,7 @@ def test_a_run_stopped_after_its_warm_up_is_usable_and_resumes_after_it(colors, 
         finetune(config, quiet=True)
     monkeypatch.undo()
     assert rundir.model_stage(run) == "head warm-up" and not rundir.is_finished(run)
-    assert [r["stage"] for r in _rows(run)] == ["decode", "head_warmup"]
+    assert [r["stage"] for r in _rows(run)] == ["decode", "features", "head_warmup"]
     assert all(r["wall_s"] > 0 for r in _rows(run))
 
     image = make_image(tmp_path / "x.png", (200, 40, 40))
@@ -88,7 +88,7 @@ def test_a_run_stopped_after_its_warm_up_is_usable_and_resumes_after_it(colors, 
     monkeypatch.setattr(T.Trainer, "head_warmup", lambda self, model: warmups.append(1))
     result = finetune(config, quiet=True, resume=True)
     assert not warmups and rundir.is_finished(run)  # resumed after the warm-up, not before it
-    assert [r.get("stage", "epoch") for r in _rows(run)] == ["decode", "head_warmup", "epoch", "epoch"]
+    assert [r.get("stage", "epoch") for r in _rows(run)] == ["decode", "features", "head_warmup", "epoch", "epoch"]
     assert len(result.history) == 2
 
 
@@ -99,7 +99,7 @@ def test_a_limit_that_fits_only_the_warm_up_keeps_its_model(colors, tmp_path, mo
     assert result.metrics["epochs_trained"] == 0 and result.metrics["model_stage"] == "head warm-up"
     plan = result.metrics["time_limit"]
     assert plan["epochs"] == 0 and plan["limit_s"] == 60 and plan["wall_s"] < 60
-    assert rundir.is_finished(run) and [r["stage"] for r in _rows(run)] == ["decode", "head_warmup"]
+    assert rundir.is_finished(run) and [r["stage"] for r in _rows(run)] == ["decode", "features", "head_warmup"]
     report = write_run_report(run).read_text()  # accuracy against the clock, and the plan against what happened
     assert "id='clock'" in report and "Time limit 60 s" in report and "0 of 3 epochs were planned" in report
     assert "The model kept is the head warm-up" in report

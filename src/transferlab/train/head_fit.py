@@ -82,18 +82,22 @@ def head_logits(ctx: RunContext, model: TransferModel, feats: torch.Tensor) -> t
 
 
 def head_warmup(ctx: RunContext, model: TransferModel, data: PreparedData, weight: torch.Tensor | None = None,
-                stats: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
+                stats: dict[str, Any] | None = None, features_done: Callable[[int], None] | None = None,
+                ) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
     """Fit the new head on cached body features before the body moves: (the warm-up's record, a line to show,
     its metric block on the eval split).
 
     ``head_fit="adamw"``: ``head_warmup_epochs`` epochs of AdamW at ``probe_lr``; ``"logreg"``: a
     logistic regression whose L2 strength is chosen by cross-validation on the training split.
-    Skipped (None) from scratch or with no warm-up epochs. ``weight``: the loss's class weights.
+    Skipped (None) from scratch or with no warm-up epochs. ``weight``: the loss's class weights;
+    ``features_done(n)``: called once the body features of the ``n`` images are there (a stage of the run).
     """
     cfg = ctx.config
     if cfg.head_warmup_epochs <= 0 or not cfg.pretrained:
         return None, "", None
     train, splits = eval_crop_features(ctx, folded(model), data, stats)
+    if features_done is not None:
+        features_done(len(train) + sum(len(f) for f in splits.values()))
     if cfg.head_fit == "logreg":
         c = fit_logistic_head(model.head, train, data.train_labels, cfg.seed, balanced=cfg.class_weights == "balanced")
         curve, how = [], f"logistic regression, C {c:g} chosen by cross-validation on train"

@@ -219,7 +219,7 @@ class Trainer:
     def head_warmup(self, model: TransferModel) -> None:
         """Fit the new head on cached body features before the body moves (:func:`.head_fit.head_warmup`)."""
         record, line, block = head_fit.head_warmup(self.ctx, model, self.data, self._class_weights(),
-                                                   self.body_passes)
+                                                   self.body_passes, features_done=self._features_stage)
         self.state.warmup = record
         self.warmup_block = block
         if line:
@@ -284,6 +284,7 @@ class Trainer:
         if self.probe:
             self.train_features, self.eval_features = head_fit.view_features(self.ctx, model, self.data,
                                                                              self.body_passes)
+            self._features_stage(sum(len(f) for f in (*self.train_features, *self.eval_features.values())))
         n_train = len(self.data.train_labels)
         steps = len(global_batches(torch.arange(n_train), cfg.batch_size, self.dist.world_size))
         if steps == 0:
@@ -461,6 +462,10 @@ class Trainer:
                                   stage=stage)
 
     # -- the stages and the clock
+    def _features_stage(self, images: int) -> None:
+        """The body features are there (``images`` of them, cached ones included): a stage row."""
+        self.state.stages.append({"stage": "features", "images": images, "wall_s": round(self.elapsed(), 3)})
+
     def _warmup_stage(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         """The head warm-up as a stage: its row, a candidate for the model kept (epoch 0), a model file at once
         and a checkpoint (a resume starts after it)."""
