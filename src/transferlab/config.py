@@ -22,6 +22,7 @@ MAX_IMAGE_SIZE = 2048  # the largest crop or resize, in pixels
 PRECISIONS = ("auto", "fp32", "bf16")  # see RunConfig.precision
 BN_STATS = ("keep", "update")  # see RunConfig.bn_stats
 CROP_REGIONS = ("center", "full")  # see RunConfig.crop_region
+NAMED_DATA = ("elpv", "hotdog")  # what --data takes besides a folder (transferlab.data.datasets resolves them)
 AUTO = "auto"  # --model auto: rank the offline backbones first, then fine-tune the pick (workflows.finetuning)
 # The largest counts a run may ask for (a larger one only overflows or never ends).
 COUNT_CEILINGS = {"epochs": 100_000, "head_warmup_epochs": 100_000, "batch_size": 1 << 20, "probe_views": 1_000,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import RunConfig, upgrade
+from .config import NAMED_DATA, RunConfig, upgrade
 from .errors import TransferlabError, first_line, opt
 from .files import atomic_write, atomic_write_json, atomic_write_text
 
@@ -497,6 +497,18 @@ class RunDir:
             except Exception:  # noqa: BLE001 - not a run config
                 pass
         return {"class_names", "preprocessing", "model"} <= self.model_metadata().keys()
+
+    def data(self) -> str:
+        """The data the run was trained on, found again: its ``data`` as given (a named set, or a folder that is
+        still there from here), else the folder it resolved to (``metrics.json``'s ``data_root``)."""
+        spec = self.config().data
+        if spec in NAMED_DATA or Path(spec).is_dir():
+            return spec
+        root = (self.metrics() or {}).get("data_root")
+        if isinstance(root, str) and Path(root).is_dir():
+            return root
+        raise TransferlabError(f"{self.path}: the run's data {spec!r} is not there from here; give "
+                               f"{opt('data')} DIR")
 
     def test_split(self) -> tuple[int, float, list[str] | None]:
         """The seed and test fraction the run split its data with, and its recorded test files (None: not recorded)."""

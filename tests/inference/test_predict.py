@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,23 @@ def test_predict_folder_names_link_loops_and_counts_unread_photos(run, tmp_path,
     assert [Path(r["path"]).name for r in rows] == ["loop1.jpg", "loop2.jpg", "ok.png"]
     assert all("Too many levels of symbolic links" in r["error"] for r in rows[:2]) and "label" in rows[2]
     assert "ignoring 1 file (1 .heic) that transferlab cannot read" in err
+
+
+def test_evaluate_takes_the_data_the_run_records(run, tmp_path, capsys, monkeypatch):
+    run_dir, data = run
+    assert main(["evaluate", str(run_dir), "--data", str(data)]) == 0
+    given = json.loads(capsys.readouterr().out)
+    monkeypatch.chdir(tmp_path)  # from another folder: the run's recorded data is found all the same
+    assert main(["evaluate", str(run_dir)]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert recorded["data"] == str(data) and recorded["accuracy"] == given["accuracy"]
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "data": "gone/elsewhere"}))
+    assert main(["evaluate", str(moved)]) == 0  # the folder it resolved to (metrics.json's data_root)
+    assert json.loads(capsys.readouterr().out)["accuracy"] == given["accuracy"]
+    metrics = json.loads((moved / "metrics.json").read_text())
+    (moved / "metrics.json").write_text(json.dumps({**metrics, "data_root": "gone/too"}))
+    assert main(["evaluate", str(moved)]) == 2
+    assert "the run's data 'gone/elsewhere' is not there from here; give --data DIR" in capsys.readouterr().err

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="every metric of a run on its own test split, as JSON")
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True, help=f"{DATA_HELP} (the run's test split is used)")
+    p.add_argument("--data", default=None, help=f"{DATA_HELP} (the run's test split is used; default: the data "
+                                                "the run records)")
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--tta", action="store_true", help="average over center, flipped center and 4 corner crops")
     p.add_argument("--per-image", default=None, metavar="FILE.csv",

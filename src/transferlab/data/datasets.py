@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig
+from ..config import NAMED_DATA, RunConfig
 from ..errors import TransferlabError, opt
 from ..files import MADE_HERE, cache_dir, download_timeout, file_digest
 from .images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, load_rgb, max_pixels, to_tensor
@@ -332,10 +332,8 @@ def dataset_for(config: RunConfig, data: str | None = None, validation: bool = T
 def _resolve(spec: str, seed: int, test_fraction: float) -> Dataset:
     if not str(spec).strip():
         raise TransferlabError(f"{opt('data')} is empty; give DIR (an ImageFolder root), elpv or hotdog")
-    if spec == "elpv":
-        return _from_folder(elpv_root(), "elpv", seed, test_fraction)
-    if spec == "hotdog":
-        return _from_folder(hotdog_root(), "hotdog", seed, test_fraction)
+    if spec in NAMED_DATA:  # config.NAMED_DATA: the named sets, each found (or fetched) by its own function
+        return _from_folder({"elpv": elpv_root, "hotdog": hotdog_root}[spec](), spec, seed, test_fraction)
     root = Path(spec).expanduser()
     return _from_folder(root, root.name or str(root), seed, test_fraction)
 

@@ -241,9 +241,12 @@ def expand_paths(items: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bool = True, tta: bool = False,
-                 per_image: str | Path | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, data: str | None = None, device: str = "auto", quiet: bool = True,
+                 tta: bool = False, per_image: str | Path | None = None) -> dict[str, Any]:
     """Every metric (:func:`~transferlab.evaluation.metric_block`) of a run on its own test split, at its precision.
+
+    ``data``: where the run's data is now; None takes the data the run records
+    (:meth:`~transferlab.rundir.RunDir.data`).
 
     The split is the run's own: a folder without ``val/`` or ``test/`` is split with the run's seed
     and fraction, and the test files must be the ones the run recorded (else the differences are
@@ -257,6 +260,7 @@ def evaluate_run(run_dir: str | Path, data: str, device: str = "auto", quiet: bo
         rundir.check_output(run_dir, per_image, "per_image")
     predictor = load(run_dir, device, precision=None)
     run = rundir.RunDir(Path(run_dir))
+    data = data or run.data()
     recorded = run.test_split()[2]
     ds = dataset_for(run.config(), data=data, validation=False)
     if recorded is not None:
