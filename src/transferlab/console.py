@@ -19,9 +19,14 @@ from tqdm import tqdm
 
 from .errors import render
 
-__all__ = ["Console", "in_notebook", "progress", "close_bars", "setup_logging"]
+__all__ = ["Console", "in_notebook", "progress", "close_bars", "setup_logging", "count"]
 
 log = logging.getLogger("transferlab.train")
+
+
+def count(n: int, word: str) -> str:
+    """``1 seed``, ``3 seeds``: a number and its noun, as a line shows them."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def in_notebook() -> bool:

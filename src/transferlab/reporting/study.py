@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
+from ..console import count
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..system import environment
 from .common import REPORT_CSS, format_table, html_image, html_table
@@ -226,9 +227,9 @@ def _title(summary: dict[str, Any]) -> str:
 def _facts(summary: dict[str, Any]) -> list[str]:
     base = summary["base_config"]
     size = f"{base['image_size']} px" if base.get("image_size") else "the weights' own size"
-    facts = [f"{len(summary['variants'])} variants x {len(summary['seeds'])} seeds "
+    facts = [f"{count(len(summary['variants']), 'variant')} x {count(len(summary['seeds']), 'seed')} "
              f"({summary['runs_finished']}/{summary['runs_planned']} runs finished); "
-             f"{base['epochs']} epochs per run, batch {base['batch_size']}, {size}",
+             f"{count(base['epochs'], 'epoch')} per run, batch {base['batch_size']}, {size}",
              f"compute: {summary['compute_s']:.0f} s over all runs"
              + (f"; this invocation: {summary['wall_s']:.0f} s wall" if summary.get("wall_s") is not None else "")
              + f"; device: {', '.join(summary['devices']) or '-'}"]

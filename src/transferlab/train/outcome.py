@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..console import count
 from ..errors import opt
 from ..evaluation.metrics import fit_temperature, metric_block, prediction_rows
 from ..system import environment
@@ -42,7 +43,7 @@ def final_metrics(ctx: RunContext, model: TransferModel, data: PreparedData, sta
         early = " (stopped early)" if selection["stopped_early"] else ""
         if selection["best_epoch"] == 0:
             say(f"keeping the head warm-up: better on validation by {selection['metric']} than the "
-                f"{state.epochs_done} epochs after it{early}")
+                f"{count(state.epochs_done, 'epoch')} after it{early}")
         else:
             say(f"keeping epoch {selection['best_epoch']} of {state.epochs_done}, the best on validation by "
                 f"{selection['metric']}{early}")

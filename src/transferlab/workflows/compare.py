@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, make_config
+from ..console import count
 from ..ranking.result import Ranking
 from ..reporting.common import format_table
 from ..train.result import RunResult
@@ -59,7 +60,8 @@ def demo(out: str | Path = "runs/demo", quiet: bool = False, **overrides: Any) -
     train_px = config.train_image_size or config.image_size
     size = f"{train_px} px training" if train_px else "the weights' own size for training"
     print(f"transferlab demo: {config.data} with {config.model} ({config.weights} vs. scratch), "
-          f"{config.epochs} epochs per arm, {size} crops, batch {config.batch_size}; runs in {out}/", flush=True)
+          f"{count(config.epochs, 'epoch')} per arm, {size} crops, batch {config.batch_size}; runs in {out}/",
+          flush=True)
     results = compare_scratch(config, out, quiet=quiet, ranking=ranking)
     print(format_table(comparison_rows(results)))
     return results

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import rundir
 from ..config import RunConfig
+from ..console import count
 from ..errors import TransferlabError, opt
 from ..files import atomic_write_json
 from ..reporting.study import summarize_study, write_study_report
@@ -128,7 +129,8 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
                                             "seeds": list(seeds)})
     start = time.perf_counter()
     todo = sum(not run.finished for run in runs)
-    say(f"study {study.name}: {len(study.variants)} variants x {len(seeds)} seeds = {len(runs)} runs "
+    say(f"study {study.name}: {count(len(study.variants), 'variant')} x {count(len(seeds), 'seed')} = "
+        f"{count(len(runs), 'run')} "
         f"({len(runs) - todo} already finished) in {out}/")
     for i, run in enumerate(runs, 1):
         label = f"[{i}/{len(runs)}] {run.variant} seed {run.seed}"
@@ -136,7 +138,8 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
             log.info("%s: finished earlier, skipped", label)
             continue
         log.info("== %s: %s", label, run.run_dir)
-        result = finetune(run.config, quiet=quiet, resume=True,
+        started = (Path(run.run_dir) / rundir.CONFIG).is_file()  # a fresh run starts; a half-done one resumes
+        result = finetune(run.config, quiet=quiet, resume=started,
                           ranking=ranking if ranking and run.config.model == ranking.picked else None)
         m = result.metrics
         say(f"{label}: test_acc {m['test_acc']:.3f} in {m['wall_s']:.0f} s")
