@@ -272,10 +272,7 @@ def _from_folder(root: Path, name: str, seed: int, test_fraction: float) -> Data
         what = "is a file, not a folder" if root.exists() else "no such directory"
         raise TransferlabError(f"{opt('data', root)}: {what}; give an ImageFolder root "
                                "(train/ and val/ or test/), or elpv, or hotdog")
-    entries = {e.name: e for e in _list_dir(root)}  # an unreadable root is named here, before any stat under it
-    for split in ("train", "val", "test"):
-        if split in entries and _is_dir(entries[split]):
-            _list_dir(root / split)
+    _list_dir(root)  # an unreadable root is named here, before any stat under it (scan_folder names a split's)
     train_dir = root / "train"
     if not train_dir.is_dir():
         train_dir = root

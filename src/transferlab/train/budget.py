@@ -20,8 +20,11 @@ from ..inference.forward import autocast
 
 if TYPE_CHECKING:
     from ..models.model import TransferModel
+    from .context import RunContext
+    from .result import PreparedData
 
-__all__ = ["time_step", "plan_epochs", "next_epoch_fits", "RESERVE_SHARE", "REPORT_S", "TIMED_IMAGES"]
+__all__ = ["time_step", "plan_epochs", "plan_run", "last_stage_s", "next_epoch_fits", "describe",
+           "RESERVE_SHARE", "REPORT_S", "TIMED_IMAGES"]
 
 RESERVE_SHARE = 0.03  # of the limit, kept besides the estimated final scoring and report
 REPORT_S = 4.0  # seconds the report takes on a small CPU (figures drawn, images decoded)
@@ -81,6 +84,22 @@ def plan_epochs(limit_s: float, elapsed_s: float, wanted: int, steps: int, step_
     return {"limit_s": round(limit_s, 1), "planned_at_s": round(elapsed_s, 1), "step_s": round(step_s, 3),
             "epoch_s": round(epoch_s, 1), "reserve_s": round(reserve_s, 1), "wanted_epochs": wanted,
             "epochs": epochs, "why": why}
+
+
+def plan_run(ctx: RunContext, model: TransferModel, data: PreparedData, steps: int, elapsed_s: float,
+             must_train: bool) -> dict[str, Any]:
+    """:func:`plan_epochs` for a run: its step timed on a copy of ``model`` (a probe's head epochs on cached
+    features cost next to nothing; each is checked against the clock as it ends)."""
+    cfg = ctx.config
+    batch = cfg.batch_size // ctx.dist.world_size
+    step_s = 0.0 if ctx.probe else time_step(model, ctx.train_pre.crop_size, batch, ctx.device, cfg.precision)
+    return plan_epochs(cfg.time_limit, elapsed_s, cfg.epochs, steps, step_s, len(data.eval_labels(ctx.eval_split)),
+                       len(data.test_labels), batch, must_train)
+
+
+def last_stage_s(rows: list[dict[str, Any]]) -> float:
+    """Seconds the last stage row took (``metrics.jsonl`` rows, each with its ``wall_s``)."""
+    return rows[-1]["wall_s"] - (rows[-2]["wall_s"] if len(rows) > 1 else 0.0)
 
 
 def next_epoch_fits(plan: dict[str, Any], elapsed_s: float, last_epoch_s: float) -> bool:

@@ -218,8 +218,8 @@ class Trainer:
 
     def head_warmup(self, model: TransferModel) -> None:
         """Fit the new head on cached body features before the body moves (:func:`.head_fit.head_warmup`)."""
-        record, line, block = head_fit.head_warmup(self.ctx, model, self.data, self._class_weights(),
-                                                   self.body_passes, features_done=self._features_stage)
+        record, line, block = head_fit.head_warmup(self.ctx, model, self.data, self._class_weights(), self.body_passes,
+                                                   lambda n: self._stage("features", images=n))
         self.state.warmup = record
         self.warmup_block = block
         if line:
@@ -284,7 +284,7 @@ class Trainer:
         if self.probe:
             self.train_features, self.eval_features = head_fit.view_features(self.ctx, model, self.data,
                                                                              self.body_passes)
-            self._features_stage(sum(len(f) for f in (*self.train_features, *self.eval_features.values())))
+            self._stage("features", images=sum(len(f) for f in (*self.train_features, *self.eval_features.values())))
         n_train = len(self.data.train_labels)
         steps = len(global_batches(torch.arange(n_train), cfg.batch_size, self.dist.world_size))
         if steps == 0:
@@ -462,16 +462,15 @@ class Trainer:
                                   stage=stage)
 
     # -- the stages and the clock
-    def _features_stage(self, images: int) -> None:
-        """The body features are there (``images`` of them, cached ones included): a stage row."""
-        self.state.stages.append({"stage": "features", "images": images, "wall_s": round(self.elapsed(), 3)})
+    def _stage(self, name: str, **values: Any) -> None:
+        """A stage row of ``metrics.jsonl`` (decode, features, head warm-up), stamped with the run's clock."""
+        self.state.stages.append({"stage": name, **values, "wall_s": round(self.elapsed(), 3)})
 
     def _warmup_stage(self, model: TransferModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         """The head warm-up as a stage: its row, a candidate for the model kept (epoch 0), a model file at once
         and a checkpoint (a resume starts after it)."""
         split, block = self.ctx.eval_split, self.warmup_block
-        self.state.stages.append({"stage": "head_warmup", f"{split}_acc": block["accuracy"],
-                                  f"{split}_loss": block["nll"], "wall_s": round(self.elapsed(), 3)})
+        self._stage("head_warmup", **{f"{split}_acc": block["accuracy"], f"{split}_loss": block["nll"]})
         if self.selector.metric is not None:
             self.selector.update(0, block, model.net)
         if self.run_dir:
@@ -484,17 +483,8 @@ class Trainer:
         return self.state.plan["epochs"] if self.state.plan else self.config.epochs
 
     def _plan(self, model: TransferModel, steps: int) -> None:
-        """Plan the epochs that fit in ``time_limit`` (:func:`.budget.plan_epochs`), from one timed step."""
-        cfg, data = self.config, self.data
-        if self.probe:  # the head's epochs on cached features: each is checked against the clock as it ends
-            step_s = 0.0
-        else:
-            step_s = budget.time_step(model, self.train_pre.crop_size, cfg.batch_size // self.dist.world_size,
-                                      self.device, cfg.precision)
-        eval_images = len(data.eval_labels(self.ctx.eval_split))
-        plan = budget.plan_epochs(cfg.time_limit, self.elapsed(), cfg.epochs, steps, step_s, eval_images,
-                                  len(data.test_labels), cfg.batch_size // self.dist.world_size,
-                                  must_train=self.state.warmup is None)
+        """Plan the epochs that fit in ``time_limit`` (:func:`.budget.plan_run`), from one timed step."""
+        plan = budget.plan_run(self.ctx, model, self.data, steps, self.elapsed(), must_train=self.state.warmup is None)
         self.state.plan = distributed.gather_objects(plan)[0]  # rank 0's plan for all
         self.say("%s", budget.describe(self.state.plan))
 
@@ -503,8 +493,7 @@ class Trainer:
         plan = self.state.plan
         if not plan or epoch >= plan["epochs"]:
             return False
-        rows = [*self.state.stages, *self.state.history]
-        took = rows[-1]["wall_s"] - (rows[-2]["wall_s"] if len(rows) > 1 else 0.0)
+        took = budget.last_stage_s([*self.state.stages, *self.state.history])
         fits = distributed.gather_objects(budget.next_epoch_fits(plan, self.elapsed(), took))[0]
         if not fits:
             plan["stopped_after"] = epoch
