@@ -41,7 +41,9 @@ def final_metrics(ctx: RunContext, model: TransferModel, data: PreparedData, sta
     selection = selector.summary(state.epochs_done)
     if selection["metric"] is not None:
         early = " (stopped early)" if selection["stopped_early"] else ""
-        if selection["best_epoch"] == 0:
+        if selection["best_epoch"] == 0 and not state.epochs_done:
+            say("keeping the head warm-up (no epoch ran after it)")
+        elif selection["best_epoch"] == 0:
             say(f"keeping the head warm-up: better on validation by {selection['metric']} than the "
                 f"{count(state.epochs_done, 'epoch')} after it{early}")
         else:
