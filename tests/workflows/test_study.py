@@ -157,7 +157,7 @@ def test_study_report_and_resume(colors, tmp_path, monkeypatch):
                     "Confusion matrix", "## Base config", "## Environment", "torchvision", "zero-shot"):
         assert section in md, section
     assert "figures/curves.png" in md and (out / "figures" / "accuracy.png").is_file()
-    assert "Best variant" in html and "Base config" in html and "src=\"http" not in html
+    assert "variant" in html and "Base config" in html and "95% CI" in html and "src=\"http" not in html
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     # accuracy, curves, group, confusion, and the mistakes grid when the best run made any
     assert len(images) == 4 + bool(saved["best_run"]["mistakes"])
@@ -176,3 +176,42 @@ def test_study_report_and_resume(colors, tmp_path, monkeypatch):
     # the same folder with other options is refused, not mixed
     with pytest.raises(TransferlabError, match="run with other options.*epochs"):
         experiments.run_study(study, make_config(data=str(colors), **{**TINY, "epochs": 2}), out, [0], quiet=True)
+
+
+def _fake_run(run_dir, right: int, images: int = 100) -> None:
+    """A finished run's metrics.json and test_predictions.csv: the first ``right`` test images right."""
+    from transferlab.rundir import predictions_csv
+
+    run_dir.mkdir(parents=True)
+    rows = [{"path": f"img{i:03d}.png", "label": "ab"[i % 2], "predicted": "ab"[i % 2] if i < right else "ab"[1 - i % 2],
+             "correct": int(i < right), "prob_a": 0.5, "prob_b": 0.5} for i in range(images)]
+    (run_dir / "test_predictions.csv").write_text(predictions_csv(rows, ["a", "b"]))
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "test_acc": right / images, "wall_s": 1.0, "class_names": ["a", "b"], "device": "cpu",
+        "test": {"images": images, "accuracy": right / images}}))
+
+
+@pytest.mark.parametrize("probe_right, separated", [(81, False), (98, True)])
+def test_a_study_names_a_best_variant_only_when_its_intervals_separate(tmp_path, probe_right, separated):
+    """80 vs 81 of 100 images (a one-image margin) ties; 80 vs 98 does not."""
+    from transferlab.reporting.study import summarize_study, verdict
+
+    runs = []
+    for variant, right in (("finetune", 80), ("probe", probe_right), ("half", 79)):
+        for seed in (0, 1):
+            _fake_run(tmp_path / variant / f"seed{seed}", right)
+            runs.append({"variant": variant, "seed": seed, "run_dir": f"{variant}/seed{seed}"})
+    study = {"name": "tie", "variants": {"finetune": {}, "probe": {}, "half": {}}}
+    summary = summarize_study(tmp_path, study, {"data": "d", "model": "m"}, {}, runs)
+    assert summary["top_variant"] == "probe"
+    by_name = {v["name"]: v for v in summary["variants"]}
+    assert by_name["probe"]["vs_reference"]["separates"] is separated
+    assert not by_name["half"]["vs_reference"]["separates"]
+    lo, hi = by_name["probe"]["test_acc_interval"]
+    assert lo < probe_right / 100 < hi
+    text = verdict(summary)
+    if separated:
+        assert summary["best_variant"] == "probe" and text.startswith("best: probe, ahead of finetune by +18.0")
+    else:
+        assert summary["best_variant"] is None
+        assert text.startswith("no best variant") and "no variant separates from finetune" in text

@@ -8,7 +8,10 @@ scipy and joblib. A *metric block* is::
      "nll": .., "ece": .., "per_class": {name: {"precision", "recall", "f1", "support"}},
      "confusion": {"rows": "true", "columns": "predicted", "labels": [...], "matrix": [[...]]},
      # two classes only, the positive class being class 1:
-     "roc_auc": .., "average_precision": .., "positive_class": name}
+     "roc_auc": .., "average_precision": .., "positive_class": name,
+     # with intervals=True (a test split: what a run and ``evaluate`` report), see .intervals:
+     "intervals": {"level": 0.95, "accuracy": [lo, hi], "balanced_accuracy": .., "macro_f1": .., "roc_auc": ..},
+     "baseline": {"class": name, "accuracy": .., "accuracy_interval": [lo, hi], "balanced_accuracy": ..}}
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ def _round(value: float) -> float | None:
     return round(value, DIGITS) if math.isfinite(value) else None
 
 
-def metric_block(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], split: str) -> dict[str, Any]:
-    """Every metric of ``logits`` against ``labels`` (see the module docstring)."""
+def metric_block(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], split: str,
+                 intervals: bool = False) -> dict[str, Any]:
+    """Every metric of ``logits`` against ``labels`` (see the module docstring); ``intervals``: with their 95 %
+    intervals and the majority-class baseline (the test split's scores, as shown to a user)."""
     from torchmetrics.functional import classification as tm
 
     logits, labels = logits.float().cpu(), labels.long().cpu()
@@ -69,6 +74,10 @@ def metric_block(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[s
         block["average_precision"] = (_round(tm.binary_average_precision(probs[:, 1], labels, validate_args=False))
                                       if both else None)
         block["positive_class"] = classes[1]
+    if intervals:
+        from .intervals import uncertainty
+
+        block.update(uncertainty(labels.numpy(), probs.numpy(), classes, DIGITS))
     return block
 
 

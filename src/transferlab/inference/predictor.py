@@ -282,7 +282,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, device: str = "au
                          unusable="evaluate scores every test image: replace or remove the file")
         images = eval_batch(decoded.images, predictor.pre)
         logits = predictor._logits(images, None)
-    block = metric_block(logits, labels, predictor.classes, "test")
+    block = metric_block(logits, labels, predictor.classes, "test", intervals=True)
     if per_image is not None:
         rows = prediction_rows([ds.relative(p) for p in ds.test.paths], labels.tolist(), logits.softmax(1),
                                predictor.classes)

@@ -71,7 +71,7 @@ def html_table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for value in row.values():
             text = str(value)
-            numeric = bool(re.match(r"^[-+]?[\d.]+( ± [\d.]+)?$", text))
+            numeric = bool(re.match(r"^[-+]?[\d.]+( ± [\d.]+)?( \([\d.]+–[\d.]+\))?$", text))
             cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

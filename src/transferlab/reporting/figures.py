@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from ..data.transforms import Preprocessing
 
 __all__ = ["MISTAKES_SHOWN", "FIGURES_HINT", "pm", "pyplot", "new_figure", "png", "plot_accuracy", "plot_curves",
-           "plot_group", "confusion_matrix", "confusion_figure", "mistake_rows", "image_grid", "mistakes_figure"]
+           "plot_group", "honest_scale", "confusion_matrix", "confusion_figure", "mistake_rows", "image_grid",
+           "mistakes_figure"]
 
 MISTAKES_SHOWN = 12
 FIGURES_HINT = "figures need matplotlib: pip install 'transferlab[report]'"
@@ -101,6 +102,14 @@ def _curve_label(summary: dict[str, Any]) -> str:
         else "validation / test accuracy"
 
 
+def honest_scale(ax: Any, span: float = 0.1) -> None:
+    """An accuracy axis at least ``span`` tall (10 points), so a difference of two images is not drawn as a cliff."""
+    low, high = ax.get_ylim()
+    if high - low < span:
+        middle = min(max((high + low) / 2, span / 2), 1 - span / 2)
+        ax.set_ylim(middle - span / 2, middle + span / 2)
+
+
 def plot_accuracy(summary: dict[str, Any]) -> Figure:
     """Final test accuracy per variant: mean bar, ± std, one dot per seed; the best variant dark."""
     done = [v for v in summary["variants"] if v["finished"]][::-1]  # best at the top
@@ -108,10 +117,12 @@ def plot_accuracy(summary: dict[str, Any]) -> Figure:
     ax = fig.subplots()
     ys = range(len(done))
     means = [v["test_acc_mean"] for v in done]
-    colors = ["#2b6cb0" if v["name"] == summary["best_variant"] else "#90b4de" for v in done]
+    colors = ["#2b6cb0" if v["name"] == summary.get("best_variant") else "#90b4de" for v in done]
     ax.barh(ys, means, xerr=[v["test_acc_std"] or 0.0 for v in done], color=colors, height=0.62,
             error_kw={"ecolor": "#333", "capsize": 3, "lw": 1})
     for y, v in zip(ys, done):
+        if v.get("test_acc_interval"):  # the 95 % interval over the variant's test images, under its bar
+            ax.plot(v["test_acc_interval"], [y - 0.36] * 2, "-", color="#c05621", lw=2.2, solid_capstyle="butt")
         ax.plot([r["test_acc"] for r in v["runs"]], [y] * len(v["runs"]), "o", ms=3.5, color="#1a202c", alpha=0.7)
         ax.text(1.01, y, pm(v["test_acc_mean"], v["test_acc_std"]), va="center", fontsize=9,
                 transform=ax.get_yaxis_transform())
@@ -122,7 +133,7 @@ def plot_accuracy(summary: dict[str, Any]) -> Figure:
     ax.set_yticks(list(ys), [v["name"] for v in done])
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.6, len(done) - 0.1)
-    ax.set_xlabel("final test accuracy (bar: mean over seeds, line: ± std, dots: seeds)")
+    ax.set_xlabel("final test accuracy (bar: mean over seeds, black line: ± std, dots: seeds, orange: 95% CI)")
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title("Accuracy by variant", loc="left", fontsize=11)
     return fig
@@ -196,6 +207,10 @@ def plot_group(summary: dict[str, Any], title: str, names: list[str]) -> Figure 
     xs = list(range(len(members)))
     ax.plot(xs, [v["test_acc_mean"] for v in members], "-", color="#2b6cb0", lw=1.5, zorder=1)
     for x, v in zip(xs, members):
+        span = v.get("test_acc_interval")
+        if span:  # the 95 % interval over the variant's test images: the scale a difference is read against
+            ax.plot([x - 0.16] * 2, span, "-", color="#c05621", lw=2, alpha=0.7, zorder=2,
+                    label="95% CI" if x == 0 else None)
         ax.errorbar([x], [v["test_acc_mean"]], yerr=[v["test_acc_std"] or 0.0], fmt="o", ms=6, capsize=4,
                     color=colors[v["name"]], zorder=3)
         ax.plot([x + 0.08] * len(v["runs"]), [r["test_acc"] for r in v["runs"]], ".", color="#1a202c",
@@ -205,12 +220,13 @@ def plot_group(summary: dict[str, Any], title: str, names: list[str]) -> Figure 
                     label="zero-shot (before training)")
     ax.set_xticks(xs, labels, fontsize=8.5)
     ax.set_xlim(-0.5, len(members) - 0.5)
+    honest_scale(ax)
     ax.set_xlabel(key)
     ax.set_ylabel("test accuracy")
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(title, loc="left", fontsize=10.5)
-    if any(v["zero_shot_acc_mean"] is not None for v in members):
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7.5, frameon=False, loc="best")
     return fig
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, rundir
 from ..config import crop_region_px
 from ..errors import TransferlabError, first_line
-from ..files import atomic_write_text, readable_tree
+from ..evaluation.intervals import interval_text
+from ..files import atomic_write_text, readable, readable_tree
 from ..ranking.result import Ranking
 from ..system import environment
 from .common import REPORT_CSS, html_image, html_table
@@ -52,20 +53,31 @@ def _num(value: Any, digits: int = 4) -> str:
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
-    """The headline metrics, one row per evaluated split (validation, then test); old runs: accuracy and loss."""
-    columns = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1", "nll": "NLL",
-               "ece": f"ECE ({ECE_BINS} bins)", "roc_auc": "ROC AUC", "average_precision": "average precision"}
-    rows = []
+    """The headline metrics, one row each, one column per evaluated split (validation, then test with its 95 %
+    intervals), then the majority-class baseline on the test images; old runs: accuracy and loss."""
+    names = {"images": "images", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+             "macro_f1": "macro F1", "roc_auc": "ROC AUC", "average_precision": "average precision", "nll": "NLL",
+             "ece": f"ECE ({ECE_BINS} bins)"}
+    columns: dict[str, dict[str, str]] = {}
     for split in ("val", "test"):
         block = metrics.get(split)
         if isinstance(block, dict) and "accuracy" in block:
-            row = {"split": SPLIT_NAMES[split], "images": _num(block.get("images"))}
-            row.update({label: _num(block.get(key)) for key, label in columns.items() if key in block})
-            rows.append(row)
-    if not rows and metrics.get("test_acc") is not None:
-        rows.append({"split": "test", "images": _num(metrics.get("test_images")),
-                     "accuracy": _num(metrics["test_acc"]), "loss": _num(metrics.get("test_loss"))})
-    return rows
+            spans = block.get("intervals") or {}
+            columns[SPLIT_NAMES[split] + (" (95% CI)" if spans else "")] = {
+                key: _num(block[key]) + (f" ({interval_text(spans[key])})" if spans.get(key) else "")
+                for key in names if key in block}
+            base = block.get("baseline")
+            if base:  # what answering one class always would score on the same images
+                columns[f"baseline: always {readable(base['class'])}"] = {
+                    "images": _num(block.get("images")),
+                    "accuracy": f"{_num(base['accuracy'])} ({interval_text(base['accuracy_interval'])})",
+                    "balanced_accuracy": _num(base["balanced_accuracy"])}
+    if not columns and metrics.get("test_acc") is not None:
+        columns["test"] = {"images": _num(metrics.get("test_images")), "accuracy": _num(metrics["test_acc"]),
+                           "nll": _num(metrics.get("test_loss"))}
+    keys = [key for key in names if any(key in column for column in columns.values())]
+    return [{"metric": names[key], **{title: column.get(key, "") for title, column in columns.items()}}
+            for key in keys]
 
 
 def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:

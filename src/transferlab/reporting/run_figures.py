@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..console import count
 from ..evaluation.metrics import ECE_BINS, binary_curves, expected_calibration_error, prediction_arrays
-from .figures import image_grid, new_figure
+from .figures import honest_scale, image_grid, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,8 +75,9 @@ def learning_curve_figure(history: Sequence[dict[str, Any]], metrics: dict[str, 
     kept = _kept_epoch(history, metrics)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         if width and (warm_rows or warm):
-            ax.axvspan(-width + 0.5, 0.5, color="#edf7ef", lw=0, label="head warm-up (head only)")
-            xs = [r["epoch"] - width for r in warm_rows if f"train_{key}" in r]
+            # the warm-up's epochs are cheap (cached features): drawn in the width of one epoch
+            ax.axvspan(-1.05, 0.5, color="#edf7ef", lw=0, label=f"head warm-up (head only, {count(width, 'epoch')})")
+            xs = [(r["epoch"] - width) / width for r in warm_rows if f"train_{key}" in r]
             ax.plot(xs, [r[f"train_{key}"] for r in warm_rows if f"train_{key}" in r], "-", color=WARM, lw=1.4,
                     marker=".", label="warm-up: train")
             value = warm.get("accuracy" if key == "acc" else "loss")
@@ -89,20 +91,28 @@ def learning_curve_figure(history: Sequence[dict[str, Any]], metrics: dict[str, 
         held = [(r["epoch"], r[f"{split}_{key}"]) for r in history if r.get(f"{split}_{key}") is not None]
         if train:
             ax.plot(*zip(*train), "-o", color=TRAIN, ms=3.5, lw=1.8, label="train")
-        if held:
+        if held and split == "test":  # scored each epoch, shown, never used to choose
+            ax.plot(*zip(*held), "--", color=EVAL, lw=1.2, alpha=0.6,
+                    label="test each epoch: for information, not used for any choice")
+        elif held:
             ax.plot(*zip(*held), "-s", color=EVAL, ms=3.5, lw=1.8, label=name)
         if kept:
             ax.axvline(kept[0], color="#4a5568", ls=":", lw=1.2, label=kept[1])
-        if key == "acc" and split == "val" and kept and (metrics.get("test") or {}).get("accuracy") is not None:
-            ax.plot([kept[0]], [metrics["test"]["accuracy"]], "*", color=TEST, ms=11, label="test (kept model)")
+        test = metrics.get("test") or {}
+        if key == "acc" and kept and test.get("accuracy") is not None:  # the one test score, with its interval
+            span = (test.get("intervals") or {}).get("accuracy")
+            ax.plot([kept[0]], [test["accuracy"]], "*", color=TEST, ms=11, zorder=3,
+                    label="test (kept model" + (", 95% CI)" if span else ")"))
+            if span:
+                ax.plot([kept[0]] * 2, span, "-", color=TEST, lw=1.4, zorder=2)
         ax.set_title(label.capitalize(), loc="left", fontsize=10.5)
-        ax.set_xlabel("epoch" + (" (≤ 0: head warm-up)" if width and warm else ""))
+        ax.set_xlabel("epoch" + (" (≤ 0: the head warm-up, drawn in one epoch's width)" if width and warm else ""))
         ax.set_ylabel(label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     if epochs:
-        lo = -width + 0.5 if width and warm else min(0, epochs[0]) - 0.3
+        lo = -1.05 if width and warm else min(0, epochs[0]) - 0.3
         for ax in axes:
             ax.set_xlim(lo, epochs[-1] + 0.3)
     handles, labels = axes[1].get_legend_handles_labels()
@@ -144,10 +154,12 @@ def clock_figure(stages: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> F
     ax.set_xlim(0, max([*xs, limit or 0, metrics.get("wall_s") or 0]) * 1.05)
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel(f"{SPLIT_NAMES[split]} accuracy")
+    honest_scale(ax)
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title("Accuracy against the clock", loc="left", fontsize=10.5)
+    ax.set_title("Accuracy against the clock" + (": test each stage, for information, not used for any choice"
+                                                  if split == "test" else ""), loc="left", fontsize=10.5)
     fig.tight_layout()
     return fig
 

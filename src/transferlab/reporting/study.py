@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import rundir
 from ..console import count
+from ..evaluation.intervals import interval_text, paired_difference, wilson
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..system import environment
 from .common import REPORT_CSS, format_table, html_image, html_table
@@ -31,7 +34,7 @@ from .figures import (
     pyplot,
 )
 
-__all__ = ["summarize_study", "write_study_report", "study_rows", "STUDY_METRICS"]
+__all__ = ["summarize_study", "write_study_report", "study_rows", "verdict", "STUDY_METRICS"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
             split = "val" if any("val_acc" in h for h in history) else "test"  # runs with a validation split
             test = metrics.get("test", {})  # the metric names of metrics.json and `evaluate`
             rows.append({"seed": entry["seed"], "run_dir": entry["run_dir"], "test_acc": metrics["test_acc"],
+                         "test_images": test.get("images") or metrics.get("test_images"),
                          **{key: test.get(key) for key in STUDY_METRICS},
                          "head_warmup_acc": (metrics.get("head_warmup") or {}).get("accuracy"),
                          "epochs_trained": metrics.get("epochs_trained"), "wall_s": metrics["wall_s"],
@@ -86,10 +90,22 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
                                 "planned": len(planned), "finished": len(rows), "runs": rows}
         for key in ("test_acc", *STUDY_METRICS, "head_warmup_acc", "wall_s", "train_images_per_s", "zero_shot_acc"):
             item[f"{key}_mean"], item[f"{key}_std"] = _stats([r[key] for r in rows])
+        item["test_acc_interval"] = _pooled_interval(rows)
         variants.append(item)
     order = list(study["variants"])
     variants.sort(key=lambda v: (v["test_acc_mean"] is None, -(v["test_acc_mean"] or 0.0), order.index(v["name"])))
     done = [v for v in variants if v["finished"]]
+    correct = {v["name"]: {r["seed"]: _correct_by_image(out / r["run_dir"]) for r in v["runs"]} for v in done}
+    by_name = {v["name"]: v for v in done}
+    if order[0] in by_name:
+        for v in done:
+            if v["name"] != order[0]:
+                v["vs_reference"] = _compare(correct, v["name"], order[0])
+    leader = _compare(correct, done[0]["name"], done[1]["name"]) if len(done) > 1 else None
+    if leader:
+        leader.update({"variant": done[0]["name"], "runner_up": done[1]["name"]})
+    # a best variant is named only when it separates from the runner-up over the same test images
+    best = done[0]["name"] if len(done) == 1 or (leader and leader["separates"]) else None
     return {
         "study": study["name"], "description": study.get("description", ""), "source": study.get("source"),
         "out": str(out), "seeds": sorted({r["seed"] for r in runs}), "variant_order": order,
@@ -97,10 +113,75 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
         "runs_planned": len(runs), "runs_finished": sum(v["finished"] for v in variants),
         "compute_s": round(sum(r["wall_s"] for v in variants for r in v["runs"]), 1),
         "wall_s": round(wall_s, 1) if wall_s is not None else None,
-        "best_variant": done[0]["name"] if done else None, "devices": sorted(d for d in devices if d),
+        "best_variant": best, "top_variant": done[0]["name"] if done else None, "leader": leader,
+        "devices": sorted(d for d in devices if d),
         "environment": environment(), "written": _dt.datetime.now().isoformat(timespec="seconds"),
         "variants": variants,
     }
+
+
+def _pooled_interval(rows: Sequence[dict[str, Any]]) -> list[float] | None:
+    """Wilson's 95 % interval of a variant's accuracy over the test images of all its seeds together."""
+    scored = [(r["test_acc"], r["test_images"]) for r in rows if r.get("test_images")]
+    n = sum(images for _, images in scored)
+    span = wilson(sum(round(acc * images) for acc, images in scored), n)
+    return None if span is None else [round(span[0], 4), round(span[1], 4)]
+
+
+def _correct_by_image(run_dir: Path) -> dict[str, tuple[str, int]]:
+    """path -> (true label, 1 if the run's final model got it right) over the run's test images."""
+    rows = rundir.RunDir(run_dir).predictions() or []
+    return {str(r["path"]): (str(r["label"]), int(str(r["label"]) == str(r["predicted"]))) for r in rows}
+
+
+def _compare(correct: dict[str, dict[int, dict[str, tuple[str, int]]]], a: str, b: str) -> dict[str, Any] | None:
+    """Accuracy of variant ``a`` minus ``b``, paired over the test images both scored at the same seed (seeds
+    pooled, each seed's images resampled within class): :func:`~transferlab.evaluation.intervals.paired_difference`.
+    """
+    xs, ys, strata, seeds = [], [], [], 0
+    names: dict[tuple[int, str], int] = {}
+    for seed, mine in correct[a].items():
+        theirs = correct[b].get(seed) or {}
+        shared = sorted(set(mine) & set(theirs))
+        seeds += bool(shared)
+        for path in shared:
+            xs.append(mine[path][1])
+            ys.append(theirs[path][1])
+            strata.append(names.setdefault((seed, mine[path][0]), len(names)))
+    if not xs:
+        return None
+    found = paired_difference(np.array(xs), np.array(ys), np.array(strata))
+    found["interval"] = [round(x, 4) for x in found["interval"]]
+    return {**found, "difference": round(found["difference"], 4), "reference": b, "seeds": seeds}
+
+
+def _difference_text(found: dict[str, Any] | None) -> str:
+    """``+2.0 (-4.0 to +8.0)``: points, with the paired 95 % interval."""
+    if not found:
+        return "-"
+    lo, hi = found["interval"]
+    return f"{100 * found['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """One sentence: which variant is best, or that the study cannot tell (paired 95 % intervals)."""
+    leader, reference = summary.get("leader"), summary["variant_order"][0]
+    compared = [v for v in summary["variants"] if v.get("vs_reference")]
+    if summary.get("best_variant") and leader:
+        return (f"best: {leader['variant']}, ahead of {leader['runner_up']} by {_difference_text(leader)} points "
+                "(paired 95% interval over the same test images)")
+    if summary.get("best_variant"):
+        return f"one variant: {summary['best_variant']}"
+    apart = [v["name"] for v in compared if v["vs_reference"]["separates"]]
+    if leader is None:
+        return "no finished runs"
+    text = (f"no best variant: {leader['variant']} leads {leader['runner_up']} by {_difference_text(leader)} points, "
+            "an interval that includes 0")
+    if compared and not apart:
+        text += f"; no variant separates from {reference}"
+    elif apart:
+        text += f"; separate from {reference}: {', '.join(apart)}"
+    return text
 
 
 def _changes_text(variant: dict[str, Any]) -> str:
@@ -115,17 +196,13 @@ def _changes_text(variant: dict[str, Any]) -> str:
 
 def study_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The results table: one row per variant, best mean test accuracy first."""
-    reference = next((v for v in summary["variants"] if v["name"] == summary["variant_order"][0]), None)
-    ref_mean = reference["test_acc_mean"] if reference else None
     rows = []
     for rank, v in enumerate(summary["variants"], 1):
-        delta = None
-        if v["test_acc_mean"] is not None and ref_mean is not None and v is not reference:
-            delta = f"{100 * (v['test_acc_mean'] - ref_mean):+.1f}"
+        span = interval_text(v.get("test_acc_interval"))
         rows.append({
             "#": rank, "variant": v["name"], "changes": _changes_text(v),
-            "test acc": pm(v["test_acc_mean"], v["test_acc_std"]),
-            f"Δ vs {summary['variant_order'][0]} (pts)": delta or "-",
+            "test acc (95% CI)": pm(v["test_acc_mean"], v["test_acc_std"]) + (f" ({span})" if span else ""),
+            f"Δ vs {summary['variant_order'][0]} (pts, 95% CI)": _difference_text(v.get("vs_reference")),
             "balanced acc": pm(v["balanced_accuracy_mean"], v["balanced_accuracy_std"]),
             "macro F1": pm(v["macro_f1_mean"], v["macro_f1_std"]),
             "head warm-up acc": pm(v["head_warmup_acc_mean"], v["head_warmup_acc_std"]),
@@ -180,7 +257,7 @@ def _slug(text: str) -> str:
 def write_study_report(out: str | Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Write ``summary.json``, ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``."""
     out = Path(out)
-    best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
+    best = next((v for v in summary["variants"] if v["name"] == summary.get("top_variant")), None)
     metrics: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     root = None
@@ -233,10 +310,12 @@ def _facts(summary: dict[str, Any]) -> list[str]:
              f"compute: {summary['compute_s']:.0f} s over all runs"
              + (f"; this invocation: {summary['wall_s']:.0f} s wall" if summary.get("wall_s") is not None else "")
              + f"; device: {', '.join(summary['devices']) or '-'}"]
-    best = next((v for v in summary["variants"] if v["name"] == summary["best_variant"]), None)
-    if best:
-        facts.append(f"best: **{best['name']}** at {pm(best['test_acc_mean'], best['test_acc_std'])} "
-                     "test accuracy (mean ± std over seeds)")
+    top = next((v for v in summary["variants"] if v["name"] == summary.get("top_variant")), None)
+    if top:
+        span = interval_text(top.get("test_acc_interval"))
+        facts.append(f"top by mean: **{top['name']}** at {pm(top['test_acc_mean'], top['test_acc_std'])} test "
+                     "accuracy (mean ± std over seeds" + (f"; 95% CI {span} over their test images)" if span else ")"))
+        facts.append(verdict(summary))
     return facts
 
 
@@ -287,7 +366,8 @@ def _html(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotte
         parts.append("</div>")
     br = summary.get("best_run")
     if br:
-        parts.append(f"<h2>Best variant: {esc(br['variant'])} (seed {br['seed']})</h2>")
+        which = "Best variant" if summary.get("best_variant") else "Top variant by mean (not separated)"
+        parts.append(f"<h2>{which}: {esc(br['variant'])} (seed {br['seed']})</h2>")
         if "confusion" in by_stem:
             parts.append(html_image(by_stem["confusion"][1], "confusion matrix"))
         if "mistakes" in by_stem:

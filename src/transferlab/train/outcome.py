@@ -35,7 +35,7 @@ def final_metrics(ctx: RunContext, model: TransferModel, data: PreparedData, sta
     cfg, classes = ctx.config, ctx.dataset.classes
 
     def score(logits: torch.Tensor, split: str) -> dict[str, Any]:
-        return metric_block(logits, data.eval_labels(split), classes, split)
+        return metric_block(logits, data.eval_labels(split), classes, split, intervals=split == "test")
 
     selector.restore(model.net)
     selection = selector.summary(state.epochs_done)
