@@ -13,7 +13,7 @@ from typing import Any
 from .errors import TransferlabError, first_line, opt
 
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px", "FOLDS",
-           "AUTO", "parse_duration"]
+           "AUTO", "parse_duration", "defaults"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 WEIGHT_DECAY_CEILING = 1.0  # likewise the weight decay (AdamW's is 0.01-0.1, SGD's 1e-4-1e-3)
@@ -369,3 +369,8 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["preset"] = name
     return RunConfig.from_dict(values).validate(force=True)  # the ceilings are checked where the run starts
+
+
+def defaults() -> dict[str, Any]:
+    """Every RunConfig field's default, as ``config.json`` writes values (tuples as lists)."""
+    return json.loads(json.dumps({f.name: _default(f) for f in dataclasses.fields(RunConfig)}))

@@ -126,6 +126,8 @@ def test_two_class_report_has_every_section_and_is_self_contained(tmp_path):
     assert "T = 1.310" in text and "0.0712 before, 0.0321 after" in text
     assert "Head warm-up: 4 epochs" in text and "test cpu" in text  # the run's own environment
     assert "&quot;select_metric&quot;: &quot;loss&quot;" in text  # the config
+    changed = text.split("Changed from the defaults")[1].split("</table>")[0]  # what differs first
+    assert "<td>select_metric</td><td>&quot;loss&quot;</td><td>null</td>" in changed and "optimizer" not in changed
     # the metrics table: a validation and a test row
     table = text.split("id='metrics'")[1].split("</table>")[0]
     assert "<th>validation</th>" in table and "<th>test" in table and "ROC AUC" in table
@@ -241,9 +243,9 @@ def test_mistakes_are_the_most_confident_first(tmp_path):
     ax = mistakes_figure(rows, root, PRE, k=1).axes[0]
     assert len(ax.images) == 1 and ax.images[0].get_array().shape[1] == 64  # the eval crop's width, not 82
     captions = [t.get_text() for t in ax.texts]
-    assert captions == ["true: blue\npredicted: red (90%)"]
+    assert captions == ["blue_0.png\ntrue: blue\npredicted: red (90%)"]  # each mistake names its file
     ax = mistakes_figure(rows, root, PRE).axes[0]
-    assert [t.get_text().split("\n")[0] for t in ax.texts] == ["true: blue", "true: red"]
+    assert [t.get_text().split("\n")[1] for t in ax.texts] == ["true: blue", "true: red"]
     assert mistakes_figure(rows[1:2], root, PRE) is None
 
 

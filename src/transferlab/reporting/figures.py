@@ -359,6 +359,11 @@ def _eval_crop(path: Path, pre: Preprocessing) -> Any:
     return center_crop(decode_one(path, pre), pre.crop_size).permute(1, 2, 0).numpy()
 
 
+def _short_name(name: str, width: int = 26) -> str:
+    """A file name that fits under an image: its middle elided when longer than ``width``."""
+    return name if len(name) <= width else f"{name[:width // 2 - 1]}…{name[-(width // 2 - 1):]}"
+
+
 def mistakes_figure(rows: Sequence[dict[str, Any]], root: str | Path | None,
                     preprocessing: Preprocessing | dict[str, Any], k: int = MISTAKES_SHOWN) -> Figure | None:
     """The ``k`` most confident mistakes, each the eval crop the model saw, with truth, prediction, confidence.
@@ -376,7 +381,8 @@ def mistakes_figure(rows: Sequence[dict[str, Any]], root: str | Path | None,
     cells = []
     for m in shown:
         path = Path(root) / m["path"] if root is not None else Path(m["path"])
-        cell = {"caption": f"true: {m['true']}\npredicted: {m['pred']} ({100 * m['confidence']:.0f}%)"}
+        cell = {"caption": f"{_short_name(path.name)}\ntrue: {m['true']}\npredicted: {m['pred']} "
+                           f"({100 * m['confidence']:.0f}%)"}
         try:
             cell["image"] = _eval_crop(path, pre)
         except Exception as exc:  # noqa: BLE001 - one unreadable file leaves a note, not a failed report

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__, rundir
-from ..config import crop_region_px
+from ..config import crop_region_px, defaults
 from ..errors import TransferlabError, first_line
 from ..evaluation.intervals import interval_text
 from ..files import atomic_write_text, readable, readable_tree
@@ -313,6 +313,25 @@ def _clock_text(stages: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
     return text.strip()
 
 
+def config_rows(config: dict[str, Any]) -> list[dict[str, str]]:
+    """The settings a run changed from the defaults (``make_config()``'s), each with its default."""
+    base = {**defaults(), "preset": "default"}  # no preset named is the default one
+    skip = {"data", "out", "extra"}  # what the run read and where it wrote (the report's first lines say)
+    return [{"setting": key, "this run": json.dumps(value), "default": json.dumps(base[key])}
+            for key, value in config.items() if key in base and key not in skip and value != base[key]]
+
+
+def _config_html(config: dict[str, Any]) -> str:
+    """What differs from the defaults first; every setting (``config.json``) folded below it."""
+    esc = html.escape
+    rows = config_rows(config)
+    lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(config.items()))
+    changed = html_table(rows) if rows else "<p>Every setting is the default.</p>"
+    return (f"<p>Changed from the defaults ({len(rows)} of {len(config)} settings):</p>{changed}"
+            f"<details><summary>All settings (config.json; <code>transferlab train --config</code> takes it)"
+            f"</summary><pre>{{\n{esc(lines)}\n}}</pre></details>")
+
+
 def _report_html(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, Any]],
                  rows: list[dict[str, Any]] | None, dataset: Dataset | None,
                  stages: list[dict[str, Any]] | None = None) -> str:
@@ -349,8 +368,7 @@ def _report_html(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any],
         if plotted:
             parts += _image_sections(run_dir, config, metrics, rows, dataset)
     env_title, env_rows = _environment_rows(metrics)
-    lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(config.items()))
-    parts += _section("config", "Config", f"<pre>{{\n{esc(lines)}\n}}</pre>")
+    parts += _section("config", "Config", _config_html(config))
     parts += _section("environment", env_title, html_table(env_rows))
     parts += [_note(f"Written {_dt.datetime.now().isoformat(timespec='seconds')} by transferlab {__version__} from "
                     f"the files in {run_dir}."), "</body></html>"]

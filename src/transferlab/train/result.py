@@ -31,8 +31,12 @@ class RunResult:
     stages: list[dict[str, Any]] = field(default_factory=list)  # decode, head warm-up: metrics.jsonl's stage rows
 
     def __repr__(self) -> str:
+        from ..evaluation.intervals import score_text
+
         acc = self.metrics.get("test_acc")
-        shown = f"{acc:.4f}" if isinstance(acc, float) else acc
+        test = self.metrics.get("test") or {}
+        shown = score_text(test) if test.get("accuracy") is not None else f"{acc:.4f}" if isinstance(acc, float) \
+            else acc
         where = str(self.run_dir) if self.run_dir else None
         return (f"RunResult(model={self.config.model!r}, data={self.config.data!r}, test_acc={shown}, "
                 f"epochs={len(self.history)}, classes={len(self.classes)}, run_dir={where!r})")

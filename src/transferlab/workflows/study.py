@@ -14,8 +14,9 @@ from .. import rundir
 from ..config import RunConfig
 from ..console import count
 from ..errors import TransferlabError, opt
+from ..evaluation.intervals import score_text
 from ..files import atomic_write_json
-from ..reporting.study import summarize_study, write_study_report
+from ..reporting.study import summarize_study, verdict, write_study_report
 from .finetuning import choose_model, finetune
 from .study_spec import Study, resolve_freeze
 
@@ -142,13 +143,15 @@ def run_study(study: Study, base: RunConfig, out: str | Path, seeds: Sequence[in
         result = finetune(run.config, quiet=quiet, resume=started,
                           ranking=ranking if ranking and run.config.model == ranking.picked else None)
         m = result.metrics
-        say(f"{label}: test_acc {m['test_acc']:.3f} in {m['wall_s']:.0f} s")
+        say(f"{label}: test accuracy {score_text(m.get('test') or {'accuracy': m['test_acc']}, digits=3)} in "
+            f"{m['wall_s']:.0f} s")
         atomic_write_json(out / "summary.json", _summary(study, base, runs, out, None))
     wall_s = time.perf_counter() - start
     if not todo:  # only the report was rewritten: keep the wall time of the invocation that trained
         wall_s = (rundir.read_json(out / "summary.json") or {}).get("wall_s")
     summary = _summary(study, base, runs, out, wall_s)
     files = write_study_report(out, summary)
+    say(verdict(summary))
     say(f"report: {files['html']} ({files['md'].name}, {files['summary'].name})")
     return summary
 
