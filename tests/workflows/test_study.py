@@ -183,8 +183,9 @@ def _fake_run(run_dir, right: int, images: int = 100) -> None:
     from transferlab.rundir import predictions_csv
 
     run_dir.mkdir(parents=True)
-    rows = [{"path": f"img{i:03d}.png", "label": "ab"[i % 2], "predicted": "ab"[i % 2] if i < right else "ab"[1 - i % 2],
-             "correct": int(i < right), "prob_a": 0.5, "prob_b": 0.5} for i in range(images)]
+    rows = [{"path": f"img{i:03d}.png", "label": "ab"[i % 2],
+             "predicted": "ab"[i % 2] if i < right else "ab"[1 - i % 2], "correct": int(i < right),
+             "prob_a": 0.5, "prob_b": 0.5} for i in range(images)]
     (run_dir / "test_predictions.csv").write_text(predictions_csv(rows, ["a", "b"]))
     (run_dir / "metrics.json").write_text(json.dumps({
         "test_acc": right / images, "wall_s": 1.0, "class_names": ["a", "b"], "device": "cpu",
