@@ -53,7 +53,8 @@ REPORT_CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1a202c;max-width:1040px;
 margin:2em auto;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #e2e8f0;padding-bottom:.2em}
-table{border-collapse:collapse;font-size:.9em;margin:.6em 0}th,td{padding:.35em .7em;border-bottom:1px solid #e2e8f0;
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0;display:block;overflow-x:auto;max-width:100%}
+th,td{padding:.35em .7em;border-bottom:1px solid #e2e8f0;
 text-align:left;white-space:nowrap}th{background:#f7fafc}tr:first-child td{font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
 .small{display:flex;flex-wrap:wrap;gap:1em}.small figure{margin:0}figcaption{color:#4a5568;font-size:.85em}

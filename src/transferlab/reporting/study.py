@@ -352,6 +352,8 @@ def _html(summary: dict[str, Any], figures: list[tuple[str, str, bytes]], plotte
     if summary["description"]:
         parts.append(f"<p class=muted>{esc(summary['description'])}</p>")
     parts += [f"<ul>{facts}</ul>", "<h2>Results</h2>", html_table(study_rows(summary))]
+    if not summary.get("best_variant"):  # the first row is first by mean only: not set apart
+        parts.insert(1, "<style>tr:first-child td{font-weight:normal}</style>")
     if not plotted:
         parts.append(f"<p class=muted>({html.escape(FIGURES_HINT)})</p>")
     by_stem = {stem: (caption, image) for stem, caption, image in figures}
