@@ -46,8 +46,9 @@ from .result import Candidate, Ranking, pick
 
 __all__ = ["rank", "offline_models"]
 
-WARMUP_STEPS = 2  # untimed training steps per candidate (the first steps of a new model run slow)
-TIMED_STEPS = 3  # then steps timed one by one: an epoch is their median x the steps per epoch
+WARMUP_STEPS = 1  # untimed training steps per candidate (the first step of a new model runs slow)
+TIMED_STEPS = 2  # then steps timed one by one: an epoch is their median per image x the training images
+TIMING_BATCH = 8  # images per timed step: a step's cost per image is flat from here up on a CPU, and 4x cheaper
 
 
 # -- the candidates
@@ -60,7 +61,8 @@ def offline_models() -> list[str]:
 
 def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.Tensor], labels: torch.Tensor,
                    pre: Preprocessing, device: torch.device) -> float:
-    """Seconds per training epoch of the fine-tune as configured: the median of single timed steps.
+    """Seconds per training epoch of the fine-tune as configured: the median of single timed steps of
+    :data:`TIMING_BATCH` images, per image, times the training images.
 
     The first steps of a new model run slower (kernels are chosen and memory is laid out), so
     :data:`WARMUP_STEPS` go untimed; each of :data:`TIMED_STEPS` steps is then timed alone.
@@ -72,18 +74,18 @@ def _epoch_seconds(config: RunConfig, model: TransferModel, images: list[torch.T
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     train_pre = replace(pre, crop_size=config.train_image_size or pre.crop_size)
     region = crop_region_px(config.crop_region, pre.crop_size)
+    batch = min(config.batch_size, TIMING_BATCH)
     batches = itertools.chain.from_iterable(  # epoch after epoch: a small set has fewer batches than timed steps
-        train_batches(images, labels, config.batch_size, train_pre, config.crop_scale, config.seed, epoch,
+        train_batches(images, labels, batch, train_pre, config.crop_scale, config.seed, epoch,
                       prefetch=prefetch_batches(device), region=region, flips=config.flips)
         for epoch in itertools.count(1))
-    steps = len(images) / config.batch_size  # the last, partial batch costs its share
     step = Step(optimizer, scheduler, loss_fn, train_pre, device, precision=config.precision)
 
     def run(n: int) -> float:
         return train_one_epoch(model, itertools.islice(batches, n), n, step, quiet=True)["train_s"]
 
     run(WARMUP_STEPS)
-    return round(statistics.median(run(1) for _ in range(TIMED_STEPS)) * steps, 2)
+    return round(statistics.median(run(1) for _ in range(TIMED_STEPS)) / batch * len(images), 2)
 
 
 def _measure(config: RunConfig, name: str, dataset: Dataset, device: torch.device, quiet: bool,
