@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransferlabError
-from .options import DATA_HELP, DEFAULTS, RANK_OPTIONS, add_train_options, renamed_notice, train_overrides
+from .options import (
+    DATA_HELP,
+    DEFAULTS,
+    RANK_OPTIONS,
+    TRAIN_COMMAND_OPTIONS,
+    add_train_options,
+    renamed_notice,
+    train_overrides,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -21,17 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) and write a run directory")
-    add_train_options(p)
-    p.add_argument("--out", default=None, help="run directory (default: runs/<data>-<model>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
-                                                         "(--data not needed)")
-    p.add_argument("--force", action="store_true", help="with --resume: accept options that differ")
-    p.add_argument("--overwrite", action="store_true", help="train again over a finished or interrupted run in "
-                                                            "--out")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="train on N local processes through torchrun (DDP); --batch-size stays the global batch "
-                        "(default: one process)")
-    p.add_argument("--quiet", action="store_true")
+    add_train_options(p, own=TRAIN_COMMAND_OPTIONS)
 
     p = sub.add_parser("demo", help="offline demo: ELPV solar cells, MobileNetV2 fine-tuned vs. scratch")
     p.add_argument("--model", default=None, help="the backbone of both arms (default: mobilenet_v2); auto ranks "
