@@ -3,10 +3,11 @@ the data roles said, the usable models, the end of a run, and no control byte in
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 
 from transferlab.cli.options import DEFAULTS, GROUPS, RANK_OPTIONS, TRAIN_OPTIONS
 
@@ -57,3 +58,45 @@ def test_help_groups_the_options_and_shows_each_default_once(command):
         headers = list(dict.fromkeys(sections.values()))
         assert headers == ["options", *GROUPS], headers  # argparse's own -h, then every group in order
         assert sections["--nproc"] == "hardware" and sections["--out"] == "output"
+
+
+def test_a_run_config_round_trips_through_config_and_print_config(tiny_run, tmp_path):
+    run, data = tiny_run
+    saved = json.loads((run / "config.json").read_text())
+    proc = run_cli("train", "--config", run / "config.json", "--print-config", "--out", tmp_path / "again")
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert printed == {**saved, "out": str(tmp_path / "again")}  # every setting; the file's out is bookkeeping
+    assert not (tmp_path / "again").exists()  # printed, not trained
+    (tmp_path / "printed.json").write_text(proc.stdout)
+    again = run_cli("train", "--config", tmp_path / "printed.json", "--print-config", "--out", tmp_path / "again")
+    assert again.stdout == proc.stdout
+    # without --out the run goes to the default place, never into the run the file came from
+    elsewhere = json.loads(run_cli("train", "--config", run / "config.json", "--print-config").stdout)
+    assert elsewhere["out"] == f"runs/{data.name}-mobilenet_v2" != saved["out"]
+
+
+def test_config_file_sits_between_the_preset_and_the_options(tmp_path):
+    file = tmp_path / "run.yaml"  # (PyYAML comes with the report extra)
+    file.write_text("data: colors\npreset: d2l\nlr: 1e-4\nepochs: 4\n")  # YAML 1.1 reads 1e-4 as text: a number here
+    config = json.loads(run_cli("train", "--config", file, "--print-config").stdout)
+    assert (config["preset"], config["optimizer"], config["lr"], config["epochs"]) == ("d2l", "sgd", 1e-4, 4)
+    config = json.loads(run_cli("train", "--config", file, "--preset", "default", "--epochs", "6",
+                                "--print-config").stdout)
+    assert (config["preset"], config["optimizer"], config["lr"], config["epochs"]) == ("default", "adamw", 1e-4, 6)
+
+
+def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path):
+    bad = {"typo.json": ('{"data": "x", "epochz": 3}', ["typo.json", "unknown key 'epochz'", "did you mean epochs"]),
+           "zero.json": ('{"data": "x", "epochs": 0}', ["zero.json", "epochs must be positive"]),
+           "text.json": ('{"epochs": "3"}', ["text.json", "epochs must be a whole number"]),
+           "ceiling.json": ('{"lr": 5}', ["ceiling.json", "lr 5", "--force"]),
+           "list.json": ("[1, 2]", ["list.json", "not a mapping"]),
+           "broken.json": ("{", ["broken.json", "not valid JSON"]),
+           "run.txt": ("epochs: 3", ["run.txt", "give a .yaml, .yml or .json file"])}
+    for name, (text, needles) in bad.items():
+        (tmp_path / name).write_text(text)
+        assert_one_line_error(run_cli("train", "--config", tmp_path / name, "--data", tmp_path), *needles)
+    assert_one_line_error(run_cli("train", "--config", tmp_path / "missing.json"), "missing.json", "cannot read")
+    assert_one_line_error(run_cli("train", "--config", tmp_path / "zero.json", "--resume", "--out", tmp_path),
+                          "starts a new run")

@@ -171,16 +171,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TransferlabError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc is not None and "LOCAL_RANK" in os.environ:
         raise TransferlabError("--nproc: already started by torchrun; drop --nproc (--nproc-per-node sets the count)")
-    overrides = train_overrides(args)
+    given = train_overrides(args)
+    overrides = {**_config_file(args), **given}  # the command line wins over the file
+    file_preset = overrides.pop("preset", None)
+    preset = args.preset or file_preset
     out = _train_out(args, overrides)
     if args.resume and (out / rundir.CONFIG).is_file() or "data" not in overrides:
         if args.preset:
             overrides["preset"] = args.preset
         config = rundir.resume_config(out, overrides)
     else:
-        config = make_config(args.preset, **overrides, out=str(out))
+        config = make_config(preset, **overrides, out=str(out))
+    if args.print_config:
+        print(config.validate(force=args.force).to_json())
+        return 0
     if ctx.is_main:
-        renamed_notice(overrides)
+        renamed_notice(given)
     if args.nproc and args.nproc > 1:
         cores = os.cpu_count() or 1
         if args.nproc > cores and config.device in ("auto", "cpu") and not _has_cuda():
@@ -214,6 +220,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(_summary_line(result.metrics, out))
     return 0
+
+
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of ``train --config FILE`` (none without it); a new run only."""
+    from ..config import read_config_file
+
+    if args.config is None:
+        return {}
+    if args.resume:
+        raise TransferlabError(f"--config {args.config}: starts a new run; --resume continues the run in --out with "
+                               "its own config.json: give one of them")
+    return read_config_file(args.config, force=args.force)
 
 
 def _summary_line(m: dict[str, Any], out: Path) -> str:

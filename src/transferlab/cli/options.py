@@ -172,6 +172,13 @@ PRESET_OPTION = ("config", "--preset", {"help": "default (ours) or d2l (the seed
 
 # what `train` adds to the train options: its run directory, how it reuses one, and how it runs
 TRAIN_COMMAND_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
+    ("config", "--config", {"default": None, "metavar": "FILE",
+                            "help": "start from FILE's settings (YAML or JSON, such as a run's config.json): "
+                                    "they win over --preset, the options given here win over them; the file's "
+                                    "out is ignored (the run goes to --out)"}),
+    ("config", "--print-config", {"action": "store_true",
+                                  "help": "print the resolved config (the JSON --config reads) and exit without "
+                                          "training"}),
     ("output", "--out", {"default": None, "help": "run directory", "shown": "runs/<data>-<model>"}),
     ("output", "--resume", {"action": "store_true", "help": "continue the run in --out from its last checkpoint "
                                                             "(--data not needed)"}),
