@@ -3,6 +3,8 @@ the data roles said, the usable models, the end of a run, and no control byte in
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 
@@ -100,3 +102,22 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path):
     assert_one_line_error(run_cli("train", "--config", tmp_path / "missing.json"), "missing.json", "cannot read")
     assert_one_line_error(run_cli("train", "--config", tmp_path / "zero.json", "--resume", "--out", tmp_path),
                           "starts a new run")
+
+
+def _header(text: str) -> list[str]:
+    return next(csv.reader(io.StringIO(text)))
+
+
+def test_predict_evaluate_and_the_run_write_one_csv_vocabulary(tiny_run, tmp_path):
+    run, data = tiny_run
+    predicted = run_cli("predict", run, data / "val", "--format", "csv")
+    assert predicted.returncode == 0, predicted.stderr
+    assert run_cli("evaluate", run, "--per-image", tmp_path / "rows.csv", "--quiet").returncode == 0
+    headers = {"predict": _header(predicted.stdout), "evaluate": _header((tmp_path / "rows.csv").read_text()),
+               "run": _header((run / "test_predictions.csv").read_text())}
+    probs = ["prob_blue", "prob_red"]
+    assert headers["run"] == headers["evaluate"] == ["path", "label", "predicted", "correct", *probs]
+    assert headers["predict"] == ["path", "predicted", *probs, "error"]  # no truth to give: no label, no correct
+    rows = list(csv.DictReader(io.StringIO(predicted.stdout)))
+    assert len(rows) == 6 and all(r["predicted"] == max(("blue", "red"), key=lambda c: float(r[f"prob_{c}"]))
+                                  for r in rows)

@@ -58,16 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--tta", action="store_true", help="average over center, flipped center and 4 corner crops")
     p.add_argument("--per-image", default=None, metavar="FILE.csv",
-                   help="also write one row per test image: path, label, predicted, correct, probabilities")
+                   help="also write one row per test image: path,label,predicted,correct,prob_<class>... (label: "
+                        "the truth), the columns of the run's test_predictions.csv")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, label, probabilities")
+    p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, predicted class, probabilities")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--format", choices=["json", "csv"], default="json",
-                   help="json: one object per line (default); csv: path,label,<one column per class>")
+                   help="json: one object per line (path, label: the predicted class, probabilities); csv: "
+                        "path,predicted,prob_<class>...,error, the columns of evaluate --per-image and a run's "
+                        "test_predictions.csv")
     p.add_argument("--tta", action="store_true",
                    help="average over center, flipped center and 4 corner crops (6x slower)")
     p.add_argument("--out", default=None, metavar="FILE", help="write the rows to FILE (default: standard output)")
@@ -350,8 +353,8 @@ def _predict_rows(predictor: Any, paths: list[Path], args: argparse.Namespace, s
     import csv
 
     writer = csv.writer(stream, lineterminator="\n") if args.format == "csv" else None
-    if writer:
-        writer.writerow(["path", "label", *predictor.classes, "error"])
+    if writer:  # the names of evaluation.metrics.prediction_rows; no label column: the truth is not known here
+        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in predictor.classes), "error"])
     failed = 0
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
