@@ -7,6 +7,7 @@ metrics grow as one HTML table, as Keras and fastai show them.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import sys
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from .errors import render
 
-__all__ = ["Console", "in_notebook", "progress", "close_bars", "setup_logging", "count"]
+__all__ = ["Console", "in_notebook", "progress", "clear_of_bars", "close_bars", "setup_logging", "count"]
 
 log = logging.getLogger("transferlab.train")
 
@@ -158,6 +159,13 @@ def _bar_html(desc: str, done: int, total: int | None, unit: str, elapsed: float
     count = f"{done}/{total}" if total else f"{done}"
     return (f"<div style='font-family:monospace'>{html.escape(desc)} {bar}{count} {html.escape(unit)} "
             f"[{elapsed:.1f} s{rate}]</div>")
+
+
+@contextlib.contextmanager
+def clear_of_bars() -> Iterator[None]:
+    """Standard output written inside lands clear of the bars on a terminal, which are drawn again after."""
+    with tqdm.external_write_mode(file=sys.stdout):
+        yield
 
 
 def close_bars() -> None:

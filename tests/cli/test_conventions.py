@@ -3,6 +3,7 @@ the data roles said, the usable models, the end of a run, and no control byte in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -11,6 +12,7 @@ import re
 import pytest
 from helpers import assert_one_line_error, run_cli
 
+from transferlab.cli.commands import main
 from transferlab.cli.options import DEFAULTS, GROUPS, RANK_OPTIONS, TRAIN_OPTIONS
 
 
@@ -121,3 +123,30 @@ def test_predict_evaluate_and_the_run_write_one_csv_vocabulary(tiny_run, tmp_pat
     rows = list(csv.DictReader(io.StringIO(predicted.stdout)))
     assert len(rows) == 6 and all(r["predicted"] == max(("blue", "red"), key=lambda c: float(r[f"prob_{c}"]))
                                   for r in rows)
+
+
+class _Terminal(io.StringIO):
+    """Standard error as a terminal would be (tqdm draws its bars only there)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _run_on_terminal(*args: object) -> tuple[int, str]:
+    """``transferlab ARGS`` in this process with stderr a terminal: exit status and what stderr got."""
+    err = _Terminal()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "evaluate --tta"])
+def test_predict_and_evaluate_draw_a_bar_on_a_terminal_only(tiny_run, command):
+    run, data = tiny_run
+    argv = [*command.split(), run, *([data / "val", "--batch-size", "2"] if command == "predict" else [])]
+    plain = run_cli(*argv)
+    assert plain.returncode == 0 and plain.stderr == "", plain.stderr  # not a terminal: no bar, nothing at all
+    code, drawn = _run_on_terminal(*argv)
+    assert code == 0 and f"{command.split()[0]}:" in drawn and "batch" in drawn and "\r" in drawn, drawn
+    code, quiet = _run_on_terminal(*argv, "--quiet")
+    assert code == 0 and quiet == "", quiet

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true",
                    help="average over center, flipped center and 4 corner crops (6x slower)")
     p.add_argument("--out", default=None, metavar="FILE", help="write the rows to FILE (default: standard output)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is one only on a terminal)")
 
     p = sub.add_parser("report", help="rebuild RUN_DIR/report.html from the run's files")
     p.add_argument("run_dir")
@@ -352,22 +353,25 @@ def _predict_rows(predictor: Any, paths: list[Path], args: argparse.Namespace, s
     """Write one row per image to ``stream`` (JSON lines or CSV); return how many could not be read."""
     import csv
 
+    from ..console import clear_of_bars, progress
+
     writer = csv.writer(stream, lineterminator="\n") if args.format == "csv" else None
     if writer:  # the names of evaluation.metrics.prediction_rows; no label column: the truth is not known here
         writer.writerow(["path", "predicted", *(f"prob_{c}" for c in predictor.classes), "error"])
     failed = 0
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start:start + args.batch_size]
+    chunks = [paths[start:start + args.batch_size] for start in range(0, len(paths), args.batch_size)]
+    for chunk in progress(chunks, total=len(chunks), desc="predict", quiet=args.quiet, unit="batch"):
         preds = predictor.predict(chunk, tta=args.tta, batch_size=args.batch_size, errors="report")
-        for path, pred in zip(chunk, preds):
-            failed += "error" in pred
-            if writer:
-                probs = pred.get("probabilities", {})
-                writer.writerow([str(path), pred.get("label", ""), *(probs.get(c, "") for c in predictor.classes),
-                                 pred.get("error", "")])
-            else:
-                print(json.dumps({"path": str(path), **pred}, allow_nan=False), file=stream)
-        stream.flush()
+        with clear_of_bars():  # rows on a terminal do not run into the bar
+            for path, pred in zip(chunk, preds):
+                failed += "error" in pred
+                if writer:
+                    probs = pred.get("probabilities", {})
+                    writer.writerow([str(path), pred.get("label", ""),
+                                     *(probs.get(c, "") for c in predictor.classes), pred.get("error", "")])
+                else:
+                    print(json.dumps({"path": str(path), **pred}, allow_nan=False), file=stream)
+            stream.flush()
     return failed
 
 
