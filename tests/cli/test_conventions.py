@@ -10,7 +10,7 @@ import json
 import re
 
 import pytest
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, make_folder, run_cli
 
 from transferlab.cli.commands import main
 from transferlab.cli.options import DEFAULTS, GROUPS, RANK_OPTIONS, TRAIN_OPTIONS
@@ -150,3 +150,20 @@ def test_predict_and_evaluate_draw_a_bar_on_a_terminal_only(tiny_run, command):
     assert code == 0 and f"{command.split()[0]}:" in drawn and "batch" in drawn and "\r" in drawn, drawn
     code, quiet = _run_on_terminal(*argv, "--quiet")
     assert code == 0 and quiet == "", quiet
+
+
+def test_the_roles_of_train_and_val_folders_are_said(tmp_path):
+    from transferlab.data.datasets import resolve_data
+
+    two = make_folder(tmp_path / "two", {"train": 4, "val": 2})
+    three = make_folder(tmp_path / "three", {"train": 4, "val": 2, "test": 3})
+    said = {"two": resolve_data(str(two)).describe(), "carved": resolve_data(str(two), val_fraction=0.5).describe(),
+            "three": resolve_data(str(three)).describe()}
+    assert said["two"] == ("two: 2 classes (blue, red); train/ for training (8 images), val/ as the test split "
+                           "(4 images, scored after each epoch; no choice is made on it); no validation split")
+    assert said["carved"].endswith("val/ as the test split (4 images, scored once, on the final model); "
+                                   "validation: 4 images carved from train/")
+    assert said["three"].endswith("test/ as the test split (6 images, scored once, on the final model); "
+                                  "val/ as validation (4 images)")
+    entry = _help_entries(run_cli("train", "-h").stdout)["--data"]
+    assert "train/ and val/ (val/ is the test split here, not validation as timm and Hugging Face read it)" in entry

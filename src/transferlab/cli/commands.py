@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import TransferlabError
 from .options import (
     DATA_HELP,
+    DATA_KINDS,
     DEFAULTS,
     RANK_OPTIONS,
     TRAIN_COMMAND_OPTIONS,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="every metric of a run on its own test split, as JSON")
     p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help=f"{DATA_HELP} (the run's test split is used; default: the data "
+    p.add_argument("--data", default=None, help=f"{DATA_KINDS} (the run's test split is used; default: the data "
                                                 "the run records)")
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--tta", action="store_true", help="average over center, flipped center and 4 corner crops")
@@ -253,7 +254,7 @@ def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
     """The run directory of ``train``: --out, else runs/<data>-<model>; a new run needs --data."""
     if "data" not in overrides:
         if not args.resume:
-            raise TransferlabError(f"--data is required: {DATA_HELP}")
+            raise TransferlabError(f"--data is required: {DATA_KINDS} (see `transferlab train -h`)")
         if not args.out:
             raise TransferlabError("--resume: give --out RUN_DIR, the run to continue")
     if args.out:
@@ -453,7 +454,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     overrides = train_overrides(args)
     if "data" not in overrides and "data" not in study.base:
-        raise TransferlabError(f"--data is required: {DATA_HELP}")
+        raise TransferlabError(f"--data is required: {DATA_KINDS} (see `transferlab train -h`)")
     config = make_config(args.preset, **{**study.base, **overrides})
     renamed_notice(overrides)
     out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"

@@ -19,10 +19,14 @@ from ..config import (
     RunConfig,
 )
 
-__all__ = ["DATA_HELP", "GROUPS", "TRAIN_OPTIONS", "TRAIN_COMMAND_OPTIONS", "DEFAULTS", "RANK_OPTIONS",
+__all__ = ["DATA_HELP", "DATA_KINDS", "GROUPS", "TRAIN_OPTIONS", "TRAIN_COMMAND_OPTIONS", "DEFAULTS", "RANK_OPTIONS",
            "add_train_options", "train_overrides", "renamed_notice"]
 
-DATA_HELP = "DIR (an ImageFolder root: train/ plus val/ or test/, or class folders), elpv or hotdog"
+DATA_KINDS = "DIR (an ImageFolder root), elpv or hotdog"  # what --data takes, as an error names it
+DATA_HELP = ("DIR, elpv or hotdog. DIR is an ImageFolder root: train/ and val/ (val/ is the test split here, not "
+             "validation as timm and Hugging Face read it), train/ and test/, train/ val/ and test/ (val/ is "
+             "validation), or bare class folders (split by --test-fraction); validation is carved from train/ "
+             "when a run needs one and DIR has no val/ beside test/")
 
 def _parse_head_map(text: str) -> dict[str, list[str | int]]:
     """'hotdog=934;pizza=pizza,963' -> {'hotdog': [934], 'pizza': ['pizza', 963]}."""
