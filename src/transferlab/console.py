@@ -20,9 +20,14 @@ from tqdm import tqdm
 
 from .errors import render
 
-__all__ = ["Console", "in_notebook", "progress", "clear_of_bars", "close_bars", "setup_logging", "count"]
+__all__ = ["Console", "TEST_LOG", "final_test_line", "format_scores", "in_notebook", "progress", "clear_of_bars",
+           "close_bars", "setup_logging", "count"]
 
 log = logging.getLogger("transferlab.train")
+# The test split's scores at the end of a run, on a logger of their own: `transferlab train` prints them in its
+# summary instead (setup_logging(test_line=False)), so they show once.
+TEST_LOG = "transferlab.train.test"
+TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc")
 
 
 def count(n: int, word: str) -> str:
@@ -50,15 +55,15 @@ class Console:
         self.rows: list[dict[str, Any]] = []
         self._handle: Any = None
 
-    def say(self, msg: str, *args: Any) -> None:
-        """One line: logged, and printed in a notebook."""
+    def say(self, msg: str, *args: Any, logger: logging.Logger = log) -> None:
+        """One line: logged (to ``logger``), and printed in a notebook."""
         if self.quiet:
             return
         text = render(msg % args if args else msg, cli=not self.notebook)  # options as flags, or as parameters
         if self.notebook:
             print(text, flush=True)
         else:
-            log.info("%s", text)
+            logger.info("%s", text)
 
     def epoch(self, row: dict[str, Any], epochs: int, images_per_s: float) -> None:
         """An epoch's row: a log line in a terminal, a new row of the table in a notebook."""
@@ -81,10 +86,26 @@ class Console:
 
     def done(self, metrics: dict[str, Any]) -> None:
         """The test split's scores, once, at the end."""
-        test = metrics.get("test", {})
-        keys = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc")
-        scores = ", ".join(f"{k} {test[k]:.4f}" for k in keys if isinstance(test.get(k), float))
-        self.say("test (%d images, scored once on the final model): %s", test.get("images", 0), scores)
+        self.say("%s", final_test_line(metrics.get("test", {})), logger=logging.getLogger(TEST_LOG))
+
+
+def final_test_line(test: dict[str, Any]) -> str:
+    """``test (50 images, scored once on the final model): accuracy 0.8600 (95% CI 0.74–0.93), ...``: a run's test
+    block as the end of a run shows it (an interval where the block has one)."""
+    return f"test ({test.get('images', 0)} images, scored once on the final model): {format_scores(test)}"
+
+
+def format_scores(block: dict[str, Any]) -> str:
+    """The scores of a metric block, each with its 95 % confidence interval where ``block["intervals"]`` has one."""
+    intervals = block.get("intervals") or {}
+
+    def interval(key: str) -> str:
+        bounds = intervals.get(key)
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(isinstance(b, float) for b in bounds):
+            return f" (95% CI {bounds[0]:.2f}\u2013{bounds[1]:.2f})"
+        return ""
+
+    return ", ".join(f"{k} {block[k]:.4f}{interval(k)}" for k in TEST_KEYS if isinstance(block.get(k), float))
 
 
 def _cell(column: str, value: Any) -> str:
@@ -188,10 +209,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(quiet: bool = False) -> None:
-    """Readable ``transferlab: message`` lines on stderr; warnings only when quiet."""
+def setup_logging(quiet: bool = False, test_line: bool = True) -> None:
+    """Readable ``transferlab: message`` lines on stderr; warnings only when quiet. ``test_line=False`` leaves out
+    a run's closing test scores (:data:`TEST_LOG`), for a caller that prints them itself."""
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    if not test_line:
+        handler.addFilter(lambda record: record.name != TEST_LOG)
     root = logging.getLogger("transferlab")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from helpers import assert_one_line_error, make_folder, run_cli
@@ -193,3 +194,28 @@ def test_models_lists_the_usable_ones_and_says_how_many_more():
         "none of the 17 models matching 'resnet1*' has its ImageNet weights on this machine; 17 more (17 download "
         "their weights): `transferlab models 'resnet1*' --all` lists every one"]
     assert len(run_cli("models", "resnet1*", "--all").stdout.splitlines()) == 1 + 17
+
+
+def test_the_end_of_a_run_names_the_model_and_the_next_commands():
+    from transferlab.cli import commands
+
+    test = {"split": "test", "images": 50, "accuracy": 0.86, "balanced_accuracy": 0.85, "macro_f1": 0.8512,
+            "nll": 0.3311, "ece": 0.0412, "roc_auc": 0.93,
+            "intervals": {"accuracy": [0.74, 0.93], "macro_f1": [0.7, 0.92]}, "baseline": {"accuracy": 0.5}}
+    metrics = {"test": test, "wall_s": 12.34, "model_stage": "epoch 3", "epochs_trained": 3,
+               "selection": {"metric": None, "best_epoch": 3}}
+    lines = commands._summary_line(metrics, Path("runs/my run")).splitlines()
+    assert lines == [
+        "test (50 images, scored once on the final model): accuracy 0.8600 (95% CI 0.74\u20130.93), "
+        "balanced_accuracy 0.8500, macro_f1 0.8512 (95% CI 0.70\u20130.92), nll 0.3311, ece 0.0412, roc_auc 0.9300; "
+        "12.3 s; report: runs/my run/report.html",
+        "model: runs/my run/model.safetensors (epoch 3, the last)",
+        "next: transferlab predict 'runs/my run' IMAGE_OR_DIR | transferlab serve 'runs/my run' | "
+        "transferlab export 'runs/my run'"]
+    del test["intervals"]  # a block without intervals (older runs): the scores alone
+    first = commands._summary_line(metrics, Path("r")).splitlines()[0]
+    assert first.startswith("test (50 images, scored once on the final model): accuracy 0.8600, balanced_")
+    chosen = {**metrics, "model_stage": "head warm-up", "selection": {"metric": "loss", "best_epoch": 0}}
+    assert "model: r/model.safetensors (head warm-up, best on validation by loss)" in commands._summary_line(
+        chosen, Path("r"))
+    assert "(head warm-up, no epoch ran after it)" in commands._summary_line({**chosen, "epochs_trained": 0}, Path("r"))

@@ -245,14 +245,35 @@ def _config_file(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _summary_line(m: dict[str, Any], out: Path) -> str:
-    """The last line of ``train``: the test scores of the model kept, which epoch that is, where the report is."""
-    test, chosen = m.get("test", {}), m.get("selection", {})
-    scores = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-                       if isinstance(test.get(k), float))
-    stage = "head warm-up" if chosen.get("best_epoch") == 0 else f"epoch {chosen.get('best_epoch')}"
-    kept = (f"{stage} kept (best validation {chosen['metric']})" if chosen.get("metric")
-            else "last epoch kept")
-    return f"test: {scores}; {kept}; {m['wall_s']:.1f} s; report: {out / 'report.html'}"
+    """The end of ``train``: the test scores (their one showing), then the model kept and the commands that use it.
+
+    ``test (8 images, scored once on the final model): accuracy 0.8750, ...; 14.5 s; report: RUN/report.html``
+    ``model: RUN/model.safetensors (epoch 2, the last)``
+    ``next: transferlab predict RUN IMAGE_OR_DIR | transferlab serve RUN | transferlab export RUN``
+    """
+    import shlex
+
+    from ..console import final_test_line
+    from ..rundir import MODEL, REPORT
+
+    run = shlex.quote(str(out))
+    commands = (f"transferlab predict {run} IMAGE_OR_DIR", f"transferlab serve {run}", f"transferlab export {run}")
+    return "\n".join((f"{final_test_line(m.get('test', {}))}; {m['wall_s']:.1f} s; report: {out / REPORT}",
+                      f"model: {out / MODEL} ({_kept(m)})", f"next: {' | '.join(commands)}"))
+
+
+def _kept(m: dict[str, Any]) -> str:
+    """Which stage of the run the model is, and why: ``epoch 3, the last``, ``epoch 2, best on validation by loss``."""
+    chosen = m.get("selection", {})
+    stage = m.get("model_stage") or ("head warm-up" if chosen.get("best_epoch") == 0 else
+                                     f"epoch {chosen.get('best_epoch')}")
+    if not chosen.get("metric"):
+        why = "the last"
+    elif stage == "head warm-up" and not m.get("epochs_trained"):
+        why = "no epoch ran after it"
+    else:
+        why = f"best on validation by {chosen['metric']}"
+    return f"{stage}, {why}" + ("; calibrated" if m.get("calibration") else "")
 
 
 def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
@@ -507,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..console import close_bars, setup_logging
 
-    setup_logging(quiet=getattr(args, "quiet", False))
+    setup_logging(quiet=getattr(args, "quiet", False), test_line=args.command != "train")  # train: in its summary
     try:
         return COMMANDS[args.command](args)
     except TransferlabError as exc:
