@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,85 @@ def test_the_end_of_a_run_names_the_model_and_the_next_commands():
     assert "model: r/model.safetensors (head warm-up, best on validation by loss)" in commands._summary_line(
         chosen, Path("r"))
     assert "(head warm-up, no epoch ran after it)" in commands._summary_line({**chosen, "epochs_trained": 0}, Path("r"))
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # every control character but \t and \n (\r, \x1b, \x1f...)
+
+
+def _assert_clean(proc: subprocess.CompletedProcess) -> None:
+    """No line of the command's stdout or stderr holds a control character other than a tab."""
+    for name, text in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        for line in text.split("\n"):
+            assert not CONTROL.search(line), (proc.args, name, line)
+
+
+def test_no_output_line_holds_a_control_byte(tmp_path, no_run_reports):
+    data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
+    run = tmp_path / "run"
+    trained = run_cli("train", "--data", data, "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+                      "--head-warmup-epochs", "1", "--out", run)
+    assert trained.returncode == 0, trained.stderr
+    _assert_clean(trained)
+    # the first line says the roles of train/ and val/; the test scores show once, then the model and what next
+    assert trained.stderr.startswith("colors: 2 classes (blue, red); train/ for training (8 images), val/ as the "
+                                     "test split (4 images, scored after each epoch; no choice is made on it)")
+    assert (trained.stdout + trained.stderr).count("scored once on the final model") == 1
+    assert trained.stdout.splitlines()[1:] == [
+        f"model: {run / 'model.safetensors'} (epoch 1, the last)",
+        f"next: transferlab predict {run} IMAGE_OR_DIR | transferlab serve {run} | transferlab export {run}"]
+
+    bad = make_folder(tmp_path / "inbox", {"": 1})
+    (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "typo.json").write_text('{"epochz": 1}')
+    (tmp_path / "folder").mkdir()
+    commands = [
+        (0, ["evaluate", run, "--per-image", tmp_path / "rows.csv"]),
+        (0, ["predict", run, data / "val"]),
+        (0, ["predict", run, data / "val", "--format", "csv"]),
+        (2, ["predict", run, bad]),  # a row that names the error, then one line
+        (0, ["report", run]),
+        (0, ["models"]),
+        (0, ["models", "resnet1*"]),
+        (0, ["cache"]),
+        (0, ["train", "--config", run / "config.json", "--print-config"]),
+        (2, ["models", "nope*"]),
+        (2, ["train", "--data", tmp_path / "nope", "--quiet"]),
+        (2, ["train", "--data", data, "--lr", "5", "--out", tmp_path / "x"]),
+        (2, ["train", "--data", data, "--freeze", "layer9", "--out", tmp_path / "x"]),
+        (2, ["train", "--data", data, "--epochs", "x"]),
+        (2, ["train", "--config", tmp_path / "typo.json"]),
+        (2, ["train", "--out", tmp_path / "x", "--resume"]),
+        (2, ["predict", tmp_path / "nothing", data]),
+        (2, ["evaluate", run, "--data", tmp_path / "nope"]),
+        (2, ["export", run, "--out", tmp_path / "folder"]),
+        (2, ["study", "--study", tmp_path / "nope.yaml", "--data", data]),
+    ]
+    for code, argv in commands:
+        proc = run_cli(*argv)
+        assert proc.returncode == code, (argv, proc.stderr)
+        _assert_clean(proc)
+
+
+def test_an_interrupted_run_without_a_folder_names_out_in_words():
+    from transferlab.errors import opt
+    from transferlab.train.loop import TrainingInterrupted
+
+    stopped = TrainingInterrupted(f"interrupted by SIGINT after epoch 1/3; nothing saved (no {opt('out')})", 2, None)
+    assert str(stopped) == "interrupted by SIGINT after epoch 1/3; nothing saved (no out=)" and stopped.exit_code == 130
+
+
+@pytest.mark.slow  # a study's run and a ranking of mobilenet_v2: about a minute on a busy CPU
+def test_no_study_or_ranking_line_holds_a_control_byte(tmp_path, no_run_reports):
+    data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps({"name": "tiny", "base": {"image_size": 32, "epochs": 1, "head_warmup_epochs": 1},
+                                "variants": {"probe": {"freeze": "body"}}}))
+    study = run_cli("study", "--study", spec, "--data", data, "--seeds", "1", "--out", tmp_path / "study")
+    assert study.returncode == 0, study.stderr
+    _assert_clean(study)
+    ranked = run_cli("rank", "--data", data, "--models", "mobilenet_v2,resnet9000", "--image-size", "32",
+                     "--epochs", "1", "--out", tmp_path / "rank")
+    assert ranked.returncode == 0, ranked.stderr
+    _assert_clean(ranked)
+    assert "model='resnet9000': unknown model" in ranked.stdout  # the table's note, in words
+    assert "\\u001f" not in (tmp_path / "rank" / "rank.json").read_text()
