@@ -159,9 +159,9 @@ def model_source(name: str) -> tuple[str, str]:
         return "timm", bare
     if forced:
         raise TransferlabError(f"{opt('model', name)}: unknown model: timm has no {bare!r}; "
-                               f"{_suggest(bare)}`transferlab models 'timm:*' --all` lists timm's names")
+                               f"{_suggest(bare)}`transferlab models 'timm:*'` lists timm's names")
     raise TransferlabError(f"{opt('model', name)}: unknown model: neither torchvision nor timm has it; "
-                           f"{_suggest(name)}`transferlab models --all` lists them")
+                           f"{_suggest(name)}`transferlab models` lists them")
 
 
 def _suggest(name: str) -> str:

@@ -68,8 +68,8 @@ def pretrained_cfg(name: str) -> dict[str, Any]:
     try:
         cfg = tm.get_pretrained_cfg(name)
     except RuntimeError as exc:  # a tag the architecture does not have
-        raise TransferlabError(f"{opt('model', name)}: {exc}; `transferlab models "
-                               f"'{name.partition('.')[0]}.*' --all` lists its tags") from None
+        raise TransferlabError(f"{opt('model', name)}: {exc}; `transferlab models '{name.partition('.')[0]}*'` "
+                               "lists its tags") from None
     return cfg.to_dict() if cfg is not None else {}
 
 

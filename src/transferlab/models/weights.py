@@ -258,7 +258,7 @@ def _resolve_timm(model: str, name: str, choice: str, allow_download: bool) -> R
     if choice != "imagenet":
         raise TransferlabError(f"{opt('weights', choice)}: not a file and not imagenet or none; a timm model's "
                                f"weights are picked by the tag in its name ({opt('model', f'{arch}.TAG')}, "
-                               f"`transferlab models '{arch}.*' --all` lists them)")
+                               f"`transferlab models '{arch}'` lists them)")
     if timm_models.custom_load(cfg):
         raise TransferlabError(f"{opt('model', model)}: timm loads its weights with model-specific code, which "
                                f"transferlab does not run; pass {opt('weights', 'PATH')} to a state dict")
