@@ -234,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _config_file(args: argparse.Namespace) -> dict[str, Any]:
     """The settings of ``train --config FILE`` (none without it); a new run only."""
-    from ..config import read_config_file
+    from .config_file import read_config_file
 
     if args.config is None:
         return {}
