@@ -86,23 +86,28 @@ class Console:
 
     def done(self, metrics: dict[str, Any]) -> None:
         """The test split's scores, once, at the end."""
-        self.say("%s", final_test_line(metrics.get("test", {})), logger=logging.getLogger(TEST_LOG))
+        self.say("%s", final_test_line(metrics), logger=logging.getLogger(TEST_LOG))
 
 
-def final_test_line(test: dict[str, Any]) -> str:
-    """``test (50 images, scored once on the final model): accuracy 0.8600 (95% CI 0.74–0.93), ...``: a run's test
-    block as the end of a run shows it (an interval where the block has one)."""
-    return f"test ({test.get('images', 0)} images, scored once on the final model): {format_scores(test)}"
+def final_test_line(metrics: dict[str, Any]) -> str:
+    """``test (50 images, scored once on the final model): accuracy 0.8600 (95% CI 0.74–0.93), ...``: a finished
+    run's test scores as its end shows them. A run without validation scored test after every epoch too, so
+    its line does not say once."""
+    test = metrics.get("test", {})
+    when = "scored once on the final model" if metrics.get("val") else "the final model"
+    return f"test ({test.get('images', 0)} images, {when}): {format_scores(test)}"
 
 
 def format_scores(block: dict[str, Any]) -> str:
-    """The scores of a metric block, each with its 95 % confidence interval where ``block["intervals"]`` has one."""
+    """The scores of a metric block, each with its confidence interval (95 %) where ``block["intervals"]`` has one."""
     intervals = block.get("intervals") or {}
+    level = intervals.get("level", 0.95)
 
     def interval(key: str) -> str:
         bounds = intervals.get(key)
-        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(isinstance(b, float) for b in bounds):
-            return f" (95% CI {bounds[0]:.2f}\u2013{bounds[1]:.2f})"
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+            return f" ({level:.0%} CI {bounds[0]:.2f}\u2013{bounds[1]:.2f})"
         return ""
 
     return ", ".join(f"{k} {block[k]:.4f}{interval(k)}" for k in TEST_KEYS if isinstance(block.get(k), float))

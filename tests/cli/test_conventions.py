@@ -203,7 +203,8 @@ def test_the_end_of_a_run_names_the_model_and_the_next_commands():
     test = {"split": "test", "images": 50, "accuracy": 0.86, "balanced_accuracy": 0.85, "macro_f1": 0.8512,
             "nll": 0.3311, "ece": 0.0412, "roc_auc": 0.93,
             "intervals": {"accuracy": [0.74, 0.93], "macro_f1": [0.7, 0.92]}, "baseline": {"accuracy": 0.5}}
-    metrics = {"test": test, "wall_s": 12.34, "model_stage": "epoch 3", "epochs_trained": 3,
+    test["intervals"]["level"] = 0.95  # as the intervals' branch writes them
+    metrics = {"test": test, "val": {"split": "val"}, "wall_s": 12.34, "model_stage": "epoch 3", "epochs_trained": 3,
                "selection": {"metric": None, "best_epoch": 3}}
     lines = commands._summary_line(metrics, Path("runs/my run")).splitlines()
     assert lines == [
@@ -213,9 +214,9 @@ def test_the_end_of_a_run_names_the_model_and_the_next_commands():
         "model: runs/my run/model.safetensors (epoch 3, the last)",
         "next: transferlab predict 'runs/my run' IMAGE_OR_DIR | transferlab serve 'runs/my run' | "
         "transferlab export 'runs/my run'"]
-    del test["intervals"]  # a block without intervals (older runs): the scores alone
+    del test["intervals"], metrics["val"]  # a block without intervals (older runs): the scores alone
     first = commands._summary_line(metrics, Path("r")).splitlines()[0]
-    assert first.startswith("test (50 images, scored once on the final model): accuracy 0.8600, balanced_")
+    assert first.startswith("test (50 images, the final model): accuracy 0.8600, balanced_")  # no validation
     chosen = {**metrics, "model_stage": "head warm-up", "selection": {"metric": "loss", "best_epoch": 0}}
     assert "model: r/model.safetensors (head warm-up, best on validation by loss)" in commands._summary_line(
         chosen, Path("r"))
@@ -242,7 +243,8 @@ def test_no_output_line_holds_a_control_byte(tmp_path, no_run_reports):
     # the first line says the roles of train/ and val/; the test scores show once, then the model and what next
     assert trained.stderr.startswith("colors: 2 classes (blue, red); train/ for training (8 images), val/ as the "
                                      "test split (4 images, scored after each epoch; no choice is made on it)")
-    assert (trained.stdout + trained.stderr).count("scored once on the final model") == 1
+    assert (trained.stdout + trained.stderr).count("macro_f1") == 1 and trained.stdout.startswith(
+        "test (4 images, the final model): accuracy ")
     assert trained.stdout.splitlines()[1:] == [
         f"model: {run / 'model.safetensors'} (epoch 1, the last)",
         f"next: transferlab predict {run} IMAGE_OR_DIR | transferlab serve {run} | transferlab export {run}"]

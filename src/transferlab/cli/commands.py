@@ -248,6 +248,7 @@ def _summary_line(m: dict[str, Any], out: Path) -> str:
     """The end of ``train``: the test scores (their one showing), then the model kept and the commands that use it.
 
     ``test (8 images, scored once on the final model): accuracy 0.8750, ...; 14.5 s; report: RUN/report.html``
+    (``test (8 images, the final model)`` where no validation split kept test from the epochs' scores)
     ``model: RUN/model.safetensors (epoch 2, the last)``
     ``next: transferlab predict RUN IMAGE_OR_DIR | transferlab serve RUN | transferlab export RUN``
     """
@@ -258,7 +259,7 @@ def _summary_line(m: dict[str, Any], out: Path) -> str:
 
     run = shlex.quote(str(out))
     commands = (f"transferlab predict {run} IMAGE_OR_DIR", f"transferlab serve {run}", f"transferlab export {run}")
-    return "\n".join((f"{final_test_line(m.get('test', {}))}; {m['wall_s']:.1f} s; report: {out / REPORT}",
+    return "\n".join((f"{final_test_line(m)}; {m['wall_s']:.1f} s; report: {out / REPORT}",
                       f"model: {out / MODEL} ({_kept(m)})", f"next: {' | '.join(commands)}"))
 
 
