@@ -281,10 +281,14 @@ class RunConfig:
                                        f"{values['crop_scale']!r}") from None
         return cls(**values)
 
+    def to_json(self) -> str:
+        """The config as ``config.json`` holds it, ``train --print-config`` shows it and ``--config`` reads it."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
     def save(self, path: str | Path) -> None:
         from .files import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:

@@ -7,21 +7,27 @@ metrics grow as one HTML table, as Keras and fastai show them.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 from .errors import render
 
-__all__ = ["Console", "in_notebook", "progress", "close_bars", "setup_logging", "count"]
+__all__ = ["Console", "TEST_LOG", "final_test_line", "format_scores", "in_notebook", "progress", "clear_of_bars",
+           "close_bars", "setup_logging", "count"]
 
 log = logging.getLogger("transferlab.train")
+# The test split's scores at the end of a run, on a logger of their own: `transferlab train` prints them in its
+# summary instead (setup_logging(test_line=False)), so they show once.
+TEST_LOG = "transferlab.train.test"
+TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc")
 
 
 def count(n: int, word: str) -> str:
@@ -49,15 +55,15 @@ class Console:
         self.rows: list[dict[str, Any]] = []
         self._handle: Any = None
 
-    def say(self, msg: str, *args: Any) -> None:
-        """One line: logged, and printed in a notebook."""
+    def say(self, msg: str, *args: Any, logger: logging.Logger = log) -> None:
+        """One line: logged (to ``logger``), and printed in a notebook."""
         if self.quiet:
             return
         text = render(msg % args if args else msg, cli=not self.notebook)  # options as flags, or as parameters
         if self.notebook:
             print(text, flush=True)
         else:
-            log.info("%s", text)
+            logger.info("%s", text)
 
     def epoch(self, row: dict[str, Any], epochs: int, images_per_s: float) -> None:
         """An epoch's row: a log line in a terminal, a new row of the table in a notebook."""
@@ -80,10 +86,36 @@ class Console:
 
     def done(self, metrics: dict[str, Any]) -> None:
         """The test split's scores, once, at the end."""
-        test = metrics.get("test", {})
-        keys = ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "roc_auc")
-        scores = ", ".join(f"{k} {test[k]:.4f}" for k in keys if isinstance(test.get(k), float))
-        self.say("test (%d images, scored once on the final model): %s", test.get("images", 0), scores)
+        self.say("%s", final_test_line(metrics), logger=logging.getLogger(TEST_LOG))
+
+
+def final_test_line(metrics: dict[str, Any]) -> str:
+    """``test (50 images, scored once on the final model): accuracy 0.8600 (95% CI 0.74–0.93), ...``: a finished
+    run's test scores as its end shows them. A run without validation scored test after every epoch too, so
+    its line does not say once."""
+    test = metrics.get("test", {})
+    when = "scored once on the final model" if metrics.get("val") else "the final model"
+    return f"test ({test.get('images', 0)} images, {when}): {format_scores(test)}"
+
+
+def format_scores(block: dict[str, Any]) -> str:
+    """The scores of a metric block, each with its 95 % interval where ``block["intervals"]`` has one."""
+    return ", ".join(f"{k} {score_text(block, k)}" for k in TEST_KEYS if isinstance(block.get(k), float))
+
+
+def interval_text(pair: Sequence[float] | None, digits: int = 2) -> str:
+    """``0.74–0.93`` (an empty string without an interval)."""
+    ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(b, (int, float)) for b in pair)
+    return f"{pair[0]:.{digits}f}\u2013{pair[1]:.{digits}f}" if ok else ""
+
+
+def score_text(block: dict[str, Any], key: str = "accuracy", digits: int = 4) -> str:
+    """``0.8600 (95% CI 0.74–0.93)``: a metric block's score with its interval where it has one."""
+    value = block.get(key)
+    if value is None:
+        return "-"
+    span = interval_text((block.get("intervals") or {}).get(key))
+    return f"{value:.{digits}f}" + (f" (95% CI {span})" if span else "")
 
 
 def _cell(column: str, value: Any) -> str:
@@ -160,6 +192,13 @@ def _bar_html(desc: str, done: int, total: int | None, unit: str, elapsed: float
             f"[{elapsed:.1f} s{rate}]</div>")
 
 
+@contextlib.contextmanager
+def clear_of_bars() -> Iterator[None]:
+    """Standard output written inside lands clear of the bars on a terminal, which are drawn again after."""
+    with tqdm.external_write_mode(file=sys.stdout):
+        yield
+
+
 def close_bars() -> None:
     """Close every bar still drawn (an error stopped its loop), so the next line starts on its own line."""
     for bar in list(_OPEN):
@@ -180,10 +219,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(quiet: bool = False) -> None:
-    """Readable ``transferlab: message`` lines on stderr; warnings only when quiet."""
+def setup_logging(quiet: bool = False, test_line: bool = True) -> None:
+    """Readable ``transferlab: message`` lines on stderr; warnings only when quiet. ``test_line=False`` leaves out
+    a run's closing test scores (:data:`TEST_LOG`), for a caller that prints them itself."""
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    if not test_line:
+        handler.addFilter(lambda record: record.name != TEST_LOG)
     root = logging.getLogger("transferlab")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)

@@ -8,6 +8,7 @@ A message names an option with :func:`opt`. From Python it reads as the paramete
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 __all__ = ["TransferlabError", "WriteError", "opt", "render", "first_line"]
 
@@ -24,10 +25,13 @@ def opt(name: str, value: object = _NO_VALUE) -> str:
     return f"{_MARK}{name}{'' if value is _NO_VALUE else _SEP + str(value)}{_MARK}"
 
 
-def render(text: str, cli: bool = False) -> str:
-    """``text`` with every :func:`opt` marker spelled for Python or for the command line."""
+def render(text: str, cli: bool = False, keys: Collection[str] = ()) -> str:
+    """``text`` with every :func:`opt` marker spelled for Python or for the command line; names in ``keys`` are
+    spelled as the keys of a config file (``epochs``, ``lr 5.0``)."""
     def spell(match: re.Match[str]) -> str:
         name, sep, value = match.group(1).partition(_SEP)
+        if name in keys:
+            return f"{name} {value}" if sep else name
         if cli:
             flag = "--" + FLAGS.get(name, name).replace("_", "-")
             return f"{flag} {value}" if sep else flag

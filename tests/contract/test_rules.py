@@ -226,5 +226,5 @@ def test_reprs_are_short(data, tiny_run, one_thread):
         assert len(text) < 400 and "\n" not in text, text
     assert repr(config) == (f"RunConfig(data={str(data)!r}, epochs=1, batch_size=8, head_warmup_epochs=0, "
                             "image_size=64, preset='default')")
-    assert repr(ds.train) == "Split(8 images)" and "4 test images" in repr(ds)
+    assert repr(ds.train) == "Split(8 images)" and "the test split (4 images" in repr(ds)
     assert repr(result).startswith("RunResult(model='mobilenet_v2'") and "test_acc=" in repr(result)

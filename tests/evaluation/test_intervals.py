@@ -5,10 +5,10 @@ import pytest
 import torch
 from torchmetrics.functional import classification as tm
 
+from transferlab.console import score_text
 from transferlab.evaluation.intervals import (
     bootstrap_intervals,
     paired_difference,
-    score_text,
     uncertainty,
     wilson,
 )

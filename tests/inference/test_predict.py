@@ -87,7 +87,7 @@ def test_cli_predicts_folders_recursively_as_json_and_csv(run, tmp_path, capsys)
     proc = run_cli("predict", run_dir, single, nested, "--format", "csv", "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.reader(io.StringIO(proc.stdout)))
-    assert rows[0] == ["path", "label", "blue", "red", "error"]
+    assert rows[0] == ["path", "predicted", "prob_blue", "prob_red", "error"]  # test_predictions.csv's names
     assert [r[0] for r in rows[1:]] == [str(single), str(nested / "a" / "b" / "deep.jpg"), str(nested / "top.png")]
     for row in rows[1:]:
         probs = dict(zip(("blue", "red"), map(float, row[2:4])))

@@ -152,6 +152,7 @@ def test_nproc_launches_torchrun_and_sigterm_checkpoints(tmp_path):
 
     done = run([*TRANSFERLAB, "train", "--nproc", "2", "--out", str(out), "--resume", "--quiet"])
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip().splitlines()) == 1 and done.stdout.startswith("test: accuracy ")
+    lines = done.stdout.strip().splitlines()  # the test scores, the model kept, the next commands
+    assert len(lines) == 3 and lines[0].startswith("test (") and lines[2].startswith("next: "), done.stdout
     assert [row["epoch"] for row in RunDir(out).history()] == [1, 2]
     assert (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists()

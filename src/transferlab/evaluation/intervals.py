@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVEL", "RESAMPLES", "wilson", "bootstrap_intervals", "uncertainty", "paired_difference",
-           "interval_text", "score_text"]
+__all__ = ["LEVEL", "RESAMPLES", "wilson", "bootstrap_intervals", "uncertainty", "paired_difference"]
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -144,17 +143,3 @@ def paired_difference(a: np.ndarray, b: np.ndarray, labels: np.ndarray, resample
     lo, hi = spread if spread else (float("nan"), float("nan"))
     return {"difference": float(diff.mean()), "interval": [lo, hi], "images": len(diff),
             "separates": bool(lo > 0 or hi < 0)}
-
-
-def interval_text(pair: Sequence[float] | None, digits: int = 2) -> str:
-    """``0.74–0.93`` (or an empty string without an interval)."""
-    return "" if not pair else f"{pair[0]:.{digits}f}–{pair[1]:.{digits}f}"
-
-
-def score_text(block: dict[str, Any], key: str = "accuracy", digits: int = 4) -> str:
-    """``0.8600 (95% CI 0.74–0.93)``: a block's score with its interval where it has one."""
-    value = block.get(key)
-    if value is None:
-        return "-"
-    pair = (block.get("intervals") or {}).get(key)
-    return f"{value:.{digits}f}" + (f" (95% CI {interval_text(pair)})" if pair else "")

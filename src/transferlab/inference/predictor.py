@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .. import rundir
 from ..config import MAX_IMAGE_SIZE, PRECISIONS
+from ..console import progress
 from ..data.datasets import dataset_for, image_files, split_difference
 from ..data.images import ImageError
 from ..data.transforms import Preprocessing, decode_one, resize_shorter
@@ -71,8 +72,9 @@ class Predictor:
         return (f"Predictor(model={self.model_name!r}, classes={self.classes!r}, crop={self.pre.crop_size}, "
                 f"device={str(self.device)!r}, precision={self.precision!r})")
 
-    def _logits(self, images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-        return predict_logits(self._folded, images, self.pre, self.device, batch_size, precision=self.precision)
+    def _logits(self, images: torch.Tensor, batch_size: int | None, quiet: bool = True) -> torch.Tensor:
+        return predict_logits(self._folded, images, self.pre, self.device, batch_size, desc="evaluate", quiet=quiet,
+                              precision=self.precision)
 
     def _tensor(self, item: ImageInput) -> torch.Tensor:
         """Decode one input and resize its shorter side to ``resize_size`` (a PIL image exactly like its file)."""
@@ -274,17 +276,24 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, device: str = "au
     index = {c: i for i, c in enumerate(predictor.classes)}
     labels = torch.tensor([index[ds.classes[y]] for y in ds.test.labels], dtype=torch.long)
     if tta:  # probabilities averaged over views; the metrics take their log as logits
-        logits = predictor.predict_proba(list(ds.test.paths), tta=True).clamp(min=1e-12).log()
+        logits = _tta_probabilities(predictor, list(ds.test.paths), quiet).clamp(min=1e-12).log()
     else:
         from ..data.cache import decode
 
         decoded = decode(ds.test.paths, predictor.pre, quiet=quiet,
                          unusable="evaluate scores every test image: replace or remove the file")
         images = eval_batch(decoded.images, predictor.pre)
-        logits = predictor._logits(images, None)
+        logits = predictor._logits(images, None, quiet=quiet)
     block = metric_block(logits, labels, predictor.classes, "test", intervals=True)
     if per_image is not None:
         rows = prediction_rows([ds.relative(p) for p in ds.test.paths], labels.tolist(), logits.softmax(1),
                                predictor.classes)
         atomic_write_text(per_image, predictions_csv(rows, predictor.classes))
     return {"run": str(run_dir), "data": data, "source": ds.test_source, "tta": tta, **block}
+
+
+def _tta_probabilities(predictor: Predictor, paths: list[Path], quiet: bool, batch_size: int = 32) -> torch.Tensor:
+    """:meth:`Predictor.predict_proba` with ``tta`` over ``paths``, a batch at a time under a progress bar."""
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    return torch.cat([predictor.predict_proba(chunk, tta=True, batch_size=batch_size)
+                      for chunk in progress(chunks, total=len(chunks), desc="evaluate", quiet=quiet, unit="batch")])

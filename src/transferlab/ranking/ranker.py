@@ -53,7 +53,7 @@ TIMING_BATCH = 8  # images per timed step: a step's cost per image is flat from 
 
 # -- the candidates
 def offline_models() -> list[str]:
-    """Every model whose ImageNet weights are on this machine (`transferlab models --local`)."""
+    """Every model whose ImageNet weights are on this machine (what `transferlab models` lists)."""
     from ..models.catalog import model_rows
 
     return [row.name for row in model_rows() if row.local]
@@ -95,7 +95,7 @@ def _measure(config: RunConfig, name: str, dataset: Dataset, device: torch.devic
     try:
         weights = resolve_weights(name, config.weights)
     except TransferlabError as exc:
-        cand.note = f"no weights: {exc}"
+        cand.note = f"no weights: {exc!s}"  # text, not the error's option markers
         return cand
     if weights.path is None:
         cand.note = "no pretrained weights to rank"

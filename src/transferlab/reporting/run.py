@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__, rundir
 from ..config import crop_region_px, defaults
+from ..console import interval_text
 from ..errors import TransferlabError, first_line
-from ..evaluation.intervals import interval_text
 from ..files import atomic_write_text, readable, readable_tree
 from ..ranking.result import Ranking
 from ..system import environment

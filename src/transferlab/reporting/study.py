@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from .. import rundir
-from ..console import count
-from ..evaluation.intervals import interval_text, paired_difference, wilson
+from ..console import count, interval_text
+from ..evaluation.intervals import paired_difference, wilson
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..system import environment
 from .common import REPORT_CSS, format_table, html_image, html_table

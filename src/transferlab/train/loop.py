@@ -29,7 +29,7 @@ from ..console import progress
 from ..data.batches import Batch
 from ..data.cache import available_memory
 from ..data.transforms import Preprocessing, normalize
-from ..errors import TransferlabError, opt
+from ..errors import TransferlabError, opt, render
 from ..inference.forward import autocast
 from . import distributed
 
@@ -56,7 +56,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         return 128 + self.signum
 
     def __str__(self) -> str:
-        return str(self.args[0])
+        return render(str(self.args[0]))  # options named as parameters (the command line always has an --out)
 
 
 class TrainingDiverged(TransferlabError):

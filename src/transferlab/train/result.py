@@ -31,7 +31,7 @@ class RunResult:
     stages: list[dict[str, Any]] = field(default_factory=list)  # decode, head warm-up: metrics.jsonl's stage rows
 
     def __repr__(self) -> str:
-        from ..evaluation.intervals import score_text
+        from ..console import score_text
 
         acc = self.metrics.get("test_acc")
         test = self.metrics.get("test") or {}

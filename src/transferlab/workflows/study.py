@@ -12,9 +12,8 @@ from typing import Any
 
 from .. import rundir
 from ..config import RunConfig
-from ..console import count
+from ..console import count, score_text
 from ..errors import TransferlabError, opt
-from ..evaluation.intervals import score_text
 from ..files import atomic_write_json
 from ..reporting.study import summarize_study, verdict, write_study_report
 from .finetuning import choose_model, finetune
