@@ -95,7 +95,9 @@ def final_test_line(metrics: dict[str, Any]) -> str:
     its line does not say once."""
     test = metrics.get("test", {})
     when = "scored once on the final model" if metrics.get("val") else "the final model"
-    return f"test ({test.get('images', 0)} images, {when}): {format_scores(test)}"
+    base = test.get("baseline")
+    beside = f"; always answering {base['class']} would score {base['accuracy']:.4f}" if base else ""
+    return f"test ({test.get('images', 0)} images, {when}): {format_scores(test)}{beside}"
 
 
 def format_scores(block: dict[str, Any]) -> str:

@@ -202,7 +202,8 @@ def test_the_end_of_a_run_names_the_model_and_the_next_commands():
 
     test = {"split": "test", "images": 50, "accuracy": 0.86, "balanced_accuracy": 0.85, "macro_f1": 0.8512,
             "nll": 0.3311, "ece": 0.0412, "roc_auc": 0.93,
-            "intervals": {"accuracy": [0.74, 0.93], "macro_f1": [0.7, 0.92]}, "baseline": {"accuracy": 0.5}}
+            "intervals": {"accuracy": [0.74, 0.93], "macro_f1": [0.7, 0.92]},
+            "baseline": {"class": "hotdog", "accuracy": 0.5}}
     test["intervals"]["level"] = 0.95  # as the intervals' branch writes them
     metrics = {"test": test, "val": {"split": "val"}, "wall_s": 12.34, "model_stage": "epoch 3", "epochs_trained": 3,
                "selection": {"metric": None, "best_epoch": 3}}
@@ -210,11 +211,11 @@ def test_the_end_of_a_run_names_the_model_and_the_next_commands():
     assert lines == [
         "test (50 images, scored once on the final model): accuracy 0.8600 (95% CI 0.74\u20130.93), "
         "balanced_accuracy 0.8500, macro_f1 0.8512 (95% CI 0.70\u20130.92), nll 0.3311, ece 0.0412, roc_auc 0.9300; "
-        "12.3 s; report: runs/my run/report.html",
+        "always answering hotdog would score 0.5000; 12.3 s; report: runs/my run/report.html",
         "model: runs/my run/model.safetensors (epoch 3, the last)",
         "next: transferlab predict 'runs/my run' IMAGE_OR_DIR | transferlab serve 'runs/my run' | "
         "transferlab export 'runs/my run'"]
-    del test["intervals"], metrics["val"]  # a block without intervals (older runs): the scores alone
+    del test["intervals"], test["baseline"], metrics["val"]  # a block of older runs: the scores alone
     first = commands._summary_line(metrics, Path("r")).splitlines()[0]
     assert first.startswith("test (50 images, the final model): accuracy 0.8600, balanced_")  # no validation
     chosen = {**metrics, "model_stage": "head warm-up", "selection": {"metric": "loss", "best_epoch": 0}}
