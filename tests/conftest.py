@@ -104,11 +104,11 @@ def tiny_onnx(tiny_run, tmp_path_factory):
 def notebook_in_background(request, tmp_path_factory) -> Future | None:
     """The notebook tests' kernel (helpers.execute_notebook), started with the session when they are selected.
 
-    It trains and ranks on real photos for most of a minute in a process of its own, on one thread: on the
+    It trains and ranks on a slice of ELPV for most of a minute in a process of its own, on one thread: on the
     second core, beside the tests that run before the notebook's (also on one thread), which then wait for it.
-    None where hotdog-mini is absent (the tests skip) or no notebook test is selected.
+    None where no notebook test is selected.
     """
     selected = any(item.nodeid.startswith("tests/process/test_notebook.py") for item in request.session.items)
-    if not selected or not HOTDOG_MINI.is_dir():
+    if not selected:
         return None
     return in_background(execute_notebook, tmp_path_factory.mktemp("notebook"))

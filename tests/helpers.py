@@ -24,7 +24,7 @@ from PIL import Image
 
 HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
-NOTEBOOK_TRAIN_PER_CLASS = 40  # of hotdog-mini's 100; its 50 validation photos are the test split, as in the notebook
+NOTEBOOK_TRAIN_PER_CLASS = 40  # the notebook's slice of ELPV: 40 training and 25 test images a class
 
 
 # --------------------------------------------------------------------------- generated images
@@ -76,16 +76,14 @@ def random_images(n: int, seed: int = 0) -> list[torch.Tensor]:
 def execute_notebook(root: Path) -> list:
     """examples/quickstart.ipynb run top to bottom in a fresh Jupyter kernel: its code cells, with their outputs.
 
-    It runs as in a checkout with ../shared beside it, in a tree under ``root``: the notebook's relative path
-    reaches hotdog-mini with NOTEBOOK_TRAIN_PER_CLASS of its training photos a class (every step runs as on all
-    of them, in less time), and the kernel has a cache folder of its own. The executed copy stays in the tree.
+    It runs as in a fresh clone with nothing beside it, as it is (its data is the installed ELPV package), in
+    a folder under ``root``, and the kernel has a cache folder of its own. The executed copy stays in the tree.
     """
     import shutil
 
     import nbclient  # the test extras; `make test` installs them
     import nbformat
 
-    photo_subset(HOTDOG_MINI, root / "shared" / "datasets" / "hotdog-mini", NOTEBOOK_TRAIN_PER_CLASS)
     work = root / "project" / "examples"
     work.mkdir(parents=True)
     shutil.copy(NOTEBOOK, work)

@@ -73,8 +73,9 @@ def test_health_info_and_page(client, run):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
-    for element in ('id="file"', 'id="preview"', 'id="headline"', 'id="label"', 'id="bars"'):
+    for element in ('id="file"', 'id="preview"', 'id="headline"', 'id="bars"'):
         assert element in page.text
+    assert 'id="label"' not in page.text  # the headline says the class; no second line repeats it
     assert "http://" not in page.text and "https://" not in page.text  # self-contained: no CDN
 
 
@@ -128,6 +129,13 @@ def test_every_error_is_json(client):
     assert_error(client.get("/predict"), 405, "Method Not Allowed")
     assert_error(client.put("/health"), 405, "Method Not Allowed")
     assert_error(client.get("/nothing-here"), 404, "Not Found")
+
+
+def test_a_file_that_is_no_image_is_refused_in_a_user_s_words(client):
+    for name, content in (("notes.jpg", b"plain text, no image"), ("photo.heic", b"\0\0\0\x18ftypheic" + b"\0" * 64)):
+        response = client.post("/predict", files={"file": (name, content)})
+        assert_error(response, 415, "this file is not an image we can read (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)")
+        assert "Pillow" not in response.text and "extension" not in response.text
 
 
 def test_default_pixel_limit_refuses_a_compressed_bomb(run):
@@ -194,6 +202,8 @@ def test_page_in_headless_chromium(run, tmp_path):
     upload = tmp_path / "upload" / photo.name  # a path without spaces or links, for the file input
     upload.parent.mkdir()
     shutil.copyfile(photo, upload)
+    not_an_image = tmp_path / "upload" / "notes.jpg"
+    not_an_image.write_text("plain text, no image")
     expected = load(run[0], device="cpu").predict([upload])[0]
 
     server, thread, sock = _start_server(create_app(run[0], device="cpu"))
@@ -209,22 +219,36 @@ def test_page_in_headless_chromium(run, tmp_path):
         driver.get(f"http://127.0.0.1:{sock.getsockname()[1]}/")
         WebDriverWait(driver, 30).until(lambda d: "mobilenet_v2" in d.find_element(By.ID, "model").text)
         assert driver.find_element(By.ID, "title").text == "Hot dog or not hot dog?"
-        driver.find_element(By.ID, "file").send_keys(str(upload))
-        WebDriverWait(driver, 60).until(
-            lambda d: d.find_element(By.ID, "result").get_attribute("data-state") in ("done", "error"))
+        preview = driver.find_element(By.ID, "preview")
+
+        def upload_and_wait(path: Path, state: str) -> None:
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == state)
+
+        upload_and_wait(upload, "done")
         assert driver.find_element(By.ID, "error").text == ""
-        assert driver.find_element(By.ID, "label").text == expected["label"]
         assert driver.find_element(By.ID, "headline").text == (
             "Hot dog!" if expected["label"] == "hotdog" else "Not hot dog!")
+        assert not driver.find_elements(By.ID, "label")  # the class is not repeated under the headline
         bars = driver.find_elements(By.CSS_SELECTOR, "#bars .bar")
         assert sorted(b.get_attribute("data-class") for b in bars) == ["hotdog", "not_hotdog"]
         top = bars[0]
         assert top.get_attribute("data-class") == expected["label"]
         shown = float(top.find_element(By.CLASS_NAME, "pct").text.rstrip("%"))
         assert shown == pytest.approx(100 * expected["probabilities"][expected["label"]], abs=0.051)
+        WebDriverWait(driver, 10).until(lambda d: preview.is_displayed())
         assert driver.execute_script("return document.getElementById('preview').naturalWidth") > 0
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe  # no script errors, no blocked resources
+
+        upload_and_wait(not_an_image, "error")  # the error in a user's words, and no broken-image icon
+        assert driver.find_element(By.ID, "error").text == S.NOT_AN_IMAGE[0].upper() + S.NOT_AN_IMAGE[1:]
+        assert not preview.is_displayed() and driver.find_element(By.ID, "headline").text == ""
+        assert not driver.find_elements(By.CSS_SELECTOR, "#bars .bar")
+        upload_and_wait(upload, "done")  # and a good image after it shows again
+        WebDriverWait(driver, 10).until(lambda d: preview.is_displayed())
+        assert driver.find_element(By.ID, "error").text == ""
     finally:
         driver.quit()
         server.should_exit = True

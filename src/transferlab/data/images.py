@@ -25,11 +25,13 @@ from ..errors import TransferlabError, first_line
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS", "MAX_ASPECT", "ImageError", "ImageSource", "max_pixels",
-           "open_header", "to_rgb", "load_rgb", "to_tensor"]
+__all__ = ["MAX_PIXELS_ENV", "DEFAULT_MAX_PIXELS", "MAX_ASPECT", "READABLE_FORMATS", "ImageError", "ImageSource",
+           "max_pixels", "open_header", "to_rgb", "load_rgb", "to_tensor"]
 
 MAX_PIXELS_ENV = "TRANSFERLAB_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9,459 x 9,459)
+# The formats a user is told we read when a file is none of them (datasets.IMAGE_EXTENSIONS has them all).
+READABLE_FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF, ..."
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -100,8 +102,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _unusable(name: str, exc: BaseException, advice: str) -> ImageError:
     """One line for an image that cannot be used: what is wrong, then the fix."""
     if isinstance(exc, UnidentifiedImageError):
-        return ImageError(f"{name}: not an image (its content is no format Pillow reads, whatever the extension "
-                          f"says); {advice}", "not_image")
+        return ImageError(f"{name}: not an image we can read ({READABLE_FORMATS}), whatever its extension says; "
+                          f"{advice}", "not_image")
     if isinstance(exc, OSError) and exc.strerror:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return ImageError(f"{name}: cannot read ({exc.strerror}); fix its permissions or remove it", "unreadable")

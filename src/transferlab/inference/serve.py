@@ -28,7 +28,7 @@ from ..data.images import ImageError, load_rgb
 from ..errors import TransferlabError, opt, render
 from ..files import readable
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "ApiError", "is_hotdog_model", "headline", "decode_upload",
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "NOT_AN_IMAGE", "ApiError", "is_hotdog_model", "headline", "decode_upload",
            "create_app", "make_server", "serve"]
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ MAX_UPLOAD_CEILING_MB = 4096  # one upload is one image: more only invites memor
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DECODERS = 2  # uploads decoded at once
 UPLOAD_STATUS = {"not_image": 415, "too_large": 413}  # other unusable uploads: 400
+NOT_AN_IMAGE = f"this file is not an image we can read ({images.READABLE_FORMATS}); choose another one"
 HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive (on a new connection, or after a response)
 BODY_TIMEOUT = 60.0  # seconds for a request body (the upload) to arrive
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -81,6 +82,8 @@ def decode_upload(data: bytes, max_pixels: int, reduce_to: int | None = None) ->
     try:
         return load_rgb(data, limit=max_pixels, name="the upload", reduce_to=reduce_to)
     except ImageError as exc:
+        if exc.kind == "not_image":  # the one error anyone picking a file sees: said for them, not for a developer
+            raise ApiError(415, NOT_AN_IMAGE) from None
         raise ApiError(UPLOAD_STATUS.get(exc.kind, 400), str(exc)) from None
 
 
