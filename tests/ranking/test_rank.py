@@ -218,3 +218,22 @@ def test_a_study_with_auto_ranks_once_and_records_it_in_every_run(colors, tmp_pa
         metrics = json.loads((out / variant / "seed0" / rundir.METRICS).read_text())
         assert metrics["ranking"]["picked"] == picked
         assert json.loads((out / variant / "seed0" / rundir.CONFIG).read_text())["model"] == picked
+
+
+def test_the_demo_says_whether_fine_tune_and_scratch_separate():
+    """Fine-tune minus scratch, paired over the same test images: 90 vs 60 of 100 separates, 61 vs 60 does not."""
+    from transferlab.train.result import RunResult
+    from transferlab.workflows.compare import comparison_note
+
+    def arm(right: int) -> RunResult:
+        rows = [{"path": f"{i}.png", "label": "ab"[i % 2], "correct": int(i < right)} for i in range(100)]
+        metrics = {"test": {"baseline": {"class": "a", "accuracy": 0.5}}}
+        return RunResult(run_dir=None, config=make_config(data="d"), classes=("a", "b"), metrics=metrics,
+                         predictions=rows)
+
+    apart = comparison_note({"finetune": arm(90), "scratch": arm(60)})
+    assert apart.startswith("fine-tune minus scratch: +30.0 points") and "the interval separates the two" in apart
+    assert "always answering a would score 0.5000" in apart
+    close = comparison_note({"finetune": arm(61), "scratch": arm(60)})
+    assert "+1.0 points" in close and "does not separate" in close
+    assert comparison_note({"finetune": arm(61)}) is None

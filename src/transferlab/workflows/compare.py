@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, make_config
-from ..console import count
+from ..console import count, interval_text
 from ..ranking.result import Ranking
 from ..reporting.common import format_table
 from ..train.result import RunResult
 from .finetuning import choose_model, finetune
 
-__all__ = ["DEMO", "compare_scratch", "comparison_rows", "demo"]
+__all__ = ["DEMO", "compare_scratch", "comparison_rows", "comparison_note", "demo"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,38 @@ def comparison_rows(results: dict[str, RunResult]) -> list[dict[str, Any]]:
     for name, r in results.items():
         test = r.metrics.get("test", {})
         rows.append({"run": name, "weights": r.config.weights, "epochs": r.config.epochs,
-                     "test_acc": r.metrics["test_acc"], "balanced_acc": test.get("balanced_accuracy"),
+                     "test_acc": r.metrics["test_acc"],
+                     "95% CI": interval_text((test.get("intervals") or {}).get("accuracy")) or "-",
+                     "balanced_acc": test.get("balanced_accuracy"),
                      "macro_f1": test.get("macro_f1"), "roc_auc": test.get("roc_auc"),
                      "wall_s": round(r.metrics["wall_s"], 1), "train_img_per_s": r.metrics.get("train_images_per_s")})
     return rows
+
+
+def comparison_note(results: dict[str, RunResult]) -> str | None:
+    """Fine-tune minus scratch in test accuracy, paired over the same test images (95 % bootstrap interval),
+    and what always answering the most frequent class scores; None without both arms' predictions."""
+    import numpy as np
+
+    from ..evaluation.intervals import paired_difference
+
+    tuned, scratch = results.get("finetune"), results.get("scratch")
+    if not (tuned and scratch and tuned.predictions and scratch.predictions):
+        return None
+    theirs = {r["path"]: r["correct"] for r in scratch.predictions}
+    shared = [r for r in tuned.predictions if r["path"] in theirs]
+    labels = {c: i for i, c in enumerate(tuned.classes)}
+    found = paired_difference(np.array([r["correct"] for r in shared]), np.array([theirs[r["path"]] for r in shared]),
+                              np.array([labels.get(r["label"], 0) for r in shared]))
+    lo, hi = found["interval"]
+    verdict = "separates" if found["separates"] else "does not separate"
+    text = (f"fine-tune minus scratch: {100 * found['difference']:+.1f} points of test accuracy (95% CI "
+            f"{100 * lo:+.1f} to {100 * hi:+.1f}, paired over the same {found['images']} test images): the "
+            f"interval {verdict} the two")
+    base = (tuned.metrics.get("test") or {}).get("baseline")
+    if base:
+        text += f"; always answering {base['class']} would score {base['accuracy']:.4f}"
+    return text
 
 
 def demo(out: str | Path = "runs/demo", quiet: bool = False, **overrides: Any) -> dict[str, RunResult]:
@@ -64,4 +92,7 @@ def demo(out: str | Path = "runs/demo", quiet: bool = False, **overrides: Any) -
           flush=True)
     results = compare_scratch(config, out, quiet=quiet, ranking=ranking)
     print(format_table(comparison_rows(results)))
+    note = comparison_note(results)
+    if note:
+        print(note)
     return results
