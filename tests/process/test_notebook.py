@@ -57,6 +57,8 @@ def test_the_result_shows_metrics_curves_and_confusion(executed):
     out = next(cell for cell in executed if cell.source.strip() == "result")
     html = out.outputs[0]["data"]["text/html"]
     assert "balanced acc" in html and "macro F1" in html
+    assert "test (95% CI)" in html and "baseline: always" in html  # the test scores with their intervals
+    assert "(95% CI " in out.outputs[0]["data"]["text/plain"]
     assert html.count("<img") >= 2 and "data:image/png;base64," in html
     assert len(out.outputs[0]["data"]["text/plain"]) < 300  # the repr is short
     frame = _cell(executed, "to_pandas").outputs[0]["data"]
