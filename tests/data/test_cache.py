@@ -38,7 +38,8 @@ def test_cache_is_invalidated_when_a_file_or_the_preprocessing_changes(tmp_path,
     assert cache.cache_key(paths, bigger, False) != cache.cache_key(paths, PRE, False)
 
 
-def test_feature_cache_entry_needs_the_same_key_and_survives_damage(tmp_path):
+def test_feature_cache_entry_needs_the_same_key_and_survives_damage(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_HOME", str(tmp_path / "home"))  # it damages every entry: its own cache only
     calls = []
 
     def compute():
