@@ -107,11 +107,12 @@ def run_notes(metrics: dict[str, Any], history: Sequence[dict[str, Any]]) -> lis
     sel = metrics.get("selection")
     if sel:
         split = SPLIT_NAMES.get(sel.get("split"), sel.get("split"))
-        best = f"the best {split} {sel.get('metric')} ({_num(sel.get('best_value'))}) at epoch {sel.get('best_epoch')}"
+        stage = "the head warm-up" if sel.get("best_epoch") == 0 else f"epoch {sel.get('best_epoch')}"
+        best = f"the best {split} {sel.get('metric')} ({_num(sel.get('best_value'))})"
         if sel.get("kept") == "best epoch":
-            text = f"Selection: kept epoch {sel.get('best_epoch')}, {best}"
+            text = f"Selection: kept {stage}, {best}"
         elif sel.get("metric"):
-            text = f"Selection: kept the last epoch; {best}"
+            text = f"Selection: kept the last epoch; {best} was at {stage}"
         else:
             text = "Selection: kept the last epoch (no selection metric)"
         if sel.get("stopped_early"):
