@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from helpers import NOTEBOOK_TRAIN_PER_CLASS
@@ -61,6 +62,8 @@ def test_the_result_shows_metrics_curves_and_confusion(executed):
     assert "(95% CI " in out.outputs[0]["data"]["text/plain"]
     assert html.count("<img") >= 2 and "data:image/png;base64," in html
     assert len(out.outputs[0]["data"]["text/plain"]) < 300  # the repr is short
+    scores = _text(_cell(executed, 'test["intervals"]').outputs[0])  # each score beside its interval
+    assert re.search(r"'accuracy': \(0\.\d+, \[0\.\d+, [01]\.\d+\]\)", scores) and "'baseline': " in scores, scores
     frame = _cell(executed, "to_pandas").outputs[0]["data"]
     assert "text/html" in frame and "train_loss" in frame["text/html"]
     for marker in ("show_mistakes", "result.plot()"):
