@@ -21,16 +21,18 @@ from PIL import Image, ImageEnhance
 HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
 
 
-def crop(photo: Image.Image, rng: random.Random, size: int) -> Image.Image:
+def crop(photo: Image.Image, rng: random.Random, size: int, scale: tuple[float, float] = (0.05, 0.25),
+         jitter: float = 0.2) -> Image.Image:
+    """A random square ``size`` px crop of ``scale`` of the photo's area, colour and brightness x 1 ± ``jitter``."""
     width, height = photo.size
-    area = width * height * rng.uniform(0.05, 0.25)
+    area = width * height * rng.uniform(*scale)
     ratio = rng.uniform(3 / 4, 4 / 3)
     w = min(width, int(round((area * ratio) ** 0.5)))
     h = min(height, int(round((area / ratio) ** 0.5)))
     x, y = rng.randint(0, width - w), rng.randint(0, height - h)
     out = photo.crop((x, y, x + w, y + h)).resize((size, size), Image.BILINEAR)
-    out = ImageEnhance.Color(out).enhance(rng.uniform(0.8, 1.2))
-    return ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
+    out = ImageEnhance.Color(out).enhance(rng.uniform(1 - jitter, 1 + jitter))
+    return ImageEnhance.Brightness(out).enhance(rng.uniform(1 - jitter, 1 + jitter))
 
 
 def build(source: Path, out: Path, classes: int, train: int, test: int, size: int, seed: int) -> Path:

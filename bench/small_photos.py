@@ -18,21 +18,8 @@ import random
 from pathlib import Path
 
 import _harness as harness
-from PIL import Image, ImageEnhance
-
-HOTDOG_MINI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hotdog-mini"
-
-
-def _crop(photo: Image.Image, rng: random.Random, size: int) -> Image.Image:
-    width, height = photo.size
-    area = width * height * rng.uniform(0.35, 1.0)
-    ratio = rng.uniform(3 / 4, 4 / 3)
-    w = min(width, int(round((area * ratio) ** 0.5)))
-    h = min(height, int(round((area / ratio) ** 0.5)))
-    x, y = rng.randint(0, width - w), rng.randint(0, height - h)
-    out = photo.crop((x, y, x + w, y + h)).resize((size, size), Image.BILINEAR)
-    out = ImageEnhance.Color(out).enhance(rng.uniform(0.85, 1.15))
-    return ImageEnhance.Brightness(out).enhance(rng.uniform(0.85, 1.15))
+from many_classes import HOTDOG_MINI, crop
+from PIL import Image
 
 
 def build(source: Path, out: Path, per_photo: int, test_per_photo: int, size: int, seed: int) -> dict[str, int]:
@@ -46,7 +33,8 @@ def build(source: Path, out: Path, per_photo: int, test_per_photo: int, size: in
             folder = out / split / photo_path.parent.name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                _crop(photo, rng, size).save(folder / f"{photo_path.stem}_{i}.jpg", quality=90)
+                image = crop(photo, rng, size, scale=(0.35, 1.0), jitter=0.15)
+                image.save(folder / f"{photo_path.stem}_{i}.jpg", quality=90)
                 counts[split] += 1
     return counts
 

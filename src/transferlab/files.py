@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import TransferlabError, WriteError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir", "file_digest",
+__all__ = ["read_settings", "atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir",
+           "file_digest",
            "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache",
            "own_entries", "MADE_HERE", "readable", "readable_tree", "check_writable"]
 
@@ -217,3 +218,34 @@ def clear_cache(kind: str) -> tuple[int, list[Path]]:
             freed += entry.stat().st_size
             entry.unlink()
     return freed, other
+
+
+def read_settings(path: Path, option: str, as_json: str, max_bytes: int | None = None) -> Any:
+    """A settings file's content: JSON for ``.json``, YAML (which JSON also is) otherwise.
+
+    Every failure is one line naming ``--option PATH``: unreadable, over ``max_bytes``, not valid JSON or
+    YAML, or YAML without PyYAML (``as_json`` says how to give the same as JSON).
+    """
+    from .errors import first_line, opt
+
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise TransferlabError(f"{opt(option, path)}: over {max_bytes >> 20} MB; not settings")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc, 200)
+        raise TransferlabError(f"{opt(option, path)}: cannot read it ({reason})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise TransferlabError(f"{opt(option, path)}: not valid JSON ({first_line(exc, 200)})") from None
+    try:
+        import yaml
+    except ImportError:
+        raise TransferlabError(f"{opt(option, path)}: reading YAML needs PyYAML; pip install 'transferlab[report]', "
+                               f"or {as_json}") from None
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise TransferlabError(f"{opt(option, path)}: not valid YAML ({first_line(exc, 200)})") from None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, make_config, upgrade
 from ..errors import TransferlabError, first_line, opt, render
+from ..files import read_settings
 
 __all__ = ["CONFIG_SUFFIXES", "BOOKKEEPING", "read_config_file"]
 
@@ -62,27 +62,7 @@ def _parse_config(path: Path) -> Any:
     if path.suffix.lower() not in CONFIG_SUFFIXES:
         raise TransferlabError(f"{opt('config', path)}: give a .yaml, .yml or .json file (such as a run's "
                                "config.json)")
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise TransferlabError(f"{opt('config', path)}: over {MAX_CONFIG_BYTES >> 20} MB; not a run's settings")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc, 200)
-        raise TransferlabError(f"{opt('config', path)}: cannot read it ({reason})") from None
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise TransferlabError(f"{opt('config', path)}: not valid JSON ({first_line(exc, 200)})") from None
-    try:
-        import yaml
-    except ImportError:
-        raise TransferlabError(f"{opt('config', path)}: reading YAML needs PyYAML; pip install "
-                               "'transferlab[report]', or give the settings as JSON") from None
-    try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise TransferlabError(f"{opt('config', path)}: not valid YAML ({first_line(exc, 200)})") from None
+    return read_settings(path, "config", "give the settings as JSON", MAX_CONFIG_BYTES)
 
 
 def _check_nested(path: Path, values: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ all stages but the last; both are resolved from ``models.stage_names(model)``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..errors import TransferlabError, first_line, opt
+from ..errors import TransferlabError, opt
+from ..files import read_settings
 
 __all__ = ["Study", "BUILTIN_STUDIES", "STUDY_ALIASES", "SYMBOLIC_FREEZE", "load_study", "study_from_dict",
            "resolve_freeze", "list_studies"]
@@ -146,25 +146,7 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> None:
 
 
 def _read(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TransferlabError(f"{opt('spec', path)}: cannot read it ({exc.strerror})") from None
-    if path.suffix.lower() == ".json":
-        try:
-            return _bounded(json.loads(text), path)
-        except (ValueError, RecursionError) as exc:
-            raise TransferlabError(f"{opt('spec', path)}: not valid JSON ({first_line(exc, 200)})") from None
-    try:
-        import yaml
-    except ImportError:
-        raise TransferlabError(f"{opt('spec', path)}: reading YAML needs PyYAML; pip install 'transferlab[report]' "
-                               "or write the study as JSON") from None
-    try:
-        values = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise TransferlabError(f"{opt('spec', path)}: not valid YAML ({first_line(exc, 200)})") from None
-    return _bounded(values, path)
+    return _bounded(read_settings(path, "spec", "write the study as JSON"), path)
 
 
 MAX_SPEC_VALUES, MAX_SPEC_DEPTH = 10_000, 32  # a study is a short list of settings
