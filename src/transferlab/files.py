@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import TransferlabError, WriteError
+from .errors import TransferlabError, WriteError, first_line, opt
 
 __all__ = ["read_settings", "atomic_write", "atomic_write_text", "atomic_write_json", "cache_dir", "torch_hub_dir",
-           "file_digest",
-           "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage", "clear_cache",
-           "own_entries", "MADE_HERE", "readable", "readable_tree", "check_writable"]
+           "file_digest", "CACHE_KINDS", "DOWNLOAD_TIMEOUT", "download_timeout", "cache_path", "cache_usage",
+           "clear_cache", "own_entries", "MADE_HERE", "readable", "readable_tree", "check_writable"]
 
 # What transferlab keeps on disk, by kind (README, "Caches"). `weights` is torch's own hub cache,
 # which other programs share: it is cleared only when asked for by name.
@@ -226,8 +225,6 @@ def read_settings(path: Path, option: str, as_json: str, max_bytes: int | None =
     Every failure is one line naming ``--option PATH``: unreadable, over ``max_bytes``, not valid JSON or
     YAML, or YAML without PyYAML (``as_json`` says how to give the same as JSON).
     """
-    from .errors import first_line, opt
-
     try:
         if max_bytes is not None and path.stat().st_size > max_bytes:
             raise TransferlabError(f"{opt(option, path)}: over {max_bytes >> 20} MB; not settings")

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .data.transforms import Preprocessing
     from .models.model import TransferModel
 
-__all__ = ["CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RANKING", "RUN_FILES",
+__all__ = ["WARMUP_STAGE", "stage_name",
+           "CONFIG", "HISTORY", "METRICS", "MODEL", "CHECKPOINT", "PREDICTIONS", "REPORT", "RANKING", "RUN_FILES",
            "LOCK", "is_finished", "config_differences", "saved_differences", "check_run_dir", "check_output",
            "resume_config", "save_model", "write_history", "write_metrics", "predictions_csv", "read_predictions",
            "write_checkpoint", "read_checkpoint", "rng_state", "set_rng_state", "position", "finish", "clear",
@@ -68,6 +69,12 @@ RUN_FILES = (MODEL, METRICS, CHECKPOINT, HISTORY, CONFIG, PREDICTIONS, REPORT, R
 
 
 FINAL = "final"  # the stage of a finished run's model (an unfinished run's is "head warm-up" or "epoch N")
+WARMUP_STAGE = "head warm-up"  # the first model a run saves: the pretrained body and the fitted head
+
+
+def stage_name(epoch: int) -> str:
+    """The stage of a run's model after ``epoch`` epochs: ``head warm-up`` (0), ``epoch N``."""
+    return WARMUP_STAGE if epoch == 0 else f"epoch {epoch}"
 
 
 def model_stage(run_dir: str | Path) -> str | None:

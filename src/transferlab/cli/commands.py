@@ -265,12 +265,13 @@ def _summary_line(m: dict[str, Any], out: Path) -> str:
 
 def _kept(m: dict[str, Any]) -> str:
     """Which stage of the run the model is, and why: ``epoch 3, the last``, ``epoch 2, best on validation by loss``."""
+    from ..rundir import WARMUP_STAGE, stage_name
+
     chosen = m.get("selection", {})
-    stage = m.get("model_stage") or ("head warm-up" if chosen.get("best_epoch") == 0 else
-                                     f"epoch {chosen.get('best_epoch')}")
+    stage = m.get("model_stage") or stage_name(chosen.get("best_epoch"))
     if not chosen.get("metric"):
         why = "the last"
-    elif stage == "head warm-up" and not m.get("epochs_trained"):
+    elif stage == WARMUP_STAGE and not m.get("epochs_trained"):
         why = "no epoch ran after it"
     else:
         why = f"best on validation by {chosen['metric']}"

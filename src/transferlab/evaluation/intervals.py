@@ -14,12 +14,13 @@ a weighted sum: no metric is recomputed per resample in a Python loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVEL", "RESAMPLES", "wilson", "bootstrap_intervals", "uncertainty", "paired_difference"]
+__all__ = ["LEVEL", "RESAMPLES", "wilson", "bootstrap_intervals", "uncertainty", "paired_difference",
+           "paired_accuracy"]
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -143,3 +144,27 @@ def paired_difference(a: np.ndarray, b: np.ndarray, labels: np.ndarray, resample
     lo, hi = spread if spread else (float("nan"), float("nan"))
     return {"difference": float(diff.mean()), "interval": [lo, hi], "images": len(diff),
             "separates": bool(lo > 0 or hi < 0)}
+
+
+Rows = Sequence[dict[str, Any]]  # prediction rows of one model on one test split
+
+
+def paired_accuracy(pairs: Iterable[tuple[Rows, Rows]]) -> dict[str, Any] | None:
+    """Model A's accuracy minus model B's over the test images both scored, from their prediction rows
+    (``path``, ``label``, ``correct``: ``test_predictions.csv``): :func:`paired_difference`, the images
+    resampled within each pair and true class. ``pairs``: (A's rows, B's rows) per test split, e.g. per seed;
+    ``pairs`` in the result counts those that shared images. None when no image is shared.
+    """
+    xs, ys, strata, used = [], [], [], 0
+    names: dict[tuple[int, str], int] = {}
+    for k, (mine, theirs) in enumerate(pairs):
+        other = {str(r["path"]): int(r["correct"]) for r in theirs}
+        shared = sorted((r for r in mine if str(r["path"]) in other), key=lambda r: str(r["path"]))
+        used += bool(shared)
+        for row in shared:
+            xs.append(int(row["correct"]))
+            ys.append(other[str(row["path"])])
+            strata.append(names.setdefault((k, str(row["label"])), len(names)))
+    if not xs:
+        return None
+    return {**paired_difference(np.array(xs), np.array(ys), np.array(strata)), "pairs": used}

@@ -33,6 +33,7 @@ from .run_figures import (
     SPLIT_NAMES,
     clock_figure,
     crops_figure,
+    kept_words,
     learning_curve_figure,
     reliability_figure,
     roc_pr_figure,
@@ -107,7 +108,7 @@ def run_notes(metrics: dict[str, Any], history: Sequence[dict[str, Any]]) -> lis
     sel = metrics.get("selection")
     if sel:
         split = SPLIT_NAMES.get(sel.get("split"), sel.get("split"))
-        stage = "the head warm-up" if sel.get("best_epoch") == 0 else f"epoch {sel.get('best_epoch')}"
+        stage = kept_words(sel.get("best_epoch"))
         best = f"the best {split} {sel.get('metric')} ({_num(sel.get('best_value'))})"
         if sel.get("kept") == "best epoch":
             text = f"Selection: kept {stage}, {best}"

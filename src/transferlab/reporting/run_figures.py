@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import rundir
 from ..console import count
 from ..evaluation.metrics import ECE_BINS, binary_curves, expected_calibration_error, prediction_arrays
 from .figures import honest_scale, image_grid, new_figure
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from ..data.transforms import Preprocessing
 
-__all__ = ["learning_curve_figure", "clock_figure", "roc_pr_figure", "reliability_figure", "crops_figure"]
+__all__ = ["kept_words", "learning_curve_figure", "clock_figure", "roc_pr_figure", "reliability_figure", "crops_figure"]
 
 TRAIN, EVAL, WARM, TEST = "#2b6cb0", "#dd6b20", "#38a169", "#9b2c2c"
 SPLIT_NAMES = {"val": "validation", "test": "test"}
@@ -45,14 +46,18 @@ def _eval_split(history: Sequence[dict[str, Any]]) -> str:
     return "val" if any("val_acc" in r or "val_loss" in r for r in history) else "test"
 
 
+def kept_words(epoch: int) -> str:
+    """A kept stage as a sentence names it: ``the head warm-up``, ``epoch 3``."""
+    return f"the {rundir.WARMUP_STAGE}" if epoch == 0 else rundir.stage_name(epoch)
+
+
 def _kept_epoch(history: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> tuple[int, str] | None:
     selection = metrics.get("selection") or {}
     if not selection or not history:
         return None
     if selection.get("kept") == "best epoch" and selection.get("best_epoch") is not None:
         what = f"best {SPLIT_NAMES.get(selection.get('split'), selection.get('split'))} {selection.get('metric')}"
-        stage = "the head warm-up" if selection["best_epoch"] == 0 else f"epoch {selection['best_epoch']}"
-        return int(selection["best_epoch"]), f"kept: {stage} ({what})"
+        return int(selection["best_epoch"]), f"kept: {kept_words(selection['best_epoch'])} ({what})"
     return int(history[-1]["epoch"]), f"kept: last epoch ({history[-1]['epoch']})"
 
 

@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import rundir
 from ..console import count, interval_text
-from ..evaluation.intervals import paired_difference, wilson
+from ..evaluation.intervals import paired_accuracy, wilson
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..system import environment
 from .common import REPORT_CSS, format_table, html_image, html_table
@@ -95,13 +93,13 @@ def summarize_study(out: str | Path, study: dict[str, Any], base_config: dict[st
     order = list(study["variants"])
     variants.sort(key=lambda v: (v["test_acc_mean"] is None, -(v["test_acc_mean"] or 0.0), order.index(v["name"])))
     done = [v for v in variants if v["finished"]]
-    correct = {v["name"]: {r["seed"]: _correct_by_image(out / r["run_dir"]) for r in v["runs"]} for v in done}
-    by_name = {v["name"]: v for v in done}
-    if order[0] in by_name:
+    predictions = {v["name"]: {r["seed"]: rundir.RunDir(out / r["run_dir"]).predictions() or [] for r in v["runs"]}
+                   for v in done}
+    if order[0] in predictions:
         for v in done:
             if v["name"] != order[0]:
-                v["vs_reference"] = _compare(correct, v["name"], order[0])
-    leader = _compare(correct, done[0]["name"], done[1]["name"]) if len(done) > 1 else None
+                v["vs_reference"] = _compare(predictions, v["name"], order[0])
+    leader = _compare(predictions, done[0]["name"], done[1]["name"]) if len(done) > 1 else None
     if leader:
         leader.update({"variant": done[0]["name"], "runner_up": done[1]["name"]})
     # a best variant is named only when it separates from the runner-up over the same test images
@@ -128,31 +126,14 @@ def _pooled_interval(rows: Sequence[dict[str, Any]]) -> list[float] | None:
     return None if span is None else [round(span[0], 4), round(span[1], 4)]
 
 
-def _correct_by_image(run_dir: Path) -> dict[str, tuple[str, int]]:
-    """path -> (true label, 1 if the run's final model got it right) over the run's test images."""
-    rows = rundir.RunDir(run_dir).predictions() or []
-    return {str(r["path"]): (str(r["label"]), int(str(r["label"]) == str(r["predicted"]))) for r in rows}
-
-
-def _compare(correct: dict[str, dict[int, dict[str, tuple[str, int]]]], a: str, b: str) -> dict[str, Any] | None:
+def _compare(predictions: dict[str, dict[int, list[dict[str, Any]]]], a: str, b: str) -> dict[str, Any] | None:
     """Accuracy of variant ``a`` minus ``b``, paired over the test images both scored at the same seed (seeds
-    pooled, each seed's images resampled within class): :func:`~transferlab.evaluation.intervals.paired_difference`.
-    """
-    xs, ys, strata, seeds = [], [], [], 0
-    names: dict[tuple[int, str], int] = {}
-    for seed, mine in correct[a].items():
-        theirs = correct[b].get(seed) or {}
-        shared = sorted(set(mine) & set(theirs))
-        seeds += bool(shared)
-        for path in shared:
-            xs.append(mine[path][1])
-            ys.append(theirs[path][1])
-            strata.append(names.setdefault((seed, mine[path][0]), len(names)))
-    if not xs:
+    pooled): :func:`~transferlab.evaluation.intervals.paired_accuracy`."""
+    found = paired_accuracy((rows, predictions[b].get(seed) or []) for seed, rows in predictions[a].items())
+    if found is None:
         return None
-    found = paired_difference(np.array(xs), np.array(ys), np.array(strata))
-    found["interval"] = [round(x, 4) for x in found["interval"]]
-    return {**found, "difference": round(found["difference"], 4), "reference": b, "seeds": seeds}
+    return {"difference": round(found["difference"], 4), "interval": [round(x, 4) for x in found["interval"]],
+            "images": found["images"], "separates": found["separates"], "reference": b, "seeds": found["pairs"]}
 
 
 def _difference_text(found: dict[str, Any] | None) -> str:

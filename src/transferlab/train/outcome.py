@@ -62,7 +62,7 @@ def final_metrics(ctx: RunContext, model: TransferModel, data: PreparedData, sta
     calibration = None
     if temperature is not None:
         calibration = {"temperature": temperature, "split": "val",
-                       "ece_before": score(test_logits * temperature, "test")["ece"]}
+                       "ece_before": metric_block(test_logits * temperature, data.test_labels, classes, "test")["ece"]}
     test = score(test_logits, "test")
     if calibration:
         calibration["ece_after"] = test["ece"]

@@ -350,7 +350,7 @@ class Trainer:
                     self.save_checkpoint(model, optimizer, scheduler, epoch)
                     self.write_history()
                     if self.selector.metric is None or self.selector.best_epoch == epoch:
-                        self.save_anytime_model(model, f"epoch {epoch}")
+                        self.save_anytime_model(model, rundir.stage_name(epoch))
                 if self._out_of_time(epoch):
                     break
                 if stopping:
@@ -367,7 +367,7 @@ class Trainer:
             self.ctx, model, self.data, state, self.selector, lambda s: self.split_logits(model, s), last, facts,
             lambda line: self.say("%s", line))
         kept = metrics["selection"]["best_epoch"]
-        metrics["model_stage"] = "head warm-up" if kept == 0 and state.warmup else f"epoch {kept}"
+        metrics["model_stage"] = rundir.WARMUP_STAGE if kept == 0 and state.warmup else f"epoch {kept}"
         if state.plan:
             metrics["time_limit"] = {**state.plan, "epochs_run": state.epochs_done, "wall_s": metrics["wall_s"]}
         self.console.done(metrics)
@@ -474,7 +474,7 @@ class Trainer:
         if self.selector.metric is not None:
             self.selector.update(0, block, model.net)
         if self.run_dir:
-            self.save_anytime_model(model, "head warm-up")
+            self.save_anytime_model(model, rundir.WARMUP_STAGE)
             self.save_checkpoint(model, optimizer, scheduler, 0)
             self.write_history()
 

@@ -58,18 +58,12 @@ def comparison_rows(results: dict[str, RunResult]) -> list[dict[str, Any]]:
 def comparison_note(results: dict[str, RunResult]) -> str | None:
     """Fine-tune minus scratch in test accuracy, paired over the same test images (95 % bootstrap interval),
     and what always answering the most frequent class scores; None without both arms' predictions."""
-    import numpy as np
-
-    from ..evaluation.intervals import paired_difference
+    from ..evaluation.intervals import paired_accuracy
 
     tuned, scratch = results.get("finetune"), results.get("scratch")
-    if not (tuned and scratch and tuned.predictions and scratch.predictions):
+    found = paired_accuracy([(tuned.predictions, scratch.predictions)]) if tuned and scratch else None
+    if found is None:
         return None
-    theirs = {r["path"]: r["correct"] for r in scratch.predictions}
-    shared = [r for r in tuned.predictions if r["path"] in theirs]
-    labels = {c: i for i, c in enumerate(tuned.classes)}
-    found = paired_difference(np.array([r["correct"] for r in shared]), np.array([theirs[r["path"]] for r in shared]),
-                              np.array([labels.get(r["label"], 0) for r in shared]))
     lo, hi = found["interval"]
     verdict = "separates" if found["separates"] else "does not separate"
     text = (f"fine-tune minus scratch: {100 * found['difference']:+.1f} points of test accuracy (95% CI "
