@@ -1,8 +1,8 @@
 """Where a ranking's seconds go, per offline backbone: its epoch timing and its probes, each against the
 way it was done before, in the same run.
 
-- epoch timing: ``rank``'s estimate from steps of ``TIMING_BATCH`` (8) images against the former one,
-  full batches (32) with one more timed step; their ratio, and the seconds each took to measure;
+- epoch timing: ``rank``'s estimate from steps of ``TIMED_IMAGES`` (8) images (``TIMED_STEPS`` timed) against
+  the former one, full batches (32) with three timed steps; their ratio, and the seconds each took to measure;
 - probes: ``probe_cv`` + ``knn_cv`` on the backbone's training features with one BLAS thread (as
   ``rank`` runs them now) against BLAS's own thread count, after torch has run (as in a ranking).
 
@@ -35,9 +35,10 @@ def _epoch_estimate(config, name, weights, images, labels, batch: int, timed: in
     model = create_model(name, int(labels.max()) + 1)
     load_body(model, load_state_dict(weights.path))
     model = model.to(memory_format=torch.channels_last)
-    ranker.TIMING_BATCH, ranker.TIMED_STEPS = batch, timed
+    ranker.TIMED_IMAGES, ranker.TIMED_STEPS = batch, timed
     start = time.perf_counter()
-    estimate = ranker._epoch_seconds(config, model, images, labels, weights.preprocessing, torch.device("cpu"))
+    estimate = ranker._epoch_seconds(config, model, images, labels, weights.preprocessing, torch.device("cpu"),
+                                     len(images))
     return estimate, time.perf_counter() - start
 
 
@@ -61,16 +62,16 @@ def main() -> None:
     args = parser.parse_args()
     config = make_config(data=args.data)
     dataset = dataset_for(config)
-    saved = (ranker.TIMING_BATCH, ranker.TIMED_STEPS)
+    saved = (ranker.TIMED_IMAGES, ranker.TIMED_STEPS)
     rows = []
     for name in ranker.offline_models():
         weights = resolve_weights(name, "imagenet")
         pre = weights.preprocessing
         decoded = decode(dataset.train.paths, pre, quiet=True)
         labels = torch.tensor([dataset.train.labels[i] for i in decoded.kept])
-        new, new_s = _epoch_estimate(config, name, weights, decoded.images, labels, 8, 2)
+        new, new_s = _epoch_estimate(config, name, weights, decoded.images, labels, *saved)
         old, old_s = _epoch_estimate(config, name, weights, decoded.images, labels, 32, 3)
-        ranker.TIMING_BATCH, ranker.TIMED_STEPS = saved
+        ranker.TIMED_IMAGES, ranker.TIMED_STEPS = saved
         model = create_model(name, len(dataset.classes))
         load_body(model, load_state_dict(weights.path))
         images, size = decoded.images, pre.crop_size

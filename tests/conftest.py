@@ -86,7 +86,8 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_folder(root / "colors", {"train": 8, "val": 3})
-    finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+    finetune(make_config(data=str(data), model="mobilenet_v2", image_size=64, batch_size=8, epochs=1,
+                         out=str(root / "run")), quiet=True)
     return root / "run", data
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import TransferlabError, first_line, opt
 
 __all__ = ["RunConfig", "PRESETS", "PRECISIONS", "FLIPS", "make_config", "upgrade", "crop_region_px", "FOLDS",
-           "AUTO", "parse_duration", "defaults"]
+           "TIME_LIMIT_EPOCHS", "AUTO", "parse_duration", "defaults"]
 
 LR_CEILING = 1.0  # learning rates above it are refused unless forced (docs/bad-input.md)
 WEIGHT_DECAY_CEILING = 1.0  # likewise the weight decay (AdamW's is 0.01-0.1, SGD's 1e-4-1e-3)
@@ -33,6 +33,7 @@ SELECT_METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc"
 CLASS_WEIGHTS = ("none", "balanced")  # see RunConfig.class_weights
 HEAD_FITS = ("adamw", "logreg")  # see RunConfig.head_fit
 MAX_TIME_LIMIT = 7 * 24 * 3600.0  # a week, in seconds: the longest --time-limit
+TIME_LIMIT_EPOCHS = 10  # the most epochs a time-limited run plans when it names no --epochs
 DEFAULT_VAL_FRACTION = 0.15  # carved from train when a run selects but names no fraction (README, "Validation")
 
 
@@ -78,7 +79,7 @@ class RunConfig:
     """
 
     data: str = "hotdog"
-    model: str = "mobilenet_v2"
+    model: str = AUTO
     weights: str = "imagenet"
     epochs: int = 3
     batch_size: int = 32
@@ -140,8 +141,9 @@ class RunConfig:
 
     @property
     def selection(self) -> str | None:
-        """The metric that picks the epoch kept: ``select_metric``, else loss under early stopping, else none."""
-        return self.select_metric or ("loss" if self.early_stopping or self.time_limit else None)
+        """The metric that picks the stage kept: ``select_metric``, else loss under early stopping or a clock (a time
+        limit, or ``model="auto"``, which plans against one), else none."""
+        return self.select_metric or ("loss" if self.early_stopping or self.time_limit or self.model == AUTO else None)
 
     @property
     def carve_fraction(self) -> float:
@@ -372,6 +374,8 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     values: dict[str, Any] = dict(PRESETS[name])
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["preset"] = name
+    if values.get("time_limit") and "epochs" not in values:  # the clock, not a count, ends the run
+        values["epochs"] = TIME_LIMIT_EPOCHS
     return RunConfig.from_dict(values).validate(force=True)  # the ceilings are checked where the run starts
 
 

@@ -29,8 +29,8 @@ def test_bad_options_are_one_clear_line(tmp_path):
         (["--data", ok, "--lr", "-1"], ["--lr must be positive"]),
         (["--data", ok, "--batch-size", "0"], ["--batch-size must be positive"]),
     ]
-    for args, needles in cases:
-        assert_one_line_error(run_cli("train", *args, "--out", out, "--quiet"), *needles)
+    for args, needles in cases:  # a named model (a case may name another): the default, auto, would rank first
+        assert_one_line_error(run_cli("train", "--model", "mobilenet_v2", *args, "--out", out, "--quiet"), *needles)
     assert not (out / "metrics.json").exists()
 
 
@@ -113,7 +113,7 @@ def test_resume_refuses_changed_options(tmp_path):
     data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
     run = tmp_path / "run"
     (run).mkdir()
-    make_config(data=str(data), image_size=64, epochs=2, out=str(run)).save(run / "config.json")
+    make_config(data=str(data), model="mobilenet_v2", image_size=64, epochs=2, out=str(run)).save(run / "config.json")
     proc = run_cli("train", "--out", run, "--resume", "--lr", "0.5", "--quiet")
     assert_one_line_error(proc, f"lr: {RunConfig().lr} -> 0.5", "--force")
 

@@ -237,8 +237,8 @@ def _assert_clean(proc: subprocess.CompletedProcess) -> None:
 def test_no_output_line_holds_a_control_byte(tmp_path, no_run_reports):
     data = make_folder(tmp_path / "colors", {"train": 4, "val": 2})
     run = tmp_path / "run"
-    trained = run_cli("train", "--data", data, "--image-size", "32", "--batch-size", "8", "--epochs", "1",
-                      "--head-warmup-epochs", "1", "--out", run)
+    trained = run_cli("train", "--data", data, "--model", "mobilenet_v2", "--image-size", "32", "--batch-size", "8",
+                      "--epochs", "1", "--head-warmup-epochs", "1", "--out", run)
     assert trained.returncode == 0, trained.stderr
     _assert_clean(trained)
     # the first line says the roles of train/ and val/; the test scores show once, then the model and what next
@@ -266,8 +266,8 @@ def test_no_output_line_holds_a_control_byte(tmp_path, no_run_reports):
         (0, ["train", "--config", run / "config.json", "--print-config"]),
         (2, ["models", "nope*"]),
         (2, ["train", "--data", tmp_path / "nope", "--quiet"]),
-        (2, ["train", "--data", data, "--lr", "5", "--out", tmp_path / "x"]),
-        (2, ["train", "--data", data, "--freeze", "layer9", "--out", tmp_path / "x"]),
+        (2, ["train", "--data", data, "--model", "mobilenet_v2", "--lr", "5", "--out", tmp_path / "x"]),
+        (2, ["train", "--data", data, "--model", "mobilenet_v2", "--freeze", "layer9", "--out", tmp_path / "x"]),
         (2, ["train", "--data", data, "--epochs", "x"]),
         (2, ["train", "--config", tmp_path / "typo.json"]),
         (2, ["train", "--out", tmp_path / "x", "--resume"]),

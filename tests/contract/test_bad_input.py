@@ -47,7 +47,8 @@ from transferlab.config import make_config
 from transferlab.data import datasets as D
 from transferlab.errors import TransferlabError
 
-TINY = ["--image-size", "64", "--epochs", "1", "--batch-size", "8"]
+MODEL = ["--model", "mobilenet_v2"]  # named: the default, auto, ranks the backbones before a run
+TINY = [*MODEL, "--image-size", "64", "--epochs", "1", "--batch-size", "8"]
 WORKERS = 2  # CLI runs at once, each from its own zygote (2 CPU cores)
 BOMB_LIMIT = {"TRANSFERLAB_MAX_PIXELS": "20000"}  # the generated images are far smaller; the "bomb" is 160x160
 CAFE = os.fsdecode(b"caf\xe9")  # a non-UTF-8 name (Latin-1 bytes), as Linux hands it to Python
@@ -389,7 +390,8 @@ def non_utf8_class(d: Path) -> list:
 def _run_dir(d: Path, data: Path, **files: bytes) -> Path:
     run = d / "run"
     run.mkdir()
-    config = make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(run))  # the TINY options
+    config = make_config(data=str(data), model="mobilenet_v2", image_size=64, batch_size=8, epochs=1,
+                         out=str(run))  # the TINY options
     config.save(run / "config.json")
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     for name, payload in files.items():
@@ -765,7 +767,8 @@ def _launch_error(pool: ThreadPoolExecutor, zygotes: queue.Queue, case: Case, d:
     args, denied = _build(case, d)
     before = snapshot(d / "run")
     assert (before is None) == case.fresh_out
-    extra = TINY if case.fresh_out else []  # a resumed run keeps its own options
+    # a resumed run keeps its own options; a new one into an existing folder names the model
+    extra = TINY if case.fresh_out else [] if "--resume" in map(str, args) else MODEL
     out = [] if "--out" in map(str, args) else ["--out", d / "run"]
     return Launched(d, before, pool.submit(run_train, [*extra, *args, *out, "--quiet"], d,
                                            case.env, denied, zygotes))

@@ -23,7 +23,7 @@ from transferlab.config import make_config
 from transferlab.data import images
 from transferlab.models.model import create_model
 
-TINY = {"image_size": 64, "batch_size": 8, "epochs": 1, "head_warmup_epochs": 0}
+TINY = {"model": "mobilenet_v2", "image_size": 64, "batch_size": 8, "epochs": 1, "head_warmup_epochs": 0}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_a_finished_run_is_not_retrained_unless_overwrite(data, tmp_path, one_th
         with pytest.raises(TransferlabError, match="a finished run is already there.*overwrite=True"):
             finetune(config, resume=resume, quiet=True)
     assert (out / rundir.MODEL).read_bytes() == model
-    proc = main(["train", "--data", str(data), "--image-size", "64", "--epochs", "1", "--out", str(out), "--quiet"])
+    proc = main(["train", "--data", str(data), "--model", "mobilenet_v2", "--image-size", "64", "--epochs", "1",
+                 "--out", str(out), "--quiet"])
     assert proc == 2 and (out / rundir.MODEL).read_bytes() == model
     finetune(config, overwrite=True, quiet=True)
     assert (out / rundir.METRICS).is_file()
@@ -63,9 +64,9 @@ def test_a_finished_run_is_not_retrained_unless_overwrite(data, tmp_path, one_th
 def test_an_interrupted_run_is_not_overwritten_without_resume(data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    make_config(data=str(data), out=str(out)).save(out / rundir.CONFIG)  # an interrupted run: its config and
-    (out / rundir.CHECKPOINT).write_bytes(b"a checkpoint")                # checkpoint (a lone checkpoint.pt is no run)
-    assert main(["train", "--data", str(data), "--out", str(out), "--quiet"]) == 2
+    make_config(data=str(data), model="mobilenet_v2", out=str(out)).save(out / rundir.CONFIG)  # an interrupted run:
+    (out / rundir.CHECKPOINT).write_bytes(b"a checkpoint")  # its config and checkpoint (a lone checkpoint.pt is no run)
+    assert main(["train", "--data", str(data), "--model", "mobilenet_v2", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "an interrupted run is there (checkpoint.pt); pass --resume to continue it, or --overwrite" in err
     assert (out / rundir.CHECKPOINT).read_bytes() == b"a checkpoint"
@@ -224,7 +225,9 @@ def test_reprs_are_short(data, tiny_run, one_thread):
     for obj in (result, load(tiny_run[0]), ds, ds.train, config):
         text = repr(obj)
         assert len(text) < 400 and "\n" not in text, text
-    assert repr(config) == (f"RunConfig(data={str(data)!r}, epochs=1, batch_size=8, head_warmup_epochs=0, "
-                            "image_size=64, preset='default')")
+    assert repr(config) == (f"RunConfig(data={str(data)!r}, model='mobilenet_v2', epochs=1, batch_size=8, "
+                            "head_warmup_epochs=0, image_size=64, preset='default')")
+    default = make_config(data=str(data), epochs=1)  # the default model, auto, is a default like the others
+    assert default.model == "auto" and repr(default) == f"RunConfig(data={str(data)!r}, epochs=1, preset='default')"
     assert repr(ds.train) == "Split(8 images)" and "the test split (4 images" in repr(ds)
     assert repr(result).startswith("RunResult(model='mobilenet_v2'") and "test_acc=" in repr(result)

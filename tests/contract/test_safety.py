@@ -29,7 +29,7 @@ def data(tmp_path_factory) -> Path:
 def test_a_second_process_is_refused_while_a_run_holds_its_folder(data, tmp_path):
     run = tmp_path / "run"
     with rundir.locked(run):
-        proc = run_cli("train", "--data", data, "--out", run, "--quiet")
+        proc = run_cli("train", "--data", data, "--model", "mobilenet_v2", "--out", run, "--quiet")
         assert proc.returncode == 2 and f"in use by PID {os.getpid()}" in proc.stderr, proc.stderr
         assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK]
     assert not run.exists()  # the lock made the folder, and took it away with itself
@@ -45,13 +45,15 @@ def test_a_run_failing_before_its_first_checkpoint_leaves_nothing(data, tmp_path
     monkeypatch.setattr(train.Trainer, "head_warmup", fail)
     run = tmp_path / "run"
     with pytest.raises(TransferlabError, match="something went wrong"):
-        finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(run)), quiet=True)
+        finetune(make_config(data=str(data), model="mobilenet_v2", image_size=64, batch_size=8, epochs=1,
+                             out=str(run)), quiet=True)
     assert not run.exists()
 
 
 @pytest.mark.parametrize("freeze", ["body", "none"])  # the probe, and the head warm-up of a fine-tune
 def test_head_divergence_names_probe_lr(data, one_thread, freeze):
-    config = make_config(data=str(data), image_size=64, batch_size=4, epochs=3, freeze=freeze, probe_lr=1e9)
+    config = make_config(data=str(data), model="mobilenet_v2", image_size=64, batch_size=4, epochs=3, freeze=freeze,
+                         probe_lr=1e9)
     with pytest.raises(TrainingDiverged, match="lower probe_lr="):
         finetune(config, quiet=True, force=True)
 
@@ -186,7 +188,8 @@ def test_an_error_after_a_progress_bar_starts_its_own_line(data, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     (copy / "train" / "red" / "zz_cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # decodes last, badly
-    proc = run_cli("train", "--data", copy, "--image-size", "64", "--out", tmp_path / "run")  # not --quiet: bars
+    proc = run_cli("train", "--data", copy, "--model", "mobilenet_v2", "--image-size", "64", "--out",
+                   tmp_path / "run")  # not --quiet: bars
     assert proc.returncode == 2, proc.stderr
     index = proc.stderr.index("transferlab: error: ")
     assert index == 0 or proc.stderr[index - 1] == "\n", repr(proc.stderr[max(0, index - 80):index + 20])
@@ -207,8 +210,8 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(data, tmp
 
     monkeypatch.setattr(train.rundir, "write_checkpoint", fill_up)
     run = tmp_path / "run"
-    proc = run_cli("train", "--data", data, "--image-size", "64", "--batch-size", "8", "--epochs", "3",
-                   "--head-warmup-epochs", "0", "--out", run, "--quiet")
+    proc = run_cli("train", "--data", data, "--model", "mobilenet_v2", "--image-size", "64", "--batch-size", "8",
+                   "--epochs", "3", "--head-warmup-epochs", "0", "--out", run, "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"transferlab: error: --out {run}: cannot write (No space left on device); free space, fix the permissions, "
@@ -251,8 +254,9 @@ def test_evaluate_scores_exactly_the_runs_own_test_split(tmp_path, one_thread, n
 
     data = make_folder(tmp_path / "bare", {"train": 8})  # no val/ or test/: the run splits it, with its seed
     run = tmp_path / "run"
-    assert run_cli("train", "--data", data, "--seed", "3", "--image-size", "64", "--batch-size", "8", "--epochs", "1",
-                   "--head-warmup-epochs", "0", "--out", run, "--quiet").returncode == 0
+    assert run_cli("train", "--data", data, "--model", "mobilenet_v2", "--seed", "3", "--image-size", "64",
+                   "--batch-size", "8", "--epochs", "1", "--head-warmup-epochs", "0", "--out", run,
+                   "--quiet").returncode == 0
     metrics = json.loads((run / "metrics.json").read_text())
     own = resolve_data(str(data), seed=3).test_files()
     assert metrics["test_split"]["files"] == own != resolve_data(str(data), seed=0).test_files()

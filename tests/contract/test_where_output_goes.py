@@ -14,7 +14,8 @@ from conftest import make_image, run_cli
 from transferlab import rundir
 from transferlab.train.trainer import Trainer
 
-TINY = ("--image-size", 32, "--batch-size", 4, "--epochs", 1, "--quiet")
+MODEL = ("--model", "mobilenet_v2")  # named: the default, auto, ranks the backbones before a run
+TINY = (*MODEL, "--image-size", 32, "--batch-size", 4, "--epochs", 1, "--quiet")
 
 
 def _copy_run(tiny_run, tmp_path: Path, name: str = "run") -> Path:
@@ -82,14 +83,14 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tiny_run
         raise TransferlabError("the new run failed before its first checkpoint")
 
     monkeypatch.setattr(Trainer, "head_warmup", fail)
-    proc = run_cli("train", "--data", data, "--out", run, "--image-size", 64, "--batch-size", 8, "--epochs", 1,
+    proc = run_cli("train", "--data", data, "--out", run, *MODEL, "--image-size", 64, "--batch-size", 8, "--epochs", 1,
                    "--quiet", "--overwrite")
     assert proc.returncode == 2 and "failed before its first checkpoint" in proc.stderr
     assert _snapshot(run) == before  # the old model, metrics and report, byte for byte
     assert not (run / rundir.REPLACED).exists()
 
     monkeypatch.undo()
-    proc = run_cli("train", "--data", data, "--out", run, "--image-size", 64, "--batch-size", 8, "--epochs", 1,
+    proc = run_cli("train", "--data", data, "--out", run, *MODEL, "--image-size", 64, "--batch-size", 8, "--epochs", 1,
                    "--quiet", "--overwrite", "--seed", 1)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / rundir.CONFIG).read_text())["seed"] == 1 and rundir.is_finished(run)
@@ -163,7 +164,7 @@ def test_outputs_never_land_on_another_runs_files_an_input_or_a_foreign_sidecar(
     (("--warmup-epochs", "-5"), "--warmup-epochs must not be negative"),
 ])
 def test_counts_no_run_can_use_are_one_line(image_folder, tmp_path, args, gist):
-    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *args)
+    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *MODEL, *args)
     assert proc.returncode == 2 and gist in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
@@ -248,8 +249,8 @@ def test_a_truncated_or_pickled_checkpoint_never_suggests_unpickling(tiny_run, t
 
 
 def test_no_line_a_run_prints_carries_a_control_byte(image_folder, tmp_path):
-    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", "--image-size", 32, "--batch-size", 4,
-                   "--epochs", 1, "--head-warmup-epochs", 1)
+    proc = run_cli("train", "--data", image_folder, "--out", tmp_path / "run", *MODEL, "--image-size", 32,
+                   "--batch-size", 4, "--epochs", 1, "--head-warmup-epochs", 1)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr
     assert "keeping the last epoch (no selection; --select-metric or --early-stopping choose" in text

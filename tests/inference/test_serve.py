@@ -32,7 +32,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     data = make_folder(root / "data", {"train": 8, "val": 2}, classes=HOTDOG)
     with run_reports_off():  # the server reads the model, not its report
-        finetune(make_config(data=str(data), image_size=64, batch_size=8, epochs=1, out=str(root / "run")), quiet=True)
+        finetune(make_config(data=str(data), model="mobilenet_v2", image_size=64, batch_size=8, epochs=1,
+                             out=str(root / "run")), quiet=True)
     return root / "run", data
 
 

@@ -93,10 +93,10 @@ def test_kept_batchnorm_statistics_do_not_change_while_scale_and_shift_train():
 
 
 def test_a_probe_trains_its_head_at_the_probe_rate_and_a_fine_tune_at_the_body_and_head_rates():
-    config = make_config(freeze="body")
+    config = make_config(model="mobilenet_v2", freeze="body")
     probe = build_optimizer(config, create_model("mobilenet_v2", 3).freeze("body"))
     assert {g["lr"] for g in probe.param_groups} == {config.probe_lr}
-    config = make_config()
+    config = make_config(model="mobilenet_v2")
     finetune = build_optimizer(config, create_model("mobilenet_v2", 3))
     assert {g["lr"] for g in finetune.param_groups} == {config.lr, config.lr * config.head_lr_mult}
 

@@ -12,8 +12,8 @@ from helpers import make_folder, run_cli, run_reports_off
 from transferlab import rundir
 from transferlab.config import make_config
 from transferlab.errors import TransferlabError
-from transferlab.ranking.ranker import rank
-from transferlab.ranking.result import Candidate, Ranking, pick
+from transferlab.ranking.ranker import rank, rank_sample
+from transferlab.ranking.result import Candidate, Ranking, pick, reference_limit
 from transferlab.train.probes import knn_cv, logme, probe_cv
 from transferlab.workflows.finetuning import resolve_model
 
@@ -50,19 +50,48 @@ def test_cross_validation_needs_two_images_per_class():
         probe_cv(x, y)
 
 
-def _cand(name: str, acc: float, se: float, epoch_s: float, epochs: int = 3) -> Candidate:
-    return Candidate(name, probe_acc=acc, probe_se=se, epoch_s=epoch_s, finetune_s=epoch_s * epochs)
+def _cand(name: str, acc: float, se: float, epoch_s: float, epochs: int = 3, image_s: float = 0.01) -> Candidate:
+    return Candidate(name, probe_acc=acc, probe_se=se, epoch_s=epoch_s, finetune_s=epoch_s * epochs, image_s=image_s)
 
 
-def test_pick_takes_the_best_score_or_a_faster_one_within_its_noise():
-    best, close, far = _cand("big", 0.93, 0.02, 30.0), _cand("small", 0.92, 0.02, 10.0), _cand("weak", 0.85, 0.01, 5)
-    assert pick([best, close, far])[0] == "small"  # 0.92 >= 0.93 - 0.02, and three times faster
+def test_pick_takes_the_best_score_or_a_stronger_one_within_its_noise():
+    best, close, far = _cand("small", 0.93, 0.02, 10.0), _cand("big", 0.92, 0.02, 30.0), _cand("weak", 0.85, 0.01, 5)
+    assert pick([best, close, far])[0] == "big"  # 0.92 >= 0.93 - 0.02, and three times the compute
     assert "within one standard error" in pick([best, close, far])[1]
-    assert pick([best, far])[0] == "big"
-    assert pick([_cand("big", 0.93, 0.005, 30.0), close])[0] == "big"  # outside the noise: the score wins
+    assert pick([best, far])[0] == "small"
+    assert pick([_cand("small", 0.93, 0.005, 10.0), close])[0] == "small"  # outside the noise: the score wins
     assert pick([best, close, far], budget=20)[0] == "weak"  # the others' 3 epochs take longer than 20 s
     assert pick([best], budget=1) == (None, "no candidate was scored within the budget")
     assert pick([Candidate("broken", note="no weights")])[0] is None
+
+
+def test_a_time_limited_pick_weighs_what_fits():
+    small, big = _cand("small", 0.93, 0.02, 10.0, image_s=0.01), _cand("big", 0.92, 0.02, 30.0, image_s=0.03)
+    # 1,000 images: small's first model takes 10 s, big's 30 s; an epoch 10 s and 30 s
+    assert pick([small, big], time_left=60, run_images=1000, epochs=3)[0] == "big"  # 30 + 30 s fit
+    assert "1 epoch fit the 60 s left" in pick([small, big], time_left=60, run_images=1000, epochs=3)[1]
+    assert pick([small, big], time_left=50, run_images=1000, epochs=3)[0] == "small"  # big fits no epoch
+    assert "its first model alone" in pick([small, big], time_left=15, run_images=1000, epochs=3)[1]
+    assert pick([small, big], time_left=5, run_images=1000, epochs=3)[0] == "small"  # nothing fits: the cheapest
+    # ... unless the limit is only the time the reference would take, already spent: then the score decides
+    assert pick([small, big], time_left=5, run_images=1000, epochs=3, hard=False)[0] == "big"
+
+
+def test_without_a_time_limit_auto_gets_the_time_the_reference_run_would_take():
+    mnv2, big = _cand("mobilenet_v2", 0.90, 0.02, 10.0, image_s=0.01), _cand("big", 0.91, 0.02, 40.0, image_s=0.03)
+    assert reference_limit([big, mnv2], 1000, 3) == (40.0, "what mobilenet_v2's 3 epochs would take here")
+    assert reference_limit([big], 1000, 3)[0] == 150.0  # no MobileNetV2 ranked: the cheapest candidate's run
+    assert reference_limit([Candidate("broken", note="no weights")], 1000, 3) is None
+    assert reference_limit([_cand("mobilenet_v2", 0.9, 0.02, 0.1, image_s=1e-4)], 10, 1)[0] == 1.0  # at least 1 s
+
+
+def test_a_large_training_split_is_ranked_on_a_stratified_sample():
+    labels = [0] * 1900 + [1] * 100 + [2] * 8 + [3] * 3
+    sample = rank_sample(labels, seed=0, limit=600)
+    counts = [sum(labels[i] == k for i in sample) for k in range(4)]
+    assert counts == [567, 30, 5, 3]  # in proportion, at least 5 a class (all of a class of 3)
+    assert sample == rank_sample(labels, seed=0, limit=600) != rank_sample(labels, seed=1, limit=600)
+    assert rank_sample(labels[:500], seed=0, limit=600) is None
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +108,7 @@ def ranking(colors) -> Ranking:
 
 def test_rank_scores_every_candidate_on_the_training_split(ranking, colors):
     assert [c.model for c in ranking.candidates] != [] and {c.model for c in ranking.candidates} == set(MODELS)
-    assert ranking.train_images == 12 and ranking.classes == 2 and ranking.picked in MODELS
+    assert ranking.train_images == 10 and ranking.classes == 2 and ranking.picked in MODELS  # 12 less validation
     for c in ranking.candidates:
         assert c.scored and 0.5 <= c.probe_acc <= 1 and 0.5 <= c.knn_acc <= 1 and c.crop == SMALL["image_size"]
         assert c.epoch_s > 0 and c.finetune_s == pytest.approx(c.epoch_s * SMALL["epochs"], abs=0.1)
@@ -109,10 +138,12 @@ def test_rank_never_reads_the_test_split(colors, monkeypatch):
 def test_the_fine_tune_after_a_ranking_reads_its_cached_features(colors, ranking):
     from transferlab.train.trainer import Trainer
 
-    trainer = Trainer(make_config(data=str(colors), model=ranking.picked, **SMALL), quiet=True)
+    # the same validation split as the ranking's (a run of the default, auto, carves one)
+    trainer = Trainer(make_config(data=str(colors), model=ranking.picked, select_metric="loss", **SMALL), quiet=True)
     trainer.fit()
-    # the head warm-up computed the test images' features only: the training images' came from the ranking
-    assert trainer.body_passes["images"] == 6
+    # the head warm-up computed the validation and test images' features only: the training images' came from the
+    # ranking
+    assert trainer.body_passes["images"] == len(trainer.dataset.val) + len(trainer.dataset.test) == 8
 
 
 def test_a_candidate_without_weights_is_listed_not_picked(colors):
@@ -144,6 +175,9 @@ def test_resolve_model_reuses_a_saved_ranking(tmp_path, ranking, monkeypatch):
     monkeypatch.setattr(rank_module, "rank", lambda *a, **k: pytest.fail("ranked again"))
     config, again = resolve_model(make_config(data="x", model="auto"), path)
     assert config.model == ranking.picked and again == ranking
+    assert ranking.limit_s and config.time_limit == ranking.limit_s  # no --time-limit: the one the ranking measured
+    assert "mobilenet_v2's 1 epoch would take here" in ranking.limit_why
+    assert resolve_model(make_config(data="x", model="auto", time_limit=99), path)[0].time_limit == 99
     assert resolve_model(make_config(data="x", model="resnet18"), path) == (make_config(data="x", model="resnet18"),
                                                                               None)
 
@@ -176,6 +210,9 @@ def test_train_model_auto_records_the_ranking(colors, tmp_path, monkeypatch):
     config = json.loads((out / rundir.CONFIG).read_text())
     metrics = json.loads((out / rundir.METRICS).read_text())
     assert config["model"] in MODELS and metrics["ranking"]["picked"] == config["model"]
+    # no --time-limit: the run planned against the time the reference's run would take, and says so
+    assert config["time_limit"] == metrics["ranking"]["limit_s"] == metrics["time_limit"]["limit_s"]
+    assert metrics["time_limit"]["limit_why"] == "what mobilenet_v2's 1 epoch would take here"
     assert Ranking.read(out / rundir.RANKING).picked == config["model"]
     assert "Backbone ranking" in (out / rundir.REPORT).read_text()
     with run_reports_off():  # the first run's report was read above

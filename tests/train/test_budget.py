@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from helpers import make_folder, make_image, run_cli
 
 from transferlab import rundir
-from transferlab.config import make_config
+from transferlab.config import TIME_LIMIT_EPOCHS, make_config
 from transferlab.errors import TransferlabError
 from transferlab.inference.serve import create_app
 from transferlab.reporting.run import write_run_report
@@ -18,7 +18,7 @@ from transferlab.train import budget
 from transferlab.train import trainer as T
 from transferlab.workflows.finetuning import finetune
 
-TINY = {"image_size": 32, "batch_size": 8, "head_warmup_epochs": 2}
+TINY = {"model": "mobilenet_v2", "image_size": 32, "batch_size": 8, "head_warmup_epochs": 2}
 
 
 @pytest.fixture
@@ -45,6 +45,9 @@ def test_the_plan_fits_what_the_clock_allows():
 def test_a_time_limit_is_a_duration_from_every_door(colors, tmp_path):
     assert make_config(data=str(colors), time_limit="1h30m").time_limit == 5400.0
     assert make_config(data=str(colors), time_limit=90).selection == "loss"  # a validation split keeps the best
+    # the clock ends a run that names no --epochs: up to TIME_LIMIT_EPOCHS are planned; named ones are the most
+    assert make_config(data=str(colors), time_limit=90).epochs == TIME_LIMIT_EPOCHS > make_config().epochs
+    assert make_config(data=str(colors), time_limit=90, epochs=2).epochs == 2
     with pytest.raises(TransferlabError, match="time_limit='5x': not a duration"):
         make_config(data=str(colors), time_limit="5x")
     proc = run_cli("train", "--data", colors, "--out", tmp_path / "r", "--time-limit", "soon")
@@ -97,6 +100,7 @@ def test_a_limit_that_fits_only_the_warm_up_keeps_its_model(colors, tmp_path, mo
     run = tmp_path / "run"
     result = finetune(make_config(data=str(colors), epochs=3, time_limit=60, out=str(run), **TINY), quiet=True)
     assert result.metrics["epochs_trained"] == 0 and result.metrics["model_stage"] == "head warm-up"
+    assert result.to_pandas().empty and result.to_pandas().index.name == "epoch"  # no epoch: an empty table
     plan = result.metrics["time_limit"]
     assert plan["epochs"] == 0 and plan["limit_s"] == 60 and plan["wall_s"] < 60
     assert rundir.is_finished(run) and [r["stage"] for r in _rows(run)] == ["decode", "features", "head_warmup"]
@@ -144,7 +148,7 @@ def test_a_ranking_made_for_the_run_counts_against_its_time_limit(colors, tmp_pa
     monkeypatch.setattr(finetuning.ranker, "rank", lambda config, **kw: Ranking(
         config.data, 16, 2, config.epochs, None, [], "mobilenet_v2", "test", seconds=50.0))
     monkeypatch.setattr(budget, "time_step", lambda *args: 0.001)
-    result = finetune(make_config(data=str(colors), model="auto", epochs=1, time_limit=60, out=str(tmp_path / "r"),
-                                  **TINY), quiet=True)
+    result = finetune(make_config(data=str(colors), epochs=1, time_limit=60, out=str(tmp_path / "r"),
+                                  **{**TINY, "model": "auto"}), quiet=True)
     plan = result.metrics["time_limit"]
     assert plan["planned_at_s"] >= 50 and result.metrics["wall_s"] >= 50  # the ranking's 50 s are the run's

@@ -16,7 +16,8 @@ from transferlab.workflows.finetuning import finetune
 @pytest.mark.slow  # three fine-tunes: whole, interrupted, resumed (tests/train/test_state.py has the pieces)
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch, no_run_reports):
     data = make_folder(tmp_path / "colors", {"train": 8, "val": 4})
-    base = make_config(data=str(data), image_size=32, batch_size=8, epochs=3, head_warmup_epochs=2)
+    base = make_config(data=str(data), model="mobilenet_v2", image_size=32, batch_size=8, epochs=3,
+                       head_warmup_epochs=2)
     full = finetune(base, out=str(tmp_path / "full"), quiet=True)
 
     original = T.Trainer.save_checkpoint

@@ -35,14 +35,14 @@ def test_the_estimate_from_two_small_crops_matches_a_real_batch():
 def test_a_step_that_cannot_fit_is_refused_before_any_image_is_decoded(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: 2 * 10**9)
     out = tmp_path / "run"
-    proc = run_cli("train", "--data", image_folder, "--out", out, "--train-image-size", "1024", "--batch-size", "16",
-                   "--epochs", "1", "--quiet")
+    proc = run_cli("train", "--data", image_folder, "--out", out, "--model", "mobilenet_v2", "--train-image-size",
+                   "1024", "--batch-size", "16", "--epochs", "1", "--quiet")
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("transferlab: error: --train-image-size 1024: a training step of 16 images at 1024 px")
     assert "GB of memory are available; lower --train-image-size or --batch-size" in line and "\n" not in line
     assert not out.exists()  # nothing left behind
     monkeypatch.setattr(memory, "available_memory", lambda: 1)  # a probe's body runs without autograd: not measured
-    proc = run_cli("train", "--data", image_folder, "--out", out, "--image-size", "64", "--freeze", "body", "--epochs",
-                   "1", "--quiet")
+    proc = run_cli("train", "--data", image_folder, "--out", out, "--model", "mobilenet_v2", "--image-size", "64",
+                   "--freeze", "body", "--epochs", "1", "--quiet")
     assert proc.returncode == 0, proc.stderr

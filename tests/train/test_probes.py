@@ -60,8 +60,8 @@ def colors(tmp_path_factory):
 def test_head_warmup_as_a_logistic_regression(colors):
     from transferlab.workflows.finetuning import finetune
 
-    result = finetune(make_config(data=str(colors), image_size=64, batch_size=4, epochs=1, head_fit="logreg"),
-                      quiet=True)
+    result = finetune(make_config(data=str(colors), model="mobilenet_v2", image_size=64, batch_size=4, epochs=1,
+                                  head_fit="logreg"), quiet=True)
     warmup = result.metrics["head_warmup"]
     assert warmup["fit"] == "logreg" and warmup["C"] in C_GRID and warmup["history"] == []
     assert warmup["accuracy"] >= 0.5 and result.config.head_fit == "logreg"
@@ -70,8 +70,8 @@ def test_head_warmup_as_a_logistic_regression(colors):
 def test_a_logistic_probe_fits_once_and_keeps_it(colors):
     from transferlab.workflows.finetuning import finetune
 
-    result = finetune(make_config(data=str(colors), image_size=64, epochs=3, freeze="body", probe_views=2,
-                                  head_fit="logreg"), quiet=True)
+    result = finetune(make_config(data=str(colors), model="mobilenet_v2", image_size=64, epochs=3, freeze="body",
+                                  probe_views=2, head_fit="logreg"), quiet=True)
     assert result.metrics["epochs_trained"] == 1 and len(result.history) == 1
     assert result.history[0]["train_acc"] >= 0.9 and result.metrics["test_acc"] > 0.75  # of 6 test images, 5 at least
 
@@ -84,8 +84,8 @@ def test_head_fit_is_checked_in_one_line():
 def test_probe_run_trains_only_the_head(tmp_path):
     data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
     ds = resolve_data(str(data))
-    trainer = train.Trainer(RunConfig(data=str(data), freeze="body", epochs=3, image_size=48, batch_size=4,
-                                            probe_views=2), quiet=True, dataset=ds)
+    trainer = train.Trainer(RunConfig(data=str(data), model="mobilenet_v2", freeze="body", epochs=3, image_size=48,
+                                      batch_size=4, probe_views=2), quiet=True, dataset=ds)
     body_before = {k: v.clone() for k, v in create_model("mobilenet_v2", 2,
                                                          load_state_dict(trainer.weights.path)).net.state_dict().items()
                    if not k.startswith("classifier.1")}
@@ -98,7 +98,8 @@ def test_probe_run_trains_only_the_head(tmp_path):
 
 def test_probe_features_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "colors", {"train": 6, "val": 3})
-    config = RunConfig(data=str(data), freeze="body", epochs=2, image_size=48, batch_size=4, probe_views=2)
+    config = RunConfig(data=str(data), model="mobilenet_v2", freeze="body", epochs=2, image_size=48, batch_size=4,
+                       probe_views=2)
     first = train.Trainer(config, quiet=True).fit()
     entries = sorted((cache.cache_dir("features")).glob("*.safetensors"))
     assert len(entries) >= 3  # two training views and the test crops

@@ -18,7 +18,7 @@ from transferlab.train import optim
 from transferlab.train import trainer as train
 from transferlab.workflows.finetuning import finetune
 
-TINY = {"image_size": 32, "batch_size": 8, "head_warmup_epochs": 2}  # tiny crops
+TINY = {"model": "mobilenet_v2", "image_size": 32, "batch_size": 8, "head_warmup_epochs": 2}  # tiny crops
 
 
 # -- selection
@@ -28,12 +28,16 @@ def test_roc_auc_selection_needs_two_classes(tmp_path):
     three = make_folder(tmp_path / "three", {"train": 3, "val": 2},
                         {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)})
     with pytest.raises(TransferlabError, match="ROC-AUC needs two classes"):
-        train.Trainer(make_config(data=str(three), select_metric="roc_auc"))
+        train.Trainer(make_config(data=str(three), model="mobilenet_v2", select_metric="roc_auc"))
 
 
 def test_config_roles_and_the_old_spelling():
-    assert make_config().carve_fraction == 0.0 and make_config().selection is None
-    assert make_config(early_stopping=2).selection == "loss" and make_config(early_stopping=2).carve_fraction == 0.15
+    named = make_config(model="mobilenet_v2")  # a named model: no selection, nothing carved, unless asked
+    assert named.carve_fraction == 0.0 and named.selection is None
+    stopping = make_config(model="mobilenet_v2", early_stopping=2)
+    assert stopping.selection == "loss" and stopping.carve_fraction == 0.15
+    default = make_config()  # the default model, auto, plans against a clock: it selects on a carved split
+    assert default.model == "auto" and default.selection == "loss" and default.carve_fraction == 0.15
     assert make_config(select_metric="macro_f1", val_fraction=0.3).carve_fraction == 0.3
     for bad in ({"select_metric": "f2"}, {"early_stopping": -1}, {"val_fraction": 1.0}, {"class_weights": "x"}):
         with pytest.raises(TransferlabError):
@@ -131,8 +135,8 @@ def test_class_weights_reach_the_head_warmup_and_the_loss(tmp_path, monkeypatch)
 
 def test_cli_names_the_roles(tmp_path, no_run_reports):
     data = make_folder(tmp_path / "bare", {"": 6})
-    proc = run_cli("train", "--data", data, "--val-fraction", "0.2", "--epochs", "1", "--image-size", "32",
-                   "--head-warmup-epochs", "1", "--out", tmp_path / "run", "--quiet")
+    proc = run_cli("train", "--data", data, "--model", "mobilenet_v2", "--val-fraction", "0.2", "--epochs", "1",
+                   "--image-size", "32", "--head-warmup-epochs", "1", "--out", tmp_path / "run", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "note: --val-fraction now sizes the validation split carved from train" in proc.stderr
     assert "model.safetensors (epoch 1, the last)" in proc.stdout and "report:" in proc.stdout

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights, which is torch's own hub cache "
                         "(the default KIND, all)")
 
-    p = sub.add_parser("study", help="run variants of one config over seeds; write report.md/.html")
+    p = sub.add_parser("study", help="run variants of one config over seeds; write report.md/.html",
+                       description="Run variants of one config over seeds, all on one backbone: mobilenet_v2 unless "
+                                   "--model names another (auto: rank once, then train the pick in every run).")
     p.add_argument("--study", default="recipe", help="a built-in study (see --list; 'seed' is the old name of "
                                                      "'recipe') or a .yaml/.json FILE (default: recipe)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant: seed, seed+1, ... (default 3)")
@@ -494,6 +496,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from ..config import make_config
+    from ..ranking.result import REFERENCE
     from ..workflows.study import run_study
     from ..workflows.study_spec import list_studies, load_study
 
@@ -506,7 +509,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     overrides = train_overrides(args)
     if "data" not in overrides and "data" not in study.base:
         raise TransferlabError(f"--data is required: {DATA_KINDS} (see `transferlab train -h`)")
-    config = make_config(args.preset, **{**study.base, **overrides})
+    config = make_config(args.preset, **{"model": REFERENCE, **study.base, **overrides})  # variants on one backbone
     renamed_notice(overrides)
     out = args.out or f"runs/study-{study.name}-{Path(config.data).name}-{config.model}"
     seeds = [config.seed + k for k in range(args.seeds)]

@@ -73,9 +73,10 @@ TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("data", "--skip-bad-images", {"action": "store_true", "help": "drop images that cannot be decoded (one "
                                                                     "warning each, then a count) instead of "
                                                                     "stopping"}),
-    ("model", "--model", {"help": "torchvision or timm model name; timm:NAME picks timm where both have it "
-                                  "(see `transferlab models`); auto: rank the offline backbones first "
-                                  "(`transferlab rank`)"}),
+    ("model", "--model", {"help": "auto (the default): rank the offline backbones (`transferlab rank`) and train "
+                                  "the strongest that fits --time-limit, else the time a mobilenet_v2 run would "
+                                  "take; or a torchvision or timm model name; timm:NAME picks timm where both "
+                                  "have it (see `transferlab models`)"}),
     ("model", "--weights", {"help": "imagenet, none (from scratch), a torchvision weights name such as "
                                     "IMAGENET1K_V1 (a timm model's weights follow the tag in its name), or a "
                                     ".pth/.safetensors/.bin PATH"}),
@@ -104,9 +105,10 @@ TRAIN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
                                      "help": "balanced: weight the loss by inverse class frequency"}),
     ("schedule", "--time-limit", {"metavar": "DURATION",
                                   "help": "plan the run to end within DURATION (300, 90s, 5m, 1h30m): the head "
-                                          "warm-up is saved as a model at once, then the epochs that fit, "
-                                          "re-planned after each; carves a validation split and keeps the stage "
-                                          "best on it"}),
+                                          "warm-up is saved as a model at once, then the epochs that fit "
+                                          "(up to --epochs, else 10), re-planned after each; carves a validation "
+                                          "split and keeps the stage best on it; with --model auto the ranking "
+                                          "picks what fits"}),
     ("schedule", "--seed", {"type": int, "help": "seeds the splits, the head and the batches"}),
     ("head warm-up", "--head-warmup-epochs", {"type": int, "help": "epochs of head-only training on cached "
                                                                    "features first"}),

@@ -308,7 +308,8 @@ def _clock_text(stages: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
     if isinstance(plan, dict):
         stopped = (f"; stopped after epoch {plan['stopped_after']}, the next would have ended past the limit"
                    if plan.get("stopped_after") else "")
-        text += (f"Time limit {plan.get('limit_s'):g} s: at {plan.get('planned_at_s'):g} s a training step took "
+        why = f" ({plan['limit_why']})" if plan.get("limit_why") else ""
+        text += (f"Time limit {plan.get('limit_s'):g} s{why}: at {plan.get('planned_at_s'):g} s a training step took "
                  f"{plan.get('step_s'):.2f} s, so {plan.get('epochs')} of {plan.get('wanted_epochs')} epochs were "
                  f"planned ({plan.get('why')}); {plan.get('epochs_run')} ran{stopped}; the run ended at "
                  f"{plan.get('wall_s'):.0f} s.")

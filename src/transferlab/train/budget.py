@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,39 +25,42 @@ if TYPE_CHECKING:
     from .result import PreparedData
 
 __all__ = ["time_step", "plan_epochs", "plan_run", "last_stage_s", "next_epoch_fits", "describe",
-           "RESERVE_SHARE", "REPORT_S", "TIMED_IMAGES"]
+           "RESERVE_SHARE", "REPORT_S", "TIMED_IMAGES", "WARMUP_STEPS", "TIMED_STEPS"]
 
 RESERVE_SHARE = 0.03  # of the limit, kept besides the estimated final scoring and report
 REPORT_S = 4.0  # seconds the report takes on a small CPU (figures drawn, images decoded)
-TIMED_IMAGES = 8  # a timed step runs on this many images (scaled to the batch)
+TIMED_IMAGES = 8  # a timed step runs on this many images (scaled to the batch): per image, flat from here up on a CPU
+WARMUP_STEPS = 1  # untimed steps first: a new model's first step pays for lazy set-up (kernels chosen, memory laid out)
+TIMED_STEPS = 1  # then steps timed one by one; a step's time is their median
 FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of a training step (forward + backward + update)
 
 
 def time_step(model: TransferModel, crop: int, batch: int, device: torch.device, precision: str) -> float:
-    """Seconds one training step of ``batch`` images at ``crop`` px takes: a copy of the model steps twice on
-    :data:`TIMED_IMAGES` images (the second step timed, the first pays for lazy set-up), scaled to ``batch``."""
+    """Seconds one training step of ``batch`` images at ``crop`` px takes: a copy of the model (its frozen
+    layers and BatchNorm mode as the run has them) steps on :data:`TIMED_IMAGES` images, :data:`WARMUP_STEPS`
+    untimed, then :data:`TIMED_STEPS` timed; their median, scaled to ``batch``."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's draws stay its own
         return _time_step(model, crop, batch, device, precision)
 
 
 def _time_step(model: TransferModel, crop: int, batch: int, device: torch.device, precision: str) -> float:
-    net = copy.deepcopy(model.net).train()
-    params = [p for p in net.parameters() if p.requires_grad]
+    copy_ = copy.deepcopy(model).train()
+    params = [p for p in copy_.net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=0.0)
     n = max(1, min(batch, TIMED_IMAGES))
     images = torch.rand(n, 3, crop, crop, device=device).to(memory_format=torch.channels_last)
-    seconds = 0.0
-    for _ in range(2):
+    seconds = []
+    for _ in range(WARMUP_STEPS + TIMED_STEPS):
         start = time.perf_counter()
         with autocast(device, precision):
-            loss = net(images).float().logsumexp(1).mean()
+            loss = copy_.net(images).float().logsumexp(1).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return seconds * batch / n
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds[WARMUP_STEPS:]) * batch / n
 
 
 def plan_epochs(limit_s: float, elapsed_s: float, wanted: int, steps: int, step_s: float, eval_images: int,
@@ -109,7 +113,9 @@ def next_epoch_fits(plan: dict[str, Any], elapsed_s: float, last_epoch_s: float)
 
 def describe(plan: dict[str, Any]) -> str:
     """The plan in one line, as the run prints it."""
-    return (f"time limit {plan['limit_s']:g} s: {plan['planned_at_s']:g} s spent on decoding and the head warm-up; "
+    why = f" ({plan['limit_why']})" if plan.get("limit_why", "--time-limit") != "--time-limit" else ""
+    return (f"time limit {plan['limit_s']:g} s{why}: {plan['planned_at_s']:g} s spent on decoding and the head "
+            "warm-up; "
             f"a training step takes {plan['step_s']:.2f} s, an epoch about {plan['epoch_s']:.0f} s; planning "
             f"{plan['epochs']} epoch{'s' if plan['epochs'] != 1 else ''} ({plan['why']}; {plan['reserve_s']:.0f} s "
             "kept for the final scoring and the report)")

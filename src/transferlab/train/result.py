@@ -77,12 +77,15 @@ class RunResult:
                                Preprocessing.from_dict(self.metrics["preprocessing"]), k)
 
     def to_pandas(self) -> Any:
-        """The per-epoch history as a pandas DataFrame, indexed by epoch (needs pandas)."""
+        """The per-epoch history as a pandas DataFrame, indexed by epoch (needs pandas); empty, with that index,
+        for a run whose model is its head warm-up's (no epoch ran)."""
         try:
             import pandas as pd
         except ImportError:
             raise TransferlabError("to_pandas needs pandas: pip install pandas (or use result.history, a list of "
                                    "dicts)") from None
+        if not self.history:
+            return pd.DataFrame(index=pd.Index([], name="epoch"))
         return pd.DataFrame(self.history).set_index("epoch")
 
 

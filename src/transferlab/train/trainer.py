@@ -485,6 +485,8 @@ class Trainer:
     def _plan(self, model: TransferModel, steps: int) -> None:
         """Plan the epochs that fit in ``time_limit`` (:func:`.budget.plan_run`), from one timed step."""
         plan = budget.plan_run(self.ctx, model, self.data, steps, self.elapsed(), must_train=self.state.warmup is None)
+        if self.ranking is not None and self.ranking.limit_s == self.config.time_limit and self.ranking.limit_why:
+            plan["limit_why"] = self.ranking.limit_why  # the limit the ranking measured, where none was given
         self.state.plan = distributed.gather_objects(plan)[0]  # rank 0's plan for all
         self.say("%s", budget.describe(self.state.plan))
 

@@ -12,7 +12,8 @@ from .. import rundir
 from ..config import AUTO, RunConfig, make_config
 from ..data.datasets import Dataset, dataset_for
 from ..ranking import ranker
-from ..ranking.result import Ranking
+from ..ranking.result import REFERENCE, Ranking
+from ..train import distributed
 from ..train.result import RunResult
 from ..train.trainer import Trainer
 
@@ -37,9 +38,12 @@ def finetune(config: RunConfig | None = None, quiet: bool = False, resume: bool 
         config = make_config(**overrides)
     elif overrides:
         config = replace(config, **overrides)
+    config = _rankable(config)
     dataset = None
     if config.model == AUTO:  # the ranking scores the run's own training split (its validation carved off)
         config.validate(force=force)
+        if config.out and not resume:  # a folder that would be refused is refused before the ranking, not after
+            rundir.check_run_dir(config.out, config, force=force, overwrite=overwrite)
         dataset = dataset_for(config)
     saved = Path(config.out) / rundir.RANKING if config.out and resume else None
     ranked_now = config.model == AUTO and not (saved is not None and saved.is_file())
@@ -65,17 +69,32 @@ def write_report(run_dir: Path, dataset: Dataset | None = None) -> None:
                     run_dir / rundir.REPORT, exc, run_dir)
 
 
+def _rankable(config: RunConfig) -> RunConfig:
+    """``model="auto"`` ranks ImageNet-pretrained bodies in one process; with other ``weights`` (scratch, a file)
+    or under torchrun the run is the reference backbone's, as before auto was the default (``transferlab rank``
+    before torchrun, and ``--model PICK``, rank for several processes)."""
+    if config.model == AUTO and (config.weights != "imagenet" or distributed.context().enabled):
+        return replace(config, model=REFERENCE)
+    return config
+
+
 def resolve_model(config: RunConfig, saved: str | Path | None = None, dataset: Dataset | None = None,
-                  quiet: bool = False, ranking: Ranking | None = None) -> tuple[RunConfig, Ranking | None]:
+                  quiet: bool = False, ranking: Ranking | None = None,
+                  clock: bool = True) -> tuple[RunConfig, Ranking | None]:
     """``config`` with ``model="auto"`` replaced by the ranking's pick, and the ranking behind its model.
 
+    Without a ``time_limit`` (and with ``clock``), the run gets the one the ranking measured: the time
+    the reference backbone's run would take (:func:`~transferlab.ranking.result.reference_limit`);
+    several runs of one ranking (a study, the demo) train the pick as configured (``clock=False``).
     ``saved``: a ranking file to reuse when it exists (a resumed run keeps its pick); ``ranking``: one
     made before. A ranking that did not pick ``config.model`` is not the model's, and is dropped.
     """
+    config = _rankable(config)
     if config.model == AUTO:
         ranking = Ranking.read(saved) if saved is not None and Path(saved).is_file() else \
             ranker.rank(config, dataset=dataset, quiet=quiet)
-        config = replace(config, model=ranking.picked)
+        config = replace(config, model=ranking.picked,
+                         time_limit=config.time_limit or (ranking.limit_s if clock else None))
     elif ranking is None and saved is not None and Path(saved).is_file():
         ranking = Ranking.read(saved)
     return config, ranking if ranking is not None and ranking.picked == config.model else None
@@ -87,7 +106,7 @@ def choose_model(config: RunConfig, out: str | Path | None, quiet: bool = False,
     if config.model != AUTO:
         return config, None
     saved = Path(out) / rundir.RANKING if out else None
-    config, ranking = resolve_model(config, saved, quiet=quiet)
+    config, ranking = resolve_model(config, saved, quiet=quiet, clock=False)
     if ranking is not None:
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
