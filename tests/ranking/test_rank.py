@@ -38,6 +38,15 @@ def test_scores_tell_informative_features_from_noise():
     assert logme(x, y) > logme(noise, y)
 
 
+def test_knn_on_folds_smaller_than_k_still_scores():
+    x, y = _blobs(6, 4, 2.0)  # 3 images a class: 3 folds, 4 training images each, fewer than KNN_K
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn warns and scores nan when k exceeds a fold
+        assert knn_cv(x, y) > 0.5
+
+
 def test_logme_rises_with_how_much_the_features_say():
     scores = [logme(*_blobs(120, 16, shift)) for shift in (0.0, 0.5, 1.0, 2.0)]
     assert scores == sorted(scores) and len(set(scores)) == 4

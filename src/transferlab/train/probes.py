@@ -90,6 +90,8 @@ def knn_cv(features: np.ndarray, labels: np.ndarray, seed: int = 0, k: int = KNN
     from sklearn.neighbors import KNeighborsClassifier
 
     folds = _folds(labels, seed)
+    smallest = int(np.bincount(labels).min())  # no more neighbours than a training fold holds of its smallest class
+    k = max(1, min(k, smallest - math.ceil(smallest / folds.get_n_splits())))
     return float(cross_val_score(KNeighborsClassifier(n_neighbors=k, metric="cosine"), features, labels,
                                  cv=folds).mean())
 
