@@ -287,13 +287,20 @@ def _environment_rows(metrics: dict[str, Any]) -> tuple[str, list[dict[str, str]
     return title, [{"": k, "value": str(v)} for k, v in env.items()]
 
 
+def _ranked(ranking: Ranking) -> str:
+    if ranking.ranked_images:
+        return f"a class-stratified sample of {ranking.ranked_images} of the {ranking.train_images} training images"
+    return f"the {ranking.train_images} training images"
+
+
 def _ranking_section(values: dict[str, Any]) -> list[str]:
     """How the backbone was chosen (``--model auto``): the ranking table, on the training split only."""
     ranking = Ranking.from_dict(values)
     return _section("ranking", "Backbone ranking (--model auto)",
-                    _note(f"Scored on the {ranking.train_images} training images only ({ranking.folds}-fold "
-                          f"cross-validation on cached eval-crop features), in {ranking.seconds:.0f} s; picked "
-                          f"{ranking.picked}: {ranking.reason}."),
+                    _note(f"Scored on {_ranked(ranking)} only ({ranking.folds}-fold cross-validation on "
+                          f"cached eval-crop features), in {ranking.seconds:.0f} s; picked {ranking.picked}: "
+                          f"{ranking.reason}" + (f" (the time limit: {ranking.limit_s:g} s, {ranking.limit_why})"
+                                                 if ranking.limit_s else "") + "."),
                     html_table(ranking.rows()))
 
 
