@@ -84,6 +84,7 @@ def test_a_time_limited_pick_weighs_what_fits():
     assert pick([small, big], time_left=5, run_images=1000, epochs=3)[0] == "small"  # nothing fits: the cheapest
     # ... unless the limit is only the time the reference would take, already spent: then the score decides
     assert pick([small, big], time_left=5, run_images=1000, epochs=3, hard=False)[0] == "big"
+    assert "so the score decides" in pick([small, big], time_left=5, run_images=1000, epochs=3, hard=False)[1]
 
 
 def test_without_a_time_limit_auto_gets_the_time_the_reference_run_would_take():

@@ -151,8 +151,8 @@ def pick(candidates: Sequence[Candidate], budget: float | None = None, time_left
         if scored and hard:  # over the limit whatever is picked: the cheapest first model overruns it least
             cheapest = min(scored, key=lambda c: _run_s(c, run_images, 0))
             return cheapest.model, f"no candidate's first model fits the {time_left:.0f} s left; the cheapest"
-        if scored:
-            return _within_noise(scored, f"no candidate's first model fits the {time_left:.0f} s left")
+        if scored:  # the ranking took the reference's time (a small set): the score decides
+            return _within_noise(scored, "the ranking took the time a reference run would take, so the score decides")
     eligible = [c for c in scored if budget is None or c.finetune_s is None or c.finetune_s <= budget]
     if not eligible:
         return None, "no candidate was scored within the budget"
