@@ -214,7 +214,7 @@ def rank(config: RunConfig | None = None, models: Sequence[str] | None = None, b
     run_images = len(dataset.train) + len(dataset.test) + (len(dataset.val) if dataset.val is not None else 0)
     limit = time_left = None
     if budget is None:  # the run's clock: --time-limit, else what the reference backbone's run would take
-        limit = (config.time_limit, "--time-limit") if config.time_limit else \
+        limit = (config.time_limit, "") if config.time_limit else \
             reference_limit(candidates, run_images, config.epochs)
     if limit is not None:
         time_left = max(0.0, limit[0] * (1 - RESERVE_SHARE) - REPORT_S - (time.perf_counter() - start))

@@ -63,7 +63,7 @@ class Ranking:
     ranked_images: int | None = None  # the stratified sample scored (None: every training image)
     time_left: float | None = None  # seconds a time-limited run had left when it picked
     limit_s: float | None = None  # the run's time limit: --time-limit, or what the reference's run would take
-    limit_why: str = ""  # where limit_s comes from
+    limit_why: str = ""  # where limit_s comes from, when not from --time-limit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -299,7 +299,8 @@ def _ranking_section(values: dict[str, Any]) -> list[str]:
     return _section("ranking", "Backbone ranking (--model auto)",
                     _note(f"Scored on {_ranked(ranking)} only ({ranking.folds}-fold cross-validation on "
                           f"cached eval-crop features), in {ranking.seconds:.0f} s; picked {ranking.picked}: "
-                          f"{ranking.reason}" + (f" (the time limit: {ranking.limit_s:g} s, {ranking.limit_why})"
+                          f"{ranking.reason}" + (f" (the time limit: {ranking.limit_s:g} s, "
+                                                 f"{ranking.limit_why or 'from --time-limit'})"
                                                  if ranking.limit_s else "") + "."),
                     html_table(ranking.rows()))
 

@@ -113,7 +113,7 @@ def next_epoch_fits(plan: dict[str, Any], elapsed_s: float, last_epoch_s: float)
 
 def describe(plan: dict[str, Any]) -> str:
     """The plan in one line, as the run prints it."""
-    why = f" ({plan['limit_why']})" if plan.get("limit_why", "--time-limit") != "--time-limit" else ""
+    why = f" ({plan['limit_why']})" if plan.get("limit_why") else ""
     return (f"time limit {plan['limit_s']:g} s{why}: {plan['planned_at_s']:g} s spent so far; a training step "
             f"takes {plan['step_s']:.2f} s, an epoch about {plan['epoch_s']:.0f} s; planning "
             f"{plan['epochs']} epoch{'s' if plan['epochs'] != 1 else ''} ({plan['why']}; {plan['reserve_s']:.0f} s "
